@@ -1,0 +1,1 @@
+"""kd-pipeline: knowledge-distillation training data for neural IR, as Dagster assets."""

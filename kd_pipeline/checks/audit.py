@@ -1,0 +1,73 @@
+"""Rules as Dagster asset checks, evaluated on staged data before it is published.
+
+The asset writes a new version to staging, these rules audit it, and only if every
+blocking rule holds is it published: a failing check leaves the last good version in
+place and the failed results visible on the asset in the UI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import dagster as dg
+import duckdb
+
+from kd_pipeline.checks.rules import Rule, RuleOutcome, Table, evaluate_rules
+from kd_pipeline.lake import Lake, StagedVersion
+
+
+def check_specs(rules: Sequence[Rule], key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
+    """One check per rule; blocking rules gate downstream materialisation too."""
+    return [
+        dg.AssetCheckSpec(
+            rule.name, asset=key, description=rule.description, blocking=rule.blocking
+        )
+        for rule in rules
+    ]
+
+
+def check_result(rule: Rule, outcome: RuleOutcome) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=rule.name,
+        passed=outcome.passed,
+        severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "violations": outcome.violations,
+            "first_offenders": ", ".join(outcome.examples) or "-",
+            "detail": outcome.message(),
+        },
+    )
+
+
+class AuditFailed(dg.Failure):
+    """Blocking rules failed on staged data: nothing was published."""
+
+
+def audit_and_publish(
+    con: duckdb.DuckDBPyConnection,
+    lake: Lake,
+    staged: StagedVersion,
+    rules: Sequence[Rule],
+    metadata: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """Audit the staged version; publish it and report, or report and refuse."""
+    table = Table("read_parquet($staged_glob)", {"staged_glob": staged.parquet_glob()})
+    outcomes = evaluate_rules(con, rules, table)
+    results = [check_result(rule, outcome) for rule, outcome in zip(rules, outcomes, strict=True)]
+    failed = [o for r, o in zip(rules, outcomes, strict=True) if r.blocking and not o.passed]
+    if failed:
+        yield from results
+        where = "/".join(staged.key) + (f" [{staged.partition}]" if staged.partition else "")
+        raise AuditFailed(
+            description=f"{where} not published; blocking checks failed: "
+            + "; ".join(o.message() for o in failed),
+            metadata={"failed_checks": ", ".join(o.rule for o in failed)},
+        )
+    published = lake.publish(staged, manifest)
+    lake.rebuild_catalog()
+    yield dg.MaterializeResult(
+        metadata={**metadata, "path": dg.MetadataValue.path(str(published))},
+        check_results=results,
+    )

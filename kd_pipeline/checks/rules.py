@@ -1,0 +1,141 @@
+"""Data rules as plain functions over a DuckDB relation: usable without Dagster.
+
+A rule reads a table (any SQL `FROM` source with bound parameters) and returns a
+`RuleOutcome`: whether it holds, how many rows break it and the first offending ids, so a
+check, the CLI and an export can all report the same thing the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Table:
+    """A SQL `FROM` source and its bound parameters, e.g. `read_parquet($glob)`."""
+
+    source: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def query(self, con: duckdb.DuckDBPyConnection, select: str, extra: Mapping[str, Any] = {}):
+        return con.execute(select.replace("{table}", self.source), {**self.params, **extra})
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """The verdict of one rule on one table."""
+
+    rule: str
+    passed: bool
+    violations: int = 0
+    examples: tuple[str, ...] = ()
+    detail: str = ""
+
+    def message(self) -> str:
+        if self.passed:
+            return f"{self.rule}: ok"
+        shown = ", ".join(self.examples)
+        return f"{self.rule}: {self.violations} violation(s): {self.detail}" + (
+            f" (first: {shown})" if shown else ""
+        )
+
+
+RuleFn = Callable[[duckdb.DuckDBPyConnection, Table], RuleOutcome]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named rule; `blocking` rules stop a publish when they fail."""
+
+    name: str
+    description: str
+    evaluate: RuleFn
+    blocking: bool = True
+
+
+def rows_where(
+    rule: str, condition: str, id_expr: str, detail: str, params: Mapping[str, Any] = {}
+) -> RuleFn:
+    """A rule broken by every row matching condition (values bound as `$name` params);
+    examples show id_expr of the first offending rows."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        (count,) = table.query(
+            con, f"SELECT count(*) FROM {{table}} WHERE {condition}", params
+        ).fetchone()
+        examples: tuple[str, ...] = ()
+        if count:
+            rows = table.query(
+                con,
+                f"SELECT CAST({id_expr} AS VARCHAR) FROM {{table}} WHERE {condition} "
+                f"LIMIT {EXAMPLES}",
+                params,
+            ).fetchall()
+            examples = tuple(str(row[0]) for row in rows)
+        return RuleOutcome(rule, count == 0, count, examples, detail)
+
+    return evaluate
+
+
+def schema_is(rule: str, expected: Mapping[str, str]) -> RuleFn:
+    """The table has exactly the expected columns, in order, with the expected types."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        actual = {
+            name: dtype
+            for name, dtype, *_ in table.query(con, "DESCRIBE SELECT * FROM {table}").fetchall()
+        }
+        problems = [
+            f"{name}: expected {dtype}, found {actual.get(name, 'nothing')}"
+            for name, dtype in expected.items()
+            if actual.get(name) != dtype
+        ]
+        problems += [f"{name}: unexpected column" for name in actual if name not in expected]
+        if not problems and list(actual) != list(expected):
+            problems.append(f"column order {list(actual)} != {list(expected)}")
+        return RuleOutcome(rule, not problems, len(problems), tuple(problems), "schema differs")
+
+    return evaluate
+
+
+def no_nulls(rule: str, columns: Sequence[str], id_expr: str) -> RuleFn:
+    condition = " OR ".join(f"{c} IS NULL" for c in columns)
+    return rows_where(rule, condition, id_expr, f"null in {', '.join(columns)}")
+
+
+def finite(rule: str, column: str, id_expr: str) -> RuleFn:
+    return rows_where(rule, f"NOT isfinite({column})", id_expr, f"{column} is NaN or infinite")
+
+
+def row_count_is(rule: str, expected: int) -> RuleFn:
+    """The table has exactly expected rows (nothing lost or invented on the way)."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        (count,) = table.query(con, "SELECT count(*) FROM {table}").fetchone()
+        return RuleOutcome(
+            rule, count == expected, abs(count - expected), (), f"{count} rows, expected {expected}"
+        )
+
+    return evaluate
+
+
+def not_empty(rule: str) -> RuleFn:
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        (count,) = table.query(
+            con, "SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"
+        ).fetchone()
+        return RuleOutcome(rule, count > 0, 0 if count else 1, (), "the table has no rows")
+
+    return evaluate
+
+
+def evaluate_rules(
+    con: duckdb.DuckDBPyConnection, rules: Sequence[Rule], table: Table
+) -> list[RuleOutcome]:
+    return [rule.evaluate(con, table) for rule in rules]

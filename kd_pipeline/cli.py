@@ -1,0 +1,120 @@
+"""The `kd-pipeline` command line: write the sample mirror, materialise the pipeline.
+
+Every materialisation goes through Dagster with the persistent instance (DAGSTER_HOME), so
+runs started here show up in `dagster dev` like runs started from the UI. Progress goes
+to stderr; the last line of stdout is the path a script wants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kd_pipeline import settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ensure_dagster_home() -> Path:
+    """Use $DAGSTER_HOME, else `<data home>/dagster`, seeded with the project's dagster.yaml."""
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve()
+    else:
+        home = settings.data_home() / "dagster"
+        os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    project_config = PROJECT_ROOT / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and project_config.exists():
+        shutil.copyfile(project_config, home / "dagster.yaml")
+    return home
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from kd_pipeline.sample import write_sample_mirror
+
+    out = Path(args.out).expanduser().resolve()
+    write_sample_mirror(out, args.rows_per_config)
+    print(out)
+    return 0
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
+    from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, canonical_config_name
+
+    home = ensure_dagster_home()
+    partitions = [canonical_config_name(p) for p in args.partition] or list(LIGHTON_CONFIGS)
+    job = defs.resolve_job_def(LIGHTON_PARTITIONED_JOB)
+    log(f"dagster instance: {home}")
+    failed: list[str] = []
+    started = time.monotonic()
+    with dg.DagsterInstance.get() as instance:
+        for number, partition in enumerate(partitions, 1):
+            result = job.execute_in_process(
+                partition_key=partition, instance=instance, raise_on_error=False
+            )
+            status = "ok" if result.success else "FAILED"
+            log(f"[{number}/{len(partitions)}] {partition}: {status} (run {result.run_id[:8]})")
+            if not result.success:
+                failed.append(partition)
+    lake = settings.lake_root()
+    log(
+        f"{len(partitions) - len(failed)}/{len(partitions)} partition runs succeeded in "
+        f"{time.monotonic() - started:.0f}s; lake: {lake}; catalog: {lake / 'catalog.duckdb'}"
+    )
+    if failed:
+        log(f"failed partitions: {', '.join(failed)} (see the runs in the Dagster UI)")
+        return 1
+    print(lake)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kd-pipeline", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sample = sub.add_parser("sample", help="write the deterministic sample mirror to a folder")
+    sample.add_argument("--out", required=True, help="folder to write the mirror into")
+    sample.add_argument(
+        "--rows-per-config",
+        type=int,
+        default=None,
+        help="rows per LightOn config (default: the embedded sample's size)",
+    )
+    sample.set_defaults(func=cmd_sample)
+
+    mat = sub.add_parser("materialize", help="materialise every asset and check, all partitions")
+    mat.add_argument(
+        "--partition",
+        action="append",
+        default=[],
+        help="only this LightOn config (repeatable); default: all 73",
+    )
+    mat.set_defaults(func=cmd_materialize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "rows_per_config", 0) is None:
+        args.rows_per_config = settings.sample_rows_per_config()
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as exc:
+        log(f"kd-pipeline: error: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

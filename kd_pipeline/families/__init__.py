@@ -1,0 +1,1 @@
+"""One module per upstream family: partitions, raw assets, parsers."""

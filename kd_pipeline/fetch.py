@@ -1,0 +1,318 @@
+"""Resolve upstream files to local paths: from a mirror folder, or from the network.
+
+Two kinds of upstream exist: Hugging Face Hub datasets (read through `huggingface_hub`,
+pinned to a commit sha) and plain URLs (Zenodo, MS MARCO: HTTP with resume and md5).
+A *mirror* folder with the same layout replaces the network entirely:
+
+    <mirror>/hf/datasets/<owner>/<name>/<path in repo>
+    <mirror>/url/<host>/<path>            (query string dropped)
+
+Every resolution records what was read (revision or fingerprint, bytes) for lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kd_pipeline.settings import SourceMode
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CHUNK = 1 << 20
+
+
+class FetchError(Exception):
+    """An upstream file could not be had; the message names the repo, revision, file or URL."""
+
+
+@dataclass(frozen=True)
+class RepoFile:
+    """One file of a dataset repository, as listed by the source."""
+
+    path: str
+    size: int
+    sha256: str | None = None  # the LFS sha256 when the Hub gives one
+
+
+@dataclass(frozen=True)
+class DatasetSnapshot:
+    """A dataset repository pinned at one revision: what a run reads, for lineage."""
+
+    repo_id: str
+    revision: str  # a Hub commit sha, or "mirror-<fingerprint>" for a mirror
+    source: str  # "hub", or the mirror folder
+    files: dict[str, RepoFile] = field(default_factory=dict)
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not _REPO_ID.match(repo_id) or ".." in repo_id:
+        raise FetchError(f"dataset id {repo_id!r} is not of the form owner/name")
+    return repo_id
+
+
+def check_repo_path(path: str) -> str:
+    """A path inside a repository: relative, no `..`, no backslashes, no NUL."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or "\x00" in path
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise FetchError(f"repository path {path!r} is not a plain relative path")
+    return path
+
+
+def mirror_path_for_url(mirror: Path, url: str) -> Path:
+    """`<mirror>/url/<host>/<path>` for url, refusing anything that would leave the mirror."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise FetchError(f"{url!r} is not an http(s) URL")
+    rel = f"{parsed.hostname}/{urllib.parse.unquote(parsed.path).lstrip('/')}"
+    return contained(mirror / "url", check_repo_path(rel))
+
+
+def contained(root: Path, rel: str) -> Path:
+    """root/rel, guaranteed (symlinks resolved) to stay inside root."""
+    root = root.resolve()
+    target = (root / rel).resolve()
+    if target != root and root not in target.parents:
+        raise FetchError(f"{rel!r} resolves outside {root} (a link or '..'); refusing it")
+    return target
+
+
+class Fetcher:
+    """Hands out local paths for upstream files, from a mirror folder or the network."""
+
+    def __init__(self, mode: SourceMode, mirror: Path | None, cache_dir: Path) -> None:
+        if mode in ("sample", "mirror") and mirror is None:
+            raise FetchError(f"source {mode!r} needs a mirror folder")
+        self.mode = mode
+        self.mirror = mirror.resolve() if mirror is not None else None
+        self.cache_dir = cache_dir
+
+    def describe(self) -> str:
+        return "hub" if self.mirror is None else f"{self.mode}:{self.mirror}"
+
+    # ---- Hub datasets --------------------------------------------------------------------
+    def _mirror_repo_root(self, repo_id: str) -> Path:
+        assert self.mirror is not None
+        return contained(self.mirror, f"hf/datasets/{check_repo_id(repo_id)}")
+
+    def dataset_snapshot(self, repo_id: str, revision: str = "main") -> DatasetSnapshot:
+        """List a dataset's files at a revision (the Hub resolves it to a commit sha)."""
+        check_repo_id(repo_id)
+        if self.mirror is None:
+            return _hub_snapshot(repo_id, revision)
+        root = self._mirror_repo_root(repo_id)
+        if not root.is_dir():
+            raise FetchError(f"dataset {repo_id} is not in the mirror: {root} does not exist")
+        files: dict[str, RepoFile] = {}
+        fingerprint = hashlib.sha256()
+        for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+            rel = path.relative_to(root).as_posix()
+            if rel.startswith(".git/") or rel.startswith(".cache/"):
+                continue
+            stat = contained(root, rel).stat()
+            files[rel] = RepoFile(rel, stat.st_size)
+            fingerprint.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return DatasetSnapshot(
+            repo_id, "mirror-" + fingerprint.hexdigest()[:16], str(self.mirror), files
+        )
+
+    def dataset_file(self, snapshot: DatasetSnapshot, path: str) -> Path:
+        """A local path to one file of the snapshot, downloaded (and cached) if needed."""
+        check_repo_path(path)
+        if path not in snapshot.files:
+            raise FetchError(
+                f"{path!r} is not a file of {snapshot.repo_id} at revision {snapshot.revision}"
+            )
+        if self.mirror is not None:
+            return contained(self._mirror_repo_root(snapshot.repo_id), path)
+        return _hub_download(snapshot.repo_id, path, snapshot.revision)
+
+    def read_dataset_text(self, snapshot: DatasetSnapshot, path: str) -> str | None:
+        """A small text file of the repository (the dataset card), or None if absent."""
+        if path not in snapshot.files:
+            return None
+        return self.dataset_file(snapshot, path).read_text(encoding="utf-8")
+
+    # ---- plain URLs ----------------------------------------------------------------------
+    def url_file(self, url: str, md5: str | None = None) -> Path:
+        """A local path to the file behind url: from the mirror, or downloaded with resume
+        and verified against md5 when one is known."""
+        if self.mirror is not None:
+            path = mirror_path_for_url(self.mirror, url)
+            if not path.is_file():
+                raise FetchError(f"{url} is not in the mirror: {path} does not exist")
+            return path
+        dest = mirror_path_for_url(self.cache_dir, url)
+        return download_url(url, dest, md5=md5)
+
+
+# ---- Hub access through huggingface_hub --------------------------------------------------
+def _hub_errors(what: str) -> Callable[[Exception], FetchError]:
+    def translate(exc: Exception) -> FetchError:
+        from huggingface_hub import errors
+
+        if isinstance(exc, errors.RevisionNotFoundError):
+            return FetchError(f"{what}: revision not found on the Hub")
+        if isinstance(exc, errors.GatedRepoError | errors.RepositoryNotFoundError):
+            return FetchError(
+                f"{what}: repository not found or not accessible; if it is private or gated, "
+                "set HF_TOKEN (or log in with `hf auth login`) to a token that may read it"
+            )
+        if isinstance(exc, errors.EntryNotFoundError):
+            return FetchError(f"{what}: file not found at that revision")
+        if isinstance(exc, errors.HfHubHTTPError):
+            status = exc.response.status_code if exc.response is not None else "?"
+            if status in (401, 403):
+                return FetchError(
+                    f"{what}: the Hub refused the request (HTTP {status}); check HF_TOKEN"
+                )
+            return FetchError(f"{what}: Hub request failed (HTTP {status})")
+        return FetchError(f"{what}: {type(exc).__name__}: {_redact(str(exc))}")
+
+    return translate
+
+
+def _redact(text: str) -> str:
+    """Remove anything that looks like a Hugging Face token from a message."""
+    return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
+
+
+def _hub_snapshot(repo_id: str, revision: str) -> DatasetSnapshot:
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().dataset_info(repo_id, revision=revision, files_metadata=True)
+    except Exception as exc:
+        raise _hub_errors(f"dataset {repo_id}@{revision}")(exc) from None
+    files = {
+        s.rfilename: RepoFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None)
+        for s in info.siblings or []
+    }
+    return DatasetSnapshot(repo_id, info.sha or revision, "hub", files)
+
+
+def _hub_download(repo_id: str, path: str, revision: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, path, repo_type="dataset", revision=revision))
+    except Exception as exc:
+        raise _hub_errors(f"{repo_id}/{path}@{revision}")(exc) from None
+
+
+# ---- HTTP with resume and md5 -----------------------------------------------------------
+_RETRYABLE = (
+    urllib.error.URLError,
+    http.client.HTTPException,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+def download_url(
+    url: str,
+    dest: Path,
+    *,
+    md5: str | None = None,
+    timeout: float = 60.0,
+    attempts: int = 5,
+    backoff: float = 1.0,
+) -> Path:
+    """Download url to dest, resuming a partial download, retrying transient faults with
+    exponential backoff, and verifying md5. A finished, verified file is never fetched again.
+    """
+    md5 = md5.strip().lower() if md5 else None
+    done_marker = dest.with_name(dest.name + ".verified")
+    if dest.is_file() and done_marker.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    for attempt in range(1, attempts + 1):
+        try:
+            _download_once(url, partial, timeout)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise FetchError(f"{url}: access refused (HTTP {exc.code})") from None
+            if exc.code == 404:
+                raise FetchError(f"{url}: not found (HTTP 404)") from None
+            if (exc.code < 500 and exc.code != 429) or attempt == attempts:
+                raise FetchError(f"{url}: HTTP {exc.code} after {attempt} attempt(s)") from None
+        except _RETRYABLE as exc:
+            if attempt == attempts:
+                raise FetchError(f"{url}: {type(exc).__name__} after {attempt} attempts") from None
+        time.sleep(backoff * 2 ** (attempt - 1))
+    if md5 is not None:
+        actual = file_md5(partial)
+        if actual != md5:
+            partial.unlink(missing_ok=True)
+            raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}); discarded")
+    os.replace(partial, dest)
+    done_marker.write_text(md5 or "")
+    return dest
+
+
+def _download_once(url: str, partial: Path, timeout: float) -> None:
+    have = partial.stat().st_size if partial.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "kd-pipeline"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing left to fetch: the partial file is whole
+            return
+        raise
+    with response:
+        resumed = response.status == 206
+        expected = response.headers.get("Content-Length")
+        mode = "ab" if resumed else "wb"
+        written = 0
+        with open(partial, mode) as out:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                written += len(chunk)
+        if expected is not None and written < int(expected):
+            raise http.client.IncompleteRead(b"", int(expected) - written)
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_generated(target: Path, generate: Callable[[Path], object]) -> Path:
+    """Create target by generate(tmp) + rename, once, even with concurrent callers."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        generate(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # lost the race to a concurrent generator: fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

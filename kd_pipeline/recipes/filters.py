@@ -1,0 +1,217 @@
+"""Filter recipes over a canonical LightOn table: the one definition of the four knobs.
+
+Semantics (UPSTREAM.md section 1):
+- `filter_drop`: skip rows with `drop = true`;
+- `filter_duplicate`: skip rows whose `duplicate` is not null (0 counts as not null);
+- `top_percentile` p in (0, 1]: among the *eligible* rows (those passing the two filters
+  above), t = the similarity at position max(1, floor(n*p)) of the similarities sorted
+  descending; keep `similarity >= t` (ties kept). Computed exactly, not from a sample;
+- `min_similarity`: keep `similarity >= min_similarity`, applied after t is found.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from kd_pipeline.checks.rules import Rule, Table, row_count_is, rows_where
+from kd_pipeline.engine import copy_parquet
+
+
+class SpecError(ValueError):
+    """A recipe spec is invalid; the message names the spec and the knob."""
+
+
+@dataclass(frozen=True)
+class FilterKnobs:
+    """The four filter knobs; validated on construction, so a bad p fails when defined."""
+
+    filter_drop: bool = True
+    filter_duplicate: bool = True
+    min_similarity: float | None = None
+    top_percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("filter_drop", "filter_duplicate"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        p = self.top_percentile
+        if p is not None and (
+            isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1 or math.isnan(p)
+        ):
+            raise SpecError(f"top_percentile must be a number in (0, 1], got {p!r}")
+        m = self.min_similarity
+        if m is not None and (
+            isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m)
+        ):
+            raise SpecError(f"min_similarity must be a finite number, got {m!r}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def eligible_predicate(knobs: FilterKnobs) -> str:
+    """Rows that pass filter_drop and filter_duplicate (the top_percentile population)."""
+    terms = ["TRUE"]
+    if knobs.filter_drop:
+        terms.append('NOT "drop"')
+    if knobs.filter_duplicate:
+        terms.append("duplicate IS NULL")
+    return " AND ".join(terms)
+
+
+def keep_predicate(knobs: FilterKnobs) -> str:
+    """Rows the recipe keeps, with `$threshold` and `$min_similarity` as parameters."""
+    terms = [eligible_predicate(knobs)]
+    if knobs.top_percentile is not None:
+        terms.append("similarity >= $threshold")
+    if knobs.min_similarity is not None:
+        terms.append("similarity >= $min_similarity")
+    return " AND ".join(terms)
+
+
+def keep_params(knobs: FilterKnobs, threshold: float | None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if knobs.top_percentile is not None:
+        params["threshold"] = threshold
+    if knobs.min_similarity is not None:
+        params["min_similarity"] = float(knobs.min_similarity)
+    return params
+
+
+def top_k(eligible: int, p: float) -> int:
+    """max(1, floor(n*p)), with p taken as the decimal the user wrote (0.29 * 100 = 29)."""
+    return max(1, math.floor(Fraction(str(p)) * eligible))
+
+
+def top_percentile_threshold(
+    con: duckdb.DuckDBPyConnection, table: Table, knobs: FilterKnobs
+) -> tuple[float | None, int]:
+    """The exact threshold t and the eligible row count n (t is None when n = 0)."""
+    eligible = eligible_predicate(knobs)
+    (n,) = table.query(con, f"SELECT count(*) FROM {{table}} WHERE {eligible}").fetchone()
+    if n == 0 or knobs.top_percentile is None:
+        return None, n
+    k = top_k(n, knobs.top_percentile)
+    (t,) = table.query(
+        con,
+        f"SELECT similarity FROM {{table}} WHERE {eligible} "
+        "ORDER BY similarity DESC LIMIT 1 OFFSET $offset",
+        {"offset": k - 1},
+    ).fetchone()
+    return float(t), n
+
+
+def rows_removed_by_rule(
+    con: duckdb.DuckDBPyConnection, table: Table, knobs: FilterKnobs, threshold: float | None
+) -> dict[str, int]:
+    """Rows in, rows removed by each rule in order (drop, duplicate, top_percentile,
+    min_similarity), rows out: one scan of the small columns."""
+    passed_drop = 'NOT "drop"' if knobs.filter_drop else "TRUE"
+    passed_dup = f"{passed_drop} AND duplicate IS NULL" if knobs.filter_duplicate else passed_drop
+    passed_top = (
+        f"{passed_dup} AND similarity >= $threshold"
+        if threshold is not None
+        else ("FALSE" if knobs.top_percentile is not None else passed_dup)
+    )
+    passed_min = (
+        f"{passed_top} AND similarity >= $min_similarity"
+        if knobs.min_similarity is not None
+        else passed_top
+    )
+    params = {"threshold": threshold, "min_similarity": knobs.min_similarity}
+    used = {k: v for k, v in params.items() if f"${k}" in passed_min}
+    total, a, b, c, d = table.query(
+        con,
+        f"SELECT count(*), count(*) FILTER (WHERE {passed_drop}), "
+        f"count(*) FILTER (WHERE {passed_dup}), count(*) FILTER (WHERE {passed_top}), "
+        f"count(*) FILTER (WHERE {passed_min}) FROM {{table}}",
+        used,
+    ).fetchone()
+    return {
+        "rows_in": total,
+        "removed_by_drop": total - a,
+        "removed_by_duplicate": a - b,
+        "removed_by_top_percentile": b - c,
+        "removed_by_min_similarity": c - d,
+        "rows_out": d,
+    }
+
+
+def recipe_rules(knobs: FilterKnobs, threshold: float | None, expected_rows: int) -> list[Rule]:
+    """What must hold on a recipe's output, stated independently of the filter SQL."""
+    rules: list[Rule] = []
+    if knobs.filter_drop:
+        rules.append(
+            Rule(
+                "no_dropped_rows",
+                "filter_drop: no row has drop = true.",
+                rows_where("no_dropped_rows", '"drop"', "query_id", "drop = true"),
+            )
+        )
+    if knobs.filter_duplicate:
+        rules.append(
+            Rule(
+                "no_duplicate_rows",
+                "filter_duplicate: every duplicate is null.",
+                rows_where(
+                    "no_duplicate_rows",
+                    "duplicate IS NOT NULL",
+                    "query_id",
+                    "duplicate is not null",
+                ),
+            )
+        )
+    if knobs.top_percentile is not None or knobs.min_similarity is not None:
+        floor = max(
+            [float(v) for v in (threshold, knobs.min_similarity) if v is not None],
+            default=-math.inf,
+        )
+        rules.append(
+            Rule(
+                "similarity_at_least_threshold",
+                "No kept row scores below the threshold or min_similarity.",
+                rows_where(
+                    "similarity_at_least_threshold",
+                    "similarity < $floor",
+                    "query_id",
+                    f"similarity below {floor}",
+                    {"floor": floor},
+                ),
+            )
+        )
+    rules.append(
+        Rule(
+            "row_count_matches_filter",
+            "Rows out equal the rows the filter keeps on the input.",
+            row_count_is("row_count_matches_filter", expected_rows),
+        )
+    )
+    return rules
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    threshold: float | None
+    eligible_rows: int
+    counts: dict[str, int]
+
+
+def apply_filter(
+    con: duckdb.DuckDBPyConnection, source: Table, knobs: FilterKnobs, out_dir: Path
+) -> FilterResult:
+    """Compute the exact threshold, count each rule's removals, and stream the kept rows
+    to out_dir as Parquet, in the source's order."""
+    threshold, eligible = top_percentile_threshold(con, source, knobs)
+    counts = rows_removed_by_rule(con, source, knobs, threshold)
+    keep = (
+        keep_predicate(knobs) if threshold is not None or knobs.top_percentile is None else "FALSE"
+    )
+    params = {**source.params, **(keep_params(knobs, threshold) if keep != "FALSE" else {})}
+    copy_parquet(con, f"SELECT * FROM {source.source} WHERE {keep}", out_dir, params)
+    return FilterResult(threshold, eligible, counts)

@@ -1,0 +1,60 @@
+"""Declarative recipe specs: a few lines of YAML per published variant.
+
+A spec is the identity of a variant (Dagster run config is not): adding an entry to a
+spec file adds an asset with its own key, lineage and published location.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kd_pipeline.lake import LakeError, safe_name
+from kd_pipeline.recipes.filters import FilterKnobs, SpecError
+
+FILTER_SPEC_FILE = Path(__file__).with_name("lighton_filters.yaml")
+RESERVED_NAMES = {"raw", "custom"}
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """One filter variant of the LightOn raw table."""
+
+    name: str
+    description: str
+    knobs: FilterKnobs
+
+
+def load_filter_specs(path: Path = FILTER_SPEC_FILE) -> list[FilterSpec]:
+    """Read and validate a filter spec file; errors name the file and the spec."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of recipe name to knobs")
+    specs = []
+    allowed = set(FilterKnobs.__dataclass_fields__) | {"description"}
+    for name, body in data.items():
+        where = f"{path}: recipe {name!r}"
+        try:
+            safe_name(str(name), "recipe name")
+        except LakeError as exc:
+            raise SpecError(f"{where}: {exc}") from None
+        if name in RESERVED_NAMES:
+            raise SpecError(f"{where}: the name is reserved ({sorted(RESERVED_NAMES)})")
+        body = body or {}
+        if not isinstance(body, dict):
+            raise SpecError(f"{where}: expected a mapping of knobs")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise SpecError(f"{where}: unknown knob(s) {unknown}; allowed: {sorted(allowed)}")
+        knob_values = {k: v for k, v in body.items() if k != "description"}
+        try:
+            knobs = FilterKnobs(**knob_values)
+        except SpecError as exc:
+            raise SpecError(f"{where}: {exc}") from None
+        specs.append(FilterSpec(str(name), str(body.get("description") or name), knobs))
+    return specs

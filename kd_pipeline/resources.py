@@ -1,0 +1,52 @@
+"""The Dagster resources every asset uses: the lake and the upstream source.
+
+Both default to the environment (see `settings`), resolved when a step runs, and both
+accept explicit values so tests point them at temporary folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+
+from kd_pipeline import settings
+from kd_pipeline.fetch import Fetcher, ensure_generated
+from kd_pipeline.lake import Lake
+from kd_pipeline.sample import write_sample_mirror
+
+SAMPLE_LAYOUT_VERSION = 1  # bump when the generated sample changes shape
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The lake folder: `root`, else `$KD_PIPELINE_LAKE`, else `<data home>/lake`."""
+
+    root: str | None = None
+
+    def lake(self) -> Lake:
+        return Lake(Path(self.root) if self.root else settings.lake_root())
+
+
+class UpstreamResource(dg.ConfigurableResource):
+    """Where upstream files come from: `mode` sample | mirror | hub (default: environment)."""
+
+    mode: str | None = None
+    mirror: str | None = None
+    sample_rows_per_config: int | None = None
+
+    def fetcher(self) -> Fetcher:
+        choice = settings.source_choice()
+        mode = self.mode or ("mirror" if self.mirror else choice.mode)
+        mirror = Path(self.mirror) if self.mirror else choice.mirror
+        if mode == "sample":
+            mirror = sample_mirror(self.sample_rows_per_config)
+        if mode not in ("sample", "mirror", "hub"):
+            raise ValueError(f"upstream mode {mode!r}: expected sample, mirror or hub")
+        return Fetcher(mode, None if mode == "hub" else mirror, settings.data_home() / "cache")  # type: ignore[arg-type]
+
+
+def sample_mirror(rows_per_config: int | None = None) -> Path:
+    """The generated sample mirror for that size, created on first use."""
+    rows = settings.sample_rows_per_config() if rows_per_config is None else rows_per_config
+    target = settings.sample_mirror_root() / f"v{SAMPLE_LAYOUT_VERSION}-rows{rows}"
+    return ensure_generated(target, lambda tmp: write_sample_mirror(tmp, rows))

@@ -1,0 +1,89 @@
+"""Where kd-pipeline keeps its data and where it reads upstream files from.
+
+Every environment variable the pipeline honours is read here and nowhere else, at run time
+(never at import), so a test or a deployment changes behaviour by setting variables only.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+SourceMode = Literal["sample", "mirror", "hub"]
+
+HOME_ENV = "KD_PIPELINE_HOME"
+LAKE_ENV = "KD_PIPELINE_LAKE"
+MIRROR_ENV = "KD_PIPELINE_MIRROR"
+SOURCE_ENV = "KD_PIPELINE_SOURCE"
+SAMPLE_ROWS_ENV = "KD_PIPELINE_SAMPLE_ROWS"
+MEMORY_LIMIT_ENV = "KD_PIPELINE_DUCKDB_MEMORY"
+THREADS_ENV = "KD_PIPELINE_DUCKDB_THREADS"
+
+
+def data_home() -> Path:
+    """`$KD_PIPELINE_HOME`, else `$XDG_DATA_HOME/kd-pipeline`, else `~/.local/share/kd-pipeline`."""
+    if os.environ.get(HOME_ENV):
+        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return (Path(xdg).expanduser() / "kd-pipeline").resolve()
+
+
+def lake_root() -> Path:
+    """The lake: `$KD_PIPELINE_LAKE`, else `<data home>/lake`."""
+    if os.environ.get(LAKE_ENV):
+        return Path(os.environ[LAKE_ENV]).expanduser().resolve()
+    return data_home() / "lake"
+
+
+def sample_mirror_root() -> Path:
+    """Where the generated sample mirror lives (one folder per sample size)."""
+    return data_home() / "sample-mirror"
+
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """Which of the three sources upstream files come from."""
+
+    mode: SourceMode
+    mirror: Path | None  # the mirror folder for "mirror"; None for "sample" and "hub"
+
+
+def source_choice() -> SourceChoice:
+    """`KD_PIPELINE_SOURCE=hub` -> the network; `KD_PIPELINE_MIRROR=DIR` -> a local mirror;
+    neither -> the sample mirror (generated on first use)."""
+    requested = os.environ.get(SOURCE_ENV, "").strip().lower()
+    mirror = os.environ.get(MIRROR_ENV, "").strip()
+    if requested not in ("", "sample", "mirror", "hub"):
+        raise ValueError(f"{SOURCE_ENV}={requested!r}: expected one of sample, mirror, hub")
+    if requested == "hub":
+        return SourceChoice("hub", None)
+    if mirror and requested in ("", "mirror"):
+        return SourceChoice("mirror", Path(mirror).expanduser().resolve())
+    if requested == "mirror":
+        raise ValueError(f"{SOURCE_ENV}=mirror needs {MIRROR_ENV}=DIR")
+    return SourceChoice("sample", None)
+
+
+def sample_rows_per_config() -> int:
+    """Rows per LightOn config in the generated sample (`KD_PIPELINE_SAMPLE_ROWS`)."""
+    from kd_pipeline.sample import DEFAULT_ROWS_PER_CONFIG
+
+    raw = os.environ.get(SAMPLE_ROWS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_ROWS_PER_CONFIG
+    if not raw.isdigit():
+        raise ValueError(f"{SAMPLE_ROWS_ENV}={raw!r}: expected a non-negative integer")
+    return int(raw)
+
+
+def duckdb_memory_limit() -> str:
+    """Per-step DuckDB memory limit; DuckDB spills to the lake's scratch folder past it."""
+    return os.environ.get(MEMORY_LIMIT_ENV, "4GB")
+
+
+def duckdb_threads() -> int:
+    """Per-step DuckDB threads (default: all cores)."""
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else (os.cpu_count() or 1)

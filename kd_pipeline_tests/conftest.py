@@ -1,0 +1,65 @@
+"""Shared fixtures: every test runs against temporary folders, never the user's data home."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from huggingface_hub import constants
+
+TIMEOUT = 5
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One data home for the session (the sample mirror is generated once into it)."""
+    home = tmp_path_factory.mktemp("kd_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_PIPELINE_HOME", str(home))
+        for key in ("KD_PIPELINE_LAKE", "KD_PIPELINE_MIRROR", "KD_PIPELINE_SOURCE", "DAGSTER_HOME"):
+            mp.delenv(key, raising=False)
+        yield home
+
+
+@pytest.fixture(autouse=True)
+def lake_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh lake per test."""
+    lake = tmp_path / "lake"
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(lake))
+    return lake
+
+
+@pytest.fixture
+def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Keep huggingface_hub inside tmp_path, online, without telemetry and with short timeouts."""
+    home = tmp_path / "hf_home"
+    env = {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_ETAG_TIMEOUT": str(TIMEOUT),
+        "HF_HUB_DOWNLOAD_TIMEOUT": str(TIMEOUT),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HF_ENDPOINT"):
+        monkeypatch.delenv(key, raising=False)
+    # huggingface_hub reads its environment once at import: patch the parsed values as well.
+    patched = {
+        "HF_HOME": str(home),
+        "HF_HUB_CACHE": str(home / "hub"),
+        "HF_ASSETS_CACHE": str(home / "assets"),
+        "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"),
+        "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_TELEMETRY": True,
+        "HF_HUB_ETAG_TIMEOUT": TIMEOUT,
+        "HF_HUB_DOWNLOAD_TIMEOUT": TIMEOUT,
+    }
+    for key, value in patched.items():
+        monkeypatch.setattr(constants, key, value)
+    yield
+    huggingface_hub.close_session()  # drop keep-alive connections to the stopped server
