@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from kd_pipeline.engine import default_duckdb_resource
-from kd_pipeline.families.lighton import lighton_partitions, lighton_raw
+from kd_pipeline.families.lighton import lighton_raw
 from kd_pipeline.recipes.factory import build_filter_asset
 from kd_pipeline.recipes.specs import load_filter_specs
 from kd_pipeline.resources import LakeResource, UpstreamResource
@@ -21,7 +21,6 @@ def build_definitions() -> dg.Definitions:
             dg.define_asset_job(
                 LIGHTON_PARTITIONED_JOB,
                 selection=dg.AssetSelection.assets(*lighton_assets),
-                partitions_def=lighton_partitions,
                 description="Raw LightOn pairs and every filter recipe, for one config.",
             )
         ],

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_pipeline.settings import SourceMode
+from kd_pipeline.settings import SourceMode, hf_endpoint
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
@@ -174,6 +174,8 @@ def _hub_errors(what: str) -> Callable[[Exception], FetchError]:
                 f"{what}: repository not found or not accessible; if it is private or gated, "
                 "set HF_TOKEN (or log in with `hf auth login`) to a token that may read it"
             )
+        if isinstance(exc, errors.LocalEntryNotFoundError):
+            return FetchError(f"{what}: the Hub could not be reached and no cached copy exists")
         if isinstance(exc, errors.EntryNotFoundError):
             return FetchError(f"{what}: file not found at that revision")
         if isinstance(exc, errors.HfHubHTTPError):
@@ -197,7 +199,9 @@ def _hub_snapshot(repo_id: str, revision: str) -> DatasetSnapshot:
     from huggingface_hub import HfApi
 
     try:
-        info = HfApi().dataset_info(repo_id, revision=revision, files_metadata=True)
+        info = HfApi(endpoint=hf_endpoint()).dataset_info(
+            repo_id, revision=revision, files_metadata=True
+        )
     except Exception as exc:
         raise _hub_errors(f"dataset {repo_id}@{revision}")(exc) from None
     files = {
@@ -211,7 +215,11 @@ def _hub_download(repo_id: str, path: str, revision: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        return Path(hf_hub_download(repo_id, path, repo_type="dataset", revision=revision))
+        return Path(
+            hf_hub_download(
+                repo_id, path, repo_type="dataset", revision=revision, endpoint=hf_endpoint()
+            )
+        )
     except Exception as exc:
         raise _hub_errors(f"{repo_id}/{path}@{revision}")(exc) from None
 

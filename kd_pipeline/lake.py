@@ -55,7 +55,7 @@ def safe_name(value: str, what: str) -> str:
     Asset key parts, partition keys and spec names all end up as folder names: this is the
     one gate that keeps them from escaping the lake (`..`, `/`, absolute paths, NUL).
     """
-    if not isinstance(value, str) or not _SAFE_NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or ".." in value:
         raise LakeError(
             f"{what} {value!r} is not a safe name: use letters, digits and _ . = + - "
             "(no path separators, no leading dot, no '..')"
@@ -131,15 +131,16 @@ class Lake:
     # ---- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
     def _lock(self, name: str, *, wait: bool) -> Iterator[None]:
-        lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        with open(lock_dir / f"{name}.lock", "a+") as handle:
+        """An exclusive flock on `.locks/<name>.lock` (name: safe parts joined by '/')."""
+        lock_file = self.root / ".locks" / f"{name}.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_file, "a+") as handle:
             flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
             try:
                 fcntl.flock(handle, flags)
             except BlockingIOError as exc:
                 raise PartitionBusyError(
-                    f"{name.replace('__', '/')} is being written by another run; "
+                    f"{name} is being written by another run; "
                     "this run leaves it alone (retry when that run has finished)"
                 ) from exc
             try:
@@ -157,7 +158,7 @@ class Lake:
         """
         parts = self._key_parts(key)
         part = self._partition_part(partition)
-        with self._lock("__".join((*parts, part)), wait=False):
+        with self._lock("/".join((*parts, part)), wait=False):
             staging_parent = self._staging_dir(parts, partition)
             # Litter from killed runs: safe to remove, we hold the only writer lock.
             shutil.rmtree(staging_parent, ignore_errors=True)
@@ -176,20 +177,21 @@ class Lake:
             json.dumps({"version": staged.version, **manifest}, indent=2, default=str)
         )
         _fsync_tree(staged.path)
+        published = self.published_path(staged.key, staged.partition)
+        if published.exists() and not published.is_symlink():
+            raise LakeError(f"{published} exists and is not a lake link; move it away first")
+        previous = Path(os.readlink(published)).name if published.is_symlink() else None
         versions = self._versions_dir(staged.key, staged.partition)
         versions.mkdir(parents=True, exist_ok=True)
         final = versions / staged.version
         os.rename(staged.path, final)
 
-        published = self.published_path(staged.key, staged.partition)
         published.parent.mkdir(parents=True, exist_ok=True)
-        if published.exists() and not published.is_symlink():
-            raise LakeError(f"{published} exists and is not a lake link; move it away first")
         link_tmp = published.with_name(f".{published.name}.{staged.version}.link")
         os.symlink(os.path.relpath(final, published.parent), link_tmp)
         os.replace(link_tmp, published)
         _fsync_dir(published.parent)
-        self._drop_old_versions(versions, keep={final.name, _previous(versions, final.name)})
+        self._drop_old_versions(versions, keep={final.name, previous})
         return published
 
     def _drop_old_versions(self, versions: Path, keep: set[str | None]) -> None:
@@ -270,11 +272,6 @@ def _create_view(
         f"CREATE OR REPLACE VIEW {quote_identifier(schema)}.{quote_identifier(view)} AS "
         f"SELECT * EXCLUDE (filename){partition_col} FROM {source}"
     )
-
-
-def _previous(versions: Path, current: str) -> str | None:
-    older = sorted(p.name for p in versions.iterdir() if p.name < current)
-    return older[-1] if older else None
 
 
 def _fsync_tree(path: Path) -> None:

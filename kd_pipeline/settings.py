@@ -87,3 +87,8 @@ def duckdb_threads() -> int:
     """Per-step DuckDB threads (default: all cores)."""
     raw = os.environ.get(THREADS_ENV, "").strip()
     return int(raw) if raw.isdigit() and int(raw) > 0 else (os.cpu_count() or 1)
+
+
+def hf_endpoint() -> str | None:
+    """`HF_ENDPOINT`, read per call (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT") or None

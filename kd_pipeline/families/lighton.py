@@ -321,6 +321,6 @@ def lighton_raw(
                 "rows": rows,
                 "lineage": {k: v for k, v in lineage.items() if k != "files"},
                 "files": list(files),
-                "run_id": context.run_id,
+                "run_id": context.run.run_id,
             },
         )

@@ -90,7 +90,7 @@ def build_filter_asset(spec: FilterSpec) -> dg.AssetsDefinition:
                         "key": RAW_KEY.to_user_string(),
                         "version": raw_manifest.get("version"),
                     },
-                    "run_id": context.run_id,
+                    "run_id": context.run.run_id,
                 },
             )
 

@@ -47,12 +47,19 @@ class FilterKnobs:
             raise SpecError(f"top_percentile must be a number in (0, 1], got {p!r}")
         m = self.min_similarity
         if m is not None and (
-            isinstance(m, bool) or not isinstance(m, int | float) or not math.isfinite(m)
+            isinstance(m, bool) or not isinstance(m, int | float) or not _is_finite(m)
         ):
             raise SpecError(f"min_similarity must be a finite number, got {m!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _is_finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def eligible_predicate(knobs: FilterKnobs) -> str:

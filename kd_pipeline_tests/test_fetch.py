@@ -1,0 +1,138 @@
+"""The fetch layer against real clients: the Hub path through huggingface_hub and a local
+Hub-shaped server (HF_ENDPOINT), plain HTTP with resume and md5, and mirror containment."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants
+
+from kd_pipeline.families.lighton_configs import LIGHTON_REPO_ID
+from kd_pipeline.fetch import Fetcher, FetchError, contained, download_url, mirror_path_for_url
+from kd_pipeline.lake import Lake
+from kd_pipeline.resources import sample_mirror
+from kd_pipeline_tests.helpers import failures, run_lighton_partition
+from kd_pipeline_tests.hub_server import Fault, HubServer
+
+pytestmark = pytest.mark.usefixtures("hf_env")
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch):
+    """The sample mirror served in the Hub's shape; the pipeline pointed at it by endpoint."""
+    with HubServer(sample_mirror()) as server:
+        # As if HF_ENDPOINT had been set before huggingface_hub was imported.
+        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
+        monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+        yield server
+
+
+def test_raw_partition_from_the_hub_pins_the_revision_and_caches_files(hub, lake_dir) -> None:
+    result = run_lighton_partition("msmarco")
+    assert result.success, failures(result)
+    meta = result.asset_materializations_for_node("lighton__raw")[0].metadata
+    assert meta["source"].value == "hub"
+    assert meta["revision"].value == hub.revision(LIGHTON_REPO_ID)
+    assert meta["dagster/row_count"].value == 200
+    downloads = [p for m, p, _ in hub.requests if "/resolve/" in p and m == "GET"]
+    assert len(downloads) == 4  # the card and three msmarco shards
+    assert all(f"/resolve/{hub.revision(LIGHTON_REPO_ID)}/" in p for p in downloads)
+
+    hub.requests.clear()
+    assert run_lighton_partition("msmarco").success
+    assert [p for _, p, _ in hub.requests if "/resolve/" in p] == []  # served from the cache
+    assert Lake(lake_dir).is_published(("lighton", "raw"), "msmarco")
+
+
+def test_hub_errors_are_clear_and_never_show_the_token(hub, tmp_path, monkeypatch) -> None:
+    secret = "hf_" + "s3cr3tT0kenValue1234"
+    hub.token = "hf_expected_token_0000"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "none"))
+    fetcher = Fetcher("hub", None, tmp_path / "cache")
+    with pytest.raises(FetchError) as caught:
+        fetcher.dataset_snapshot(LIGHTON_REPO_ID)
+    assert "HF_TOKEN" in str(caught.value) and secret not in str(caught.value)
+    hub.token = None
+    with pytest.raises(FetchError, match="revision not found"):
+        fetcher.dataset_snapshot(LIGHTON_REPO_ID, revision="0" * 40)
+    with pytest.raises(FetchError, match="not found or not accessible"):
+        fetcher.dataset_snapshot("nobody/nothing")
+
+
+def _serve_file(tmp_path: Path, payload: bytes) -> tuple[Path, str]:
+    url = "https://zenodo.org/records/4068216/files/scores.tsv?download=1"
+    target = mirror_path_for_url(tmp_path / "mirror", url)
+    target.parent.mkdir(parents=True)
+    target.write_bytes(payload)
+    return tmp_path / "mirror", url
+
+
+def test_download_resumes_after_a_drop_and_verifies_md5(tmp_path) -> None:
+    payload = os.urandom(300_000)
+    mirror, url = _serve_file(tmp_path, payload)
+    with HubServer(mirror) as server:
+        server.faults.append(Fault("scores.tsv", "drop", after_bytes=100_000))
+        server.faults.append(Fault("scores.tsv", "status", status=503))
+        dest = tmp_path / "cache" / "scores.tsv"
+        md5 = hashlib.md5(payload).hexdigest()
+        assert (
+            download_url(server.url_for(url), dest, md5=md5, backoff=0.01).read_bytes() == payload
+        )
+        ranges = [h.get("Range") for m, p, h in server.requests if "scores.tsv" in p]
+        assert ranges[0] is None and ranges[-1] == "bytes=100000-"  # resumed, not restarted
+        server.requests.clear()
+        download_url(server.url_for(url), dest, md5=md5)
+        assert server.requests == []  # verified files are never fetched again
+
+
+def test_download_md5_mismatch_and_404_are_clear(tmp_path) -> None:
+    mirror, url = _serve_file(tmp_path, b"a\tb\n")
+    with HubServer(mirror) as server:
+        dest = tmp_path / "cache" / "scores.tsv"
+        with pytest.raises(FetchError, match="md5 mismatch"):
+            download_url(server.url_for(url), dest, md5="0" * 32, backoff=0.01)
+        assert not dest.exists() and not dest.with_name("scores.tsv.part").exists()
+        with pytest.raises(FetchError, match="not found"):
+            download_url(server.url_for(url.replace("scores", "nothing")), dest, backoff=0.01)
+
+
+def test_download_gives_up_after_bounded_retries(tmp_path) -> None:
+    mirror, url = _serve_file(tmp_path, b"x")
+    with HubServer(mirror) as server:
+        server.faults.append(Fault("scores.tsv", "status", status=500, times=10))
+        with pytest.raises(FetchError, match="HTTP 500 after 3 attempt"):
+            download_url(server.url_for(url), tmp_path / "d", attempts=3, backoff=0.01)
+        assert sum("scores.tsv" in p for _, p, _ in server.requests) == 3
+
+
+@pytest.mark.parametrize("rel", ["../outside", "a/../../x", "/etc/passwd", "a\\b", ""])
+def test_mirror_paths_cannot_escape(tmp_path, rel) -> None:
+    with pytest.raises(FetchError):
+        Fetcher("mirror", tmp_path, tmp_path / "c").dataset_file(_snapshot_with(rel), rel)
+
+
+def _snapshot_with(rel: str):
+    from kd_pipeline.fetch import DatasetSnapshot, RepoFile
+
+    return DatasetSnapshot(LIGHTON_REPO_ID, "r", "m", {rel: RepoFile(rel, 1)})
+
+
+def test_symlink_out_of_the_mirror_is_refused(tmp_path) -> None:
+    outside = tmp_path / "secret.parquet"
+    outside.write_bytes(b"x")
+    repo = tmp_path / "mirror" / "hf" / "datasets" / LIGHTON_REPO_ID / "agnews"
+    repo.mkdir(parents=True)
+    (repo / "train.parquet").symlink_to(outside)
+    with pytest.raises(FetchError, match="outside"):
+        Fetcher("mirror", tmp_path / "mirror", tmp_path / "c").dataset_snapshot(LIGHTON_REPO_ID)
+    assert contained(tmp_path, "mirror") == (tmp_path / "mirror").resolve()
