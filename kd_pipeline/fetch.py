@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kd_pipeline.settings import SourceMode, hf_endpoint
+from kd_pipeline.settings import SourceMode, hf_endpoint, http_mirror
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
@@ -151,15 +151,41 @@ class Fetcher:
 
     # ---- plain URLs ----------------------------------------------------------------------
     def url_file(self, url: str, md5: str | None = None) -> Path:
-        """A local path to the file behind url: from the mirror, or downloaded with resume
-        and verified against md5 when one is known."""
+        """A local path to the file behind url, verified against md5 when one is known:
+        from the mirror, or downloaded (with resume) into the cache."""
         if self.mirror is not None:
             path = mirror_path_for_url(self.mirror, url)
             if not path.is_file():
                 raise FetchError(f"{url} is not in the mirror: {path} does not exist")
+            if md5:
+                verify_md5_once(path, md5, self.cache_dir / "md5", url)
             return path
-        dest = mirror_path_for_url(self.cache_dir, url)
-        return download_url(url, dest, md5=md5)
+        dest = mirror_path_for_url(self.cache_dir / "url", url)
+        return download_url(http_mirror_url(url), dest, md5=md5)
+
+
+def http_mirror_url(url: str) -> str:
+    """The URL actually requested: url itself, or its place on the HTTP mirror if one is set."""
+    base = http_mirror()
+    if base is None:
+        return url
+    parsed = urllib.parse.urlsplit(url)
+    return f"{base}/{parsed.hostname}{parsed.path}"
+
+
+def verify_md5_once(path: Path, md5: str, ledger: Path, what: str) -> None:
+    """Check path's md5, remembering a success by (path, size, mtime) so that a large mirror
+    file is hashed once, not on every run."""
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+    marker = ledger / key[:2] / f"{key}.{md5.strip().lower()}"
+    if marker.exists():
+        return
+    actual = file_md5(path)
+    if actual != md5.strip().lower():
+        raise FetchError(f"{what}: md5 mismatch for {path} (expected {md5.strip()}, got {actual})")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
 
 
 # ---- Hub access through huggingface_hub --------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Literal
 SourceMode = Literal["sample", "mirror", "hub"]
 
 HOME_ENV = "KD_PIPELINE_HOME"
+HTTP_MIRROR_ENV = "KD_PIPELINE_HTTP_MIRROR"
 LAKE_ENV = "KD_PIPELINE_LAKE"
 MIRROR_ENV = "KD_PIPELINE_MIRROR"
 SOURCE_ENV = "KD_PIPELINE_SOURCE"
@@ -92,3 +93,10 @@ def duckdb_threads() -> int:
 def hf_endpoint() -> str | None:
     """`HF_ENDPOINT`, read per call (huggingface_hub reads it once, at import)."""
     return os.environ.get("HF_ENDPOINT") or None
+
+
+def http_mirror() -> str | None:
+    """`KD_PIPELINE_HTTP_MIRROR=URL`: fetch plain URLs as `<URL>/<host>/<path>` instead (an
+    HTTP server holding the `url/` half of a mirror, e.g. an artifact proxy)."""
+    value = os.environ.get(HTTP_MIRROR_ENV, "").strip().rstrip("/")
+    return value or None

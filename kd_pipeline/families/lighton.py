@@ -324,3 +324,7 @@ def lighton_raw(
                 "run_id": context.run.run_id,
             },
         )
+
+
+def definitions() -> dg.Definitions:
+    return dg.Definitions(assets=[lighton_raw])

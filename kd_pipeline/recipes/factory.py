@@ -17,7 +17,7 @@ from kd_pipeline.families.lighton import (
 )
 from kd_pipeline.metadata import preview, same_column_lineage
 from kd_pipeline.recipes.filters import FilterKnobs, apply_filter, recipe_rules
-from kd_pipeline.recipes.specs import FilterSpec
+from kd_pipeline.recipes.specs import FilterSpec, load_filter_specs
 from kd_pipeline.resources import LakeResource
 
 
@@ -96,3 +96,18 @@ def build_filter_asset(spec: FilterSpec) -> dg.AssetsDefinition:
 
     _filter_asset.__name__ = f"lighton_{spec.name}"
     return _filter_asset
+
+
+LIGHTON_PARTITIONED_JOB = "lighton_partitions"
+
+
+def definitions() -> dg.Definitions:
+    """Every LightOn filter recipe from the spec file, and the per-config job that builds
+    raw and all recipes of one config in one run."""
+    recipes = [build_filter_asset(spec) for spec in load_filter_specs()]
+    job = dg.define_asset_job(
+        LIGHTON_PARTITIONED_JOB,
+        selection=dg.AssetSelection.assets(RAW_KEY, *(a.key for a in recipes)),
+        description="Raw LightOn pairs and every filter recipe, for one config.",
+    )
+    return dg.Definitions(assets=recipes, jobs=[job])
