@@ -50,6 +50,9 @@ DOCS_PER_QUERY = 8  # each query text appears with this many documents, as upstr
 DROP_RATE = 0.40
 DUPLICATE_RATE = 0.08
 TOP_P = 0.35
+# DuckDB's default zstd level, which copy_parquet and the COPY baseline use; pyarrow's own
+# default is 1, so the Python baseline names it to write the same compression as ours.
+ZSTD_LEVEL = 3
 
 TARGET_PYTHON = 15.0
 TARGET_COPY = 0.7
@@ -266,7 +269,9 @@ def run_python(spec: dict[str, Any]) -> dict[str, Any]:
     out = Path(spec["out"])
     out.mkdir(parents=True, exist_ok=True)
     kept, pending = 0, []
-    with pq.ParquetWriter(out / "part-0.parquet", schema, compression="zstd") as writer:
+    with pq.ParquetWriter(
+        out / "part-0.parquet", schema, compression="zstd", compression_level=ZSTD_LEVEL
+    ) as writer:
         for row in rows():
             if eligible(row) and (
                 spec["top"] is None or (threshold is not None and row["similarity"] >= threshold)
@@ -314,9 +319,7 @@ def child_main(spec_json: str) -> None:
 
 # ---- the parent: run children, check, report ---------------------------------------------
 def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    out = Path(spec["out"])
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    remove(Path(spec["out"]))
     result_path = workdir / "child-result.json"
     result_path.unlink(missing_ok=True)
     env = {
@@ -334,8 +337,15 @@ def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
         raise SystemExit(f"variant {spec['name']} failed (exit {proc.returncode})")
     result = json.loads(result_path.read_text())
     result["child_wall_seconds"] = wall
-    result["rows_written"] = count_rows(out)
+    result["rows_written"] = count_rows(Path(spec["out"]))
     return result
+
+
+def remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
 
 
 def count_rows(out: Path) -> int:
@@ -381,7 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="rows the Python baseline reads (a prefix of the input; default all N)",
     )
-    parser.add_argument("--repeat", type=int, default=2, help="best of R for DuckDB variants")
+    parser.add_argument("--repeat", type=int, default=3, help="best of R for DuckDB variants")
+    parser.add_argument(
+        "--python-repeat", type=int, default=1, help="best of R for the Python baseline"
+    )
     parser.add_argument("--skip-2n", action="store_true", help="skip the 2N memory runs")
     parser.add_argument(
         "--memory-limit", default=os.environ.get("KD_PIPELINE_DUCKDB_MEMORY", "4GB")
@@ -397,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     scratch = workdir / "scratch"
     scratch.mkdir(exist_ok=True)
+    (workdir / "out").mkdir(exist_ok=True)
     n_rows = args.rows
     py_rows = min(args.python_rows or n_rows, n_rows)
     folder_n = dataset(workdir, n_rows)
@@ -415,7 +429,12 @@ def main(argv: list[str] | None = None) -> int:
             plan.append(
                 (
                     f"ours/{label}{suffix}",
-                    {"kind": "ours", "glob": glob, "top": top, "out": str(workdir / "out-ours")},
+                    {
+                        "kind": "ours",
+                        "glob": glob,
+                        "top": top,
+                        "out": str(workdir / "out" / slug(f"ours-{label}{suffix}")),
+                    },
                     rows,
                     args.repeat,
                 )
@@ -427,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                     "kind": "duckdb-copy",
                     "glob": str(folder_n / "*.parquet"),
                     "top": top,
-                    "out": str(workdir / "out-copy.parquet"),
+                    "out": str(workdir / "out" / f"duckdb-copy-{label}.parquet"),
                 },
                 n_rows,
                 args.repeat,
@@ -441,34 +460,39 @@ def main(argv: list[str] | None = None) -> int:
                     "folder": str(folder_n),
                     "limit": py_rows,
                     "top": top,
-                    "out": str(workdir / "out-python"),
+                    "out": str(workdir / "out" / f"python-{label}"),
                 },
                 py_rows,
-                1,
+                args.python_repeat,
             )
         )
 
     results: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in plan}
     for folder in filter(None, [folder_n, folder_2n]):
         warm_page_cache(folder)
-    for name, spec, rows, repeats in plan:
-        spec = {**common, **spec, "name": name}
-        runs = []
-        for _ in range(repeats):
-            print(f"running {name} on {rows:,} rows ...", flush=True)
-            runs.append(run_child(spec, workdir))
-        best = min(runs, key=lambda r: r["seconds"])
+    # rounds interleave the variants, so background load drifting hits them all alike
+    for round_no in range(max(repeats for *_, repeats in plan)):
+        for name, spec, rows, repeats in plan:
+            if round_no >= repeats:
+                continue
+            print(f"round {round_no + 1}: {name} on {rows:,} rows ...", flush=True)
+            load = os.getloadavg()[0]
+            run = run_child({**common, **spec, "name": name}, workdir)
+            run["load_before"] = load
+            runs[name].append(run)
+            if not args.keep:
+                remove(Path(spec["out"]))
+    for name, _spec, rows, _repeats in plan:
+        best = dict(min(runs[name], key=lambda r: r["seconds"]))
         best.update(
             rows=rows,
             rows_per_s=rows / best["seconds"],
-            runs_seconds=[r["seconds"] for r in runs],
-            peak_mib=max(r["peak_mib"] for r in runs),
+            runs_seconds=[r["seconds"] for r in runs[name]],
+            peak_mib=max(r["peak_mib"] for r in runs[name]),
+            load_before=[r["load_before"] for r in runs[name]],
         )
         results[name] = best
-        if not args.keep:
-            out = Path(spec["out"])
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
 
     # ---- correctness: the same knobs give the same rows everywhere
     checks = []
@@ -510,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['peak_mib']:>10,.0f}{r['base_mib']:>10,.0f}"
         )
     print("(seconds: the work only, best of the runs; base MiB: RSS before the work)")
+    loads = [load for r in results.values() for load in r["load_before"]]
+    print(
+        f"(1-min load average before the runs: {min(loads):.1f} to {max(loads):.1f} on "
+        f"{os.cpu_count()} cpus; other processes share the machine)"
+    )
     if py_rows != n_rows:
         print(f"(python baseline measured on the first {py_rows:,} rows; ratios use rows/s)")
     print()
@@ -565,6 +594,10 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {path.relative_to(REPO)}")
     return 0
+
+
+def slug(name: str) -> str:
+    return name.replace("/", "-").replace(" @", "-")
 
 
 def _duckdb_version() -> str:

@@ -12,6 +12,7 @@ from kd_pipeline.recipes import factory
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
 LIGHTON_PARTITIONED_JOB = factory.LIGHTON_PARTITIONED_JOB
+LIGHTON_UNIONS_JOB = factory.LIGHTON_UNIONS_JOB
 
 
 def shared_resources() -> dg.Definitions:

@@ -7,6 +7,7 @@ lake's scratch folder instead of failing, so a step's footprint does not grow wi
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,16 @@ def copy_parquet(
     select: str,
     out_dir: Path,
     params: Mapping[str, Any] | None = None,
+    *,
+    filename_prefix: str = "",
 ) -> int:
-    """Stream a query into out_dir/part-N.parquet (zstd, files rolled at ~512 MB)."""
+    """Stream a query into out_dir/<prefix>part-N.parquet (zstd, files rolled at ~512 MB)."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", filename_prefix):
+        raise ValueError(f"unsafe file name prefix {filename_prefix!r}")
     (rows,) = con.execute(
         f"COPY ({select}) TO {quote_literal(str(out_dir))} (FORMAT parquet, COMPRESSION zstd, "
-        "ROW_GROUP_SIZE 100000, FILE_SIZE_BYTES '512MB', FILENAME_PATTERN 'part-{i}', "
-        "OVERWRITE_OR_IGNORE true)",
+        "ROW_GROUP_SIZE 100000, FILE_SIZE_BYTES '512MB', "
+        f"FILENAME_PATTERN '{filename_prefix}part-{{i}}', OVERWRITE_OR_IGNORE true)",
         params or {},
     ).fetchone()
     return int(rows)

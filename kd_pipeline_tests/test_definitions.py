@@ -22,9 +22,24 @@ def test_partitions_are_exactly_the_73_upstream_config_names() -> None:
     assert "fw_edu" not in expected and "fw-edu" in expected  # aliases never become keys
 
 
-def test_asset_keys_snapshot() -> None:
-    keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
-    assert keys == ["lighton/raw", "lighton/recommended", "lighton/similarity_3", "lighton/top35"]
+LIGHTON_PARTITIONED = [
+    "lighton/raw",
+    "lighton/recommended",
+    "lighton/similarity_3",
+    "lighton/top35",
+]
+LIGHTON_UNPARTITIONED = ["lighton/custom_union", "lighton/denseon_lateon"]
+
+
+def lighton_keys() -> list[str]:
+    keys = (k.to_user_string() for k in defs.resolve_all_asset_keys())
+    return sorted(k for k in keys if k.startswith("lighton/"))
+
+
+def test_lighton_asset_keys_snapshot() -> None:
+    assert lighton_keys() == sorted(
+        [*LIGHTON_PARTITIONED, *LIGHTON_UNPARTITIONED, "lighton/custom"]
+    )
 
 
 def test_asset_check_snapshot() -> None:
@@ -39,18 +54,31 @@ def test_asset_check_snapshot() -> None:
         + [f"lighton/recommended:{c}" for c in recipe]
         + [f"lighton/top35:{c}" for c in [*recipe, "similarity_at_least_threshold"]]
         + [f"lighton/similarity_3:{c}" for c in [*recipe, "similarity_at_least_threshold"]]
+        + [
+            f"lighton/denseon_lateon:{c}"
+            for c in [
+                *common,
+                "row_count_matches_sources",
+                "positions_are_a_permutation",
+                "group_standard_filters_hold",
+            ]
+        ]
     )
-    assert checks == expected
+    assert [c for c in checks if c.startswith("lighton/")] == expected
 
 
-def test_every_asset_is_described_grouped_and_partitioned_like_raw() -> None:
+def test_every_asset_is_described_grouped_and_has_a_column_schema() -> None:
     graph = defs.resolve_asset_graph()
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
         assert node.description, key
-        assert node.group_name == "lighton", key
-        assert node.partitions_def == lighton_partitions, key
+        assert node.group_name == key.path[0] or node.group_name == "text", key
+        assert node.owners and node.kinds, key
         assert "dagster/column_schema" in node.metadata, key
+    for name in LIGHTON_PARTITIONED + ["lighton/custom"]:
+        assert graph.get(dg.AssetKey.from_user_string(name)).partitions_def == lighton_partitions
+    for name in LIGHTON_UNPARTITIONED:
+        assert graph.get(dg.AssetKey.from_user_string(name)).partitions_def is None
     recommended = graph.get(dg.AssetKey(["lighton", "recommended"]))
     assert recommended.parent_keys == {dg.AssetKey(["lighton", "raw"])}
 
@@ -58,4 +86,14 @@ def test_every_asset_is_described_grouped_and_partitioned_like_raw() -> None:
 def test_partitioned_job_covers_every_lighton_asset() -> None:
     job = defs.resolve_job_def(LIGHTON_PARTITIONED_JOB)
     assert job.partitions_def == lighton_partitions
-    assert len(job.asset_layer.executable_asset_keys) == 4
+    assert sorted(k.to_user_string() for k in job.asset_layer.executable_asset_keys) == (
+        LIGHTON_PARTITIONED
+    )
+
+
+def test_union_depends_on_exactly_its_configs() -> None:
+    graph = defs.resolve_asset_graph()
+    union = graph.get(dg.AssetKey(["lighton", "denseon_lateon"]))
+    assert union.parent_keys == {dg.AssetKey(["lighton", "raw"])}
+    mapping = union.partition_mappings[dg.AssetKey(["lighton", "raw"])]
+    assert sorted(mapping.partition_keys) == sorted(lighton_partitions.get_partition_keys())

@@ -397,6 +397,8 @@ def test_filter_knobs_accept_valid_values(knobs: dict):
         "filter_duplicate": True,
         "min_similarity": None,
         "top_percentile": None,
+        "dedup": False,
+        "dedup_casefold": False,
         **knobs,
     }
 
@@ -470,7 +472,7 @@ def test_unsafe_recipe_names_are_refused(tmp_path: Path, name: str):
     [
         ("a: [1, 2\n", "not valid YAML"),
         ("- a\n- b\n", "expected a mapping of recipe name"),
-        ("r: 3\n", "expected a mapping of knobs"),
+        ("r: 3\n", "expected a mapping"),
     ],
 )
 def test_malformed_spec_files_are_refused_naming_the_file(tmp_path: Path, text: str, match: str):

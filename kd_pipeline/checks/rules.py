@@ -22,6 +22,16 @@ class Table:
 
     source: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    addressed: str | None = None  # the same rows plus `filename`, `file_row_number` columns
+
+    @classmethod
+    def parquet(cls, glob: str) -> Table:
+        """A Parquet dataset (a lake version) by glob."""
+        return cls(
+            "read_parquet($glob)",
+            {"glob": glob},
+            "read_parquet($glob, filename = true, file_row_number = true)",
+        )
 
     def query(self, con: duckdb.DuckDBPyConnection, select: str, extra: Mapping[str, Any] = {}):
         return con.execute(select.replace("{table}", self.source), {**self.params, **extra})

@@ -220,13 +220,16 @@ def write_canonical(
 
 
 # ---- checks --------------------------------------------------------------------------------
-def canonical_rules(expected_rows: int | None = None) -> list[Rule]:
-    """Integrity rules every canonical LightOn table must satisfy to be published."""
+def canonical_rules(
+    expected_rows: int | None = None, extra_columns: dict[str, str] | None = None
+) -> list[Rule]:
+    """Integrity rules every canonical LightOn table (plus extra_columns, for unions) must
+    satisfy to be published."""
     rules = [
         Rule(
             "schema",
             "Columns and types are the canonical LightOn schema.",
-            schema_is("schema", CANONICAL_COLUMNS),
+            schema_is("schema", {**CANONICAL_COLUMNS, **(extra_columns or {})}),
         ),
         Rule(
             "no_null_text_or_score",

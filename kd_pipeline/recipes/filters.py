@@ -21,6 +21,12 @@ import duckdb
 
 from kd_pipeline.checks.rules import Rule, Table, row_count_is, rows_where
 from kd_pipeline.engine import copy_parquet
+from kd_pipeline.recipes.dedup import (
+    DedupSource,
+    build_keep_table,
+    kept_by_dedup_select,
+    pair_key_sql,
+)
 
 
 class SpecError(ValueError):
@@ -29,15 +35,17 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class FilterKnobs:
-    """The four filter knobs; validated on construction, so a bad p fails when defined."""
+    """The filter knobs; validated on construction, so a bad p fails when defined."""
 
     filter_drop: bool = True
     filter_duplicate: bool = True
     min_similarity: float | None = None
     top_percentile: float | None = None
+    dedup: bool = False  # drop exact (query, document) copies of kept rows (see dedup.py)
+    dedup_casefold: bool = False  # compare texts case-insensitively when deduplicating
 
     def __post_init__(self) -> None:
-        for name in ("filter_drop", "filter_duplicate"):
+        for name in ("filter_drop", "filter_duplicate", "dedup", "dedup_casefold"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"{name} must be true or false, got {getattr(self, name)!r}")
         p = self.top_percentile
@@ -192,6 +200,20 @@ def recipe_rules(knobs: FilterKnobs, threshold: float | None, expected_rows: int
                 ),
             )
         )
+    if knobs.dedup:
+        key = pair_key_sql(knobs.dedup_casefold)
+        rules.append(
+            Rule(
+                "no_duplicate_pairs",
+                "dedup: no (query, document) pair appears twice after normalisation.",
+                rows_where(
+                    "no_duplicate_pairs",
+                    f"{key} IN (SELECT {key} FROM {{table}} GROUP BY 1 HAVING count(*) > 1)",
+                    "query_id",
+                    "the same normalised pair appears more than once",
+                ),
+            )
+        )
     rules.append(
         Rule(
             "row_count_matches_filter",
@@ -209,16 +231,35 @@ class FilterResult:
     counts: dict[str, int]
 
 
-def apply_filter(
-    con: duckdb.DuckDBPyConnection, source: Table, knobs: FilterKnobs, out_dir: Path
-) -> FilterResult:
-    """Compute the exact threshold, count each rule's removals, and stream the kept rows
-    to out_dir as Parquet, in the source's order."""
-    threshold, eligible = top_percentile_threshold(con, source, knobs)
-    counts = rows_removed_by_rule(con, source, knobs, threshold)
+def kept_rows_select(
+    source: Table, knobs: FilterKnobs, threshold: float | None, *, addressed: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """The SELECT of the rows the filters keep (before dedup), and its parameters; with
+    `addressed`, rows also carry `filename` and `file_row_number` (for dedup)."""
     keep = (
         keep_predicate(knobs) if threshold is not None or knobs.top_percentile is None else "FALSE"
     )
     params = {**source.params, **(keep_params(knobs, threshold) if keep != "FALSE" else {})}
-    copy_parquet(con, f"SELECT * FROM {source.source} WHERE {keep}", out_dir, params)
+    if addressed and source.addressed is None:
+        raise ValueError("dedup needs a table with row addresses (use Table.parquet)")
+    origin = source.addressed if addressed else source.source
+    return f"SELECT * FROM {origin} WHERE {keep}", params
+
+
+def apply_filter(
+    con: duckdb.DuckDBPyConnection, source: Table, knobs: FilterKnobs, out_dir: Path
+) -> FilterResult:
+    """Compute the exact threshold, count each rule's removals, and stream the kept rows
+    to out_dir as Parquet, in the source's order (then drop exact copies if asked)."""
+    threshold, eligible = top_percentile_threshold(con, source, knobs)
+    counts = rows_removed_by_rule(con, source, knobs, threshold)
+    if not knobs.dedup:
+        select, params = kept_rows_select(source, knobs, threshold)
+        copy_parquet(con, select, out_dir, params)
+        return FilterResult(threshold, eligible, counts)
+    select, params = kept_rows_select(source, knobs, threshold, addressed=True)
+    build_keep_table(con, [DedupSource(0, "self", select, params)], knobs.dedup_casefold)
+    rows = copy_parquet(con, kept_by_dedup_select(select, 0), out_dir, params)
+    counts["removed_by_dedup"] = counts["rows_out"] - rows
+    counts["rows_out"] = rows
     return FilterResult(threshold, eligible, counts)
