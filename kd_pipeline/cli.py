@@ -52,6 +52,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
     from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, canonical_config_name
+    from kd_pipeline.prepare import QUIET_LOGS
 
     home = ensure_dagster_home()
     partitions = [canonical_config_name(p) for p in args.partition] or list(LIGHTON_CONFIGS)
@@ -62,7 +63,10 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         for number, partition in enumerate(partitions, 1):
             result = job.execute_in_process(
-                partition_key=partition, instance=instance, raise_on_error=False
+                partition_key=partition,
+                instance=instance,
+                raise_on_error=False,
+                run_config=QUIET_LOGS,
             )
             status = "ok" if result.success else "FAILED"
             log(f"[{number}/{len(partitions)}] {partition}: {status} (run {result.run_id[:8]})")
@@ -77,6 +81,31 @@ def cmd_materialize(args: argparse.Namespace) -> int:
         log(f"failed partitions: {', '.join(failed)} (see the runs in the Dagster UI)")
         return 1
     print(lake)
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from kd_pipeline.lake import Lake
+    from kd_pipeline.prepare import PrepareError, prepare
+    from kd_pipeline.selectors import SelectorError
+
+    ensure_dagster_home()
+    try:
+        with dg.DagsterInstance.get() as instance:
+            path = prepare(args.selector, instance, Lake(settings.lake_root()), log)
+    except (SelectorError, PrepareError) as exc:
+        log(f"kd-pipeline prepare: {exc}")
+        return 2
+    print(path)
+    return 0
+
+
+def cmd_ids(args: argparse.Namespace) -> int:
+    from kd_pipeline.prepare import describe_ids
+
+    describe_ids()
     return 0
 
 
@@ -102,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this LightOn config (repeatable); default: all 73",
     )
     mat.set_defaults(func=cmd_materialize)
+
+    prep = sub.add_parser(
+        "prepare",
+        help="materialise one dataset variant by selector, print its published path",
+        description="SELECTOR: id[key=value,...], e.g. "
+        "'ai.lighton.embeddings_pre_training[name=fw-edu,filter_drop=false,top_percentile=0.35]'"
+        " (see `kd-pipeline ids`). Reuses what is published; the last line of stdout is the path.",
+    )
+    prep.add_argument("selector")
+    prep.set_defaults(func=cmd_prepare)
+
+    ids = sub.add_parser("ids", help="list every dataset id and its knobs")
+    ids.set_defaults(func=cmd_ids)
     return parser
 
 

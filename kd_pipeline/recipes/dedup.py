@@ -23,7 +23,7 @@ KEEP_TABLE = "dedup_keep"
 
 
 def normalized_text_sql(column: str, casefold: bool) -> str:
-    text = f"regexp_replace(trim(nfc_normalize({column})), '\\s+', ' ', 'g')"
+    text = f"trim(regexp_replace(nfc_normalize({column}), '\\s+', ' ', 'g'))"
     return f"lower({text})" if casefold else text
 
 
