@@ -6,6 +6,7 @@ Nothing here connects, downloads or reads the environment; each family module ex
 
 import dagster as dg
 
+from kd_pipeline import automation
 from kd_pipeline.engine import default_duckdb_resource
 from kd_pipeline.families import lighton
 from kd_pipeline.recipes import factory
@@ -29,6 +30,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions.merge(
         lighton.definitions(),
         factory.definitions(),
+        automation.definitions(),
         shared_resources(),
     )
 

@@ -137,6 +137,7 @@ def build_filter_asset(spec: FilterSpec) -> dg.AssetsDefinition:
         kinds={"duckdb", "parquet"},
         owners=["team:kd-pipeline"],
         pool="duckdb",
+        automation_condition=dg.AutomationCondition.eager(),
         description=spec.description,
         metadata={
             "dagster/column_schema": COLUMN_SCHEMA,
@@ -268,6 +269,7 @@ def build_union_asset(spec: UnionSpec) -> dg.AssetsDefinition:
         kinds={"duckdb", "parquet"},
         owners=["team:kd-pipeline"],
         pool="duckdb",
+        automation_condition=dg.AutomationCondition.eager(),
         description=spec.description,
         metadata={
             "dagster/column_schema": UNION_SCHEMA,

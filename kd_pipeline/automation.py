@@ -1,0 +1,126 @@
+"""Keeping the lake fresh: a weekly refresh schedule, an upstream-change sensor, and eager
+declarative automation downstream.
+
+- `lighton_weekly_refresh` (schedule, off by default): one run per raw partition, each with
+  a run key, so a tick never requests the same partition twice.
+- `lighton_upstream_changes` (sensor, off by default): one Hub request per tick (the
+  dataset's file list with sha256s at `main`); a config whose files changed since the
+  cursor gets one raw run, tagged with the revision; nothing changed = a skip reason.
+- Recipes, unions (and exports) carry `AutomationCondition.eager()`: when raw partitions
+  change, the automation sensor (`kd_automation`, on by default under the daemon) runs what
+  is downstream, bounded by the `duckdb` pool in dagster.yaml.
+"""
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+
+import dagster as dg
+
+from kd_pipeline.families.lighton import RAW_KEY, lighton_partitions, resolve_config_files
+from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
+from kd_pipeline.fetch import DatasetSnapshot, FetchError
+from kd_pipeline.resources import UpstreamResource
+
+LIGHTON_RAW_JOB = "lighton_raw_refresh"
+REFRESH_CRON_ENV = "KD_PIPELINE_REFRESH_CRON"
+DEFAULT_REFRESH_CRON = "0 3 * * 1"  # Mondays, 03:00
+UPSTREAM_REVISION_TAG = "kd-pipeline/upstream_revision"
+
+lighton_raw_job = dg.define_asset_job(
+    LIGHTON_RAW_JOB,
+    selection=dg.AssetSelection.assets(RAW_KEY),
+    description="Refresh one LightOn raw partition from upstream; recipes follow by automation.",
+)
+
+
+def refresh_cron() -> str:
+    """`KD_PIPELINE_REFRESH_CRON`, read when the code location loads (a schedule's cron is
+    part of its definition)."""
+    return os.environ.get(REFRESH_CRON_ENV, "").strip() or DEFAULT_REFRESH_CRON
+
+
+def build_refresh_schedule() -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name="lighton_weekly_refresh",
+        cron_schedule=refresh_cron(),
+        job=lighton_raw_job,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Re-read every LightOn config from upstream (one run per partition).",
+    )
+    def lighton_weekly_refresh(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+        tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H:%M")
+        for config in lighton_partitions.get_partition_keys():
+            yield dg.RunRequest(run_key=f"{tick}:{config}", partition_key=config)
+
+    return lighton_weekly_refresh
+
+
+def config_fingerprints(snapshot: DatasetSnapshot, card: str | None) -> dict[str, str]:
+    """A fingerprint per config: its files with their sha256 (Hub) or size (mirror)."""
+    fingerprints = {}
+    for config in LIGHTON_CONFIGS:
+        try:
+            files = resolve_config_files(card, snapshot.files, config)
+        except FetchError:
+            files = []
+        parts = [f"{f}:{snapshot.files[f].sha256 or snapshot.files[f].size}" for f in files]
+        fingerprints[config] = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    return fingerprints
+
+
+@dg.sensor(
+    name="lighton_upstream_changes",
+    job=lighton_raw_job,
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Ask the Hub for the dataset's files once per tick; refresh only the configs "
+    "whose files changed.",
+)
+def lighton_upstream_changes(
+    context: dg.SensorEvaluationContext, upstream: UpstreamResource
+) -> dg.SensorResult | dg.SkipReason:
+    fetcher = upstream.fetcher()
+    snapshot = fetcher.dataset_snapshot(LIGHTON_REPO_ID)
+    card = fetcher.read_dataset_text(snapshot, "README.md")
+    current = config_fingerprints(snapshot, card)
+    previous = json.loads(context.cursor) if context.cursor else None
+    cursor = json.dumps({"revision": snapshot.revision, "configs": current}, sort_keys=True)
+    if previous is None:
+        return dg.SensorResult(
+            skip_reason=f"first tick: recorded {LIGHTON_REPO_ID}@{snapshot.revision} as baseline",
+            cursor=cursor,
+        )
+    changed = [c for c in LIGHTON_CONFIGS if previous["configs"].get(c) != current[c]]
+    if not changed:
+        return dg.SensorResult(
+            skip_reason=f"{LIGHTON_REPO_ID} unchanged at {snapshot.revision}", cursor=cursor
+        )
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"{config}:{current[config]}",
+                partition_key=config,
+                tags={UPSTREAM_REVISION_TAG: snapshot.revision},
+            )
+            for config in changed
+        ],
+        cursor=cursor,
+    )
+
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "kd_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Eager propagation: recipes, unions and exports follow their upstream.",
+)
+
+
+def definitions() -> dg.Definitions:
+    return dg.Definitions(
+        jobs=[lighton_raw_job],
+        schedules=[build_refresh_schedule()],
+        sensors=[lighton_upstream_changes, automation_sensor],
+    )
