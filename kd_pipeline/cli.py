@@ -8,34 +8,17 @@ to stderr; the last line of stdout is the path a script wants.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from kd_pipeline import settings
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from kd_pipeline.instance import cli_run_tags, ensure_dagster_home, release_orphaned_runs
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def ensure_dagster_home() -> Path:
-    """Use $DAGSTER_HOME, else `<data home>/dagster`, seeded with the project's dagster.yaml."""
-    if os.environ.get("DAGSTER_HOME"):
-        home = Path(os.environ["DAGSTER_HOME"]).expanduser().resolve()
-    else:
-        home = settings.data_home() / "dagster"
-        os.environ["DAGSTER_HOME"] = str(home)
-    home.mkdir(parents=True, exist_ok=True)
-    project_config = PROJECT_ROOT / "dagster.yaml"
-    if not (home / "dagster.yaml").exists() and project_config.exists():
-        shutil.copyfile(project_config, home / "dagster.yaml")
-    return home
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -50,7 +33,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
+    from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, LIGHTON_UNIONS_JOB, defs
     from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, canonical_config_name
     from kd_pipeline.prepare import QUIET_LOGS
 
@@ -61,17 +44,27 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     failed: list[str] = []
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
+        for run_id in release_orphaned_runs(instance):
+            log(f"run {run_id[:8]}: its process is gone; marked failed, pool slots freed")
         for number, partition in enumerate(partitions, 1):
             result = job.execute_in_process(
                 partition_key=partition,
                 instance=instance,
                 raise_on_error=False,
                 run_config=QUIET_LOGS,
+                tags=cli_run_tags(),
             )
             status = "ok" if result.success else "FAILED"
             log(f"[{number}/{len(partitions)}] {partition}: {status} (run {result.run_id[:8]})")
             if not result.success:
                 failed.append(partition)
+        if not args.partition and not failed:
+            result = defs.resolve_job_def(LIGHTON_UNIONS_JOB).execute_in_process(
+                instance=instance, raise_on_error=False, run_config=QUIET_LOGS, tags=cli_run_tags()
+            )
+            log(f"unions: {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
+            if not result.success:
+                failed.append("unions")
     lake = settings.lake_root()
     log(
         f"{len(partitions) - len(failed)}/{len(partitions)} partition runs succeeded in "
@@ -128,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--partition",
         action="append",
         default=[],
-        help="only this LightOn config (repeatable); default: all 73",
+        help="only this LightOn config (repeatable; then the unions are skipped); "
+        "default: all 73 configs, then every union",
     )
     mat.set_defaults(func=cmd_materialize)
 

@@ -28,6 +28,7 @@ from kd_pipeline.families.lighton_configs import (
     LIGHTON_CONFIGS,
     canonical_config_name,
 )
+from kd_pipeline.instance import cli_run_tags, release_orphaned_runs
 from kd_pipeline.lake import Lake
 from kd_pipeline.recipes.factory import CUSTOM_KEY, CUSTOM_UNION_KEY, variant_id
 from kd_pipeline.recipes.filters import FilterKnobs
@@ -207,6 +208,8 @@ def prepare(
     from kd_pipeline.definitions import defs
 
     target = resolve(selector)
+    for run_id in release_orphaned_runs(instance):
+        log(f"run {run_id[:8]}: its process is gone; marked failed, pool slots freed")
     published = lake.published_path(target.storage_key, target.partition)
     where = "/".join(target.storage_key) + (f" [{target.partition}]" if target.partition else "")
     if lake.is_published(target.storage_key, target.partition):
@@ -228,6 +231,7 @@ def prepare(
             run_config=run_config,
             instance=instance,
             raise_on_error=False,
+            tags=cli_run_tags(),
         )
         if not result.success:
             raise PrepareError(

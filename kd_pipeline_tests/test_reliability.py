@@ -1,0 +1,258 @@
+"""The bad day, caused for real: runs killed mid-write, a full disk, parallel writers and a
+reader browsing the catalog meanwhile. Every published partition must stay readable and
+consistent with its manifest; reruns must succeed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+
+from kd_pipeline.lake import MANIFEST_NAME, Lake
+from kd_pipeline_tests.helpers import lighton_repo
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = [("lighton", name) for name in ("raw", "recommended", "top35", "similarity_3")]
+
+
+def big_mirror(mirror: Path, rows: int, salt: str) -> None:
+    """One config, agnews, with rows of ~300 characters of hard-to-compress text."""
+    target = lighton_repo(mirror) / "agnews" / "train-00000-of-00001.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    duckdb.execute(
+        "COPY (SELECT 'query ' || $salt || i AS query, "
+        "md5($salt || i) || ' ' || md5(i || 'a') || ' ' || md5(i || 'b') || ' ' || "
+        "md5(i || 'c') || ' ' || md5(i || 'd') || ' ' || md5(i || 'e') AS document, "
+        '(i % 500) / 100.0 AS similarity, i % 3 = 0 AS "drop", '
+        "CASE WHEN i % 11 = 0 THEN 0 END AS duplicate FROM range($rows) t(i)) "
+        f"TO '{tmp}' (FORMAT parquet)",
+        {"rows": rows, "salt": salt},
+    )
+    os.replace(tmp, target)
+
+
+def env_for(tmp_path: Path, mirror: Path) -> dict[str, str]:
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    return {**os.environ, "KD_PIPELINE_MIRROR": str(mirror), "DAGSTER_HOME": str(home)}
+
+
+class Run:
+    """A `kd-pipeline materialize` subprocess; its stderr goes to a file (no pipe to fill)."""
+
+    def __init__(self, env: dict[str, str], partition: str = "agnews", **kwargs) -> None:
+        self.log = Path(env["DAGSTER_HOME"]) / f"run-{time.monotonic_ns()}.log"
+        with open(self.log, "w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--partition", partition],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                **kwargs,
+            )
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+
+def snapshot(lake: Lake, partition: str = "agnews") -> dict[tuple[str, str], str]:
+    """Per published asset: a hash of its files (what a reader would read)."""
+    state = {}
+    for key in ASSETS:
+        if lake.is_published(key, partition):
+            folder = lake.published_path(key, partition)
+            digest = hashlib.sha256()
+            for part in sorted(folder.iterdir()):
+                digest.update(part.name.encode() + part.read_bytes())
+            state[key] = digest.hexdigest()
+    return state
+
+
+def assert_consistent(lake: Lake, partition: str = "agnews") -> None:
+    """Every published version is whole: its Parquet row count equals its manifest's."""
+    for key in ASSETS:
+        if lake.is_published(key, partition):
+            manifest = lake.manifest(key, partition)
+            (rows,) = duckdb.execute(
+                "SELECT count(*) FROM read_parquet($g)", {"g": lake.parquet_glob(key, partition)}
+            ).fetchone()
+            assert rows == manifest["rows"], (key, rows, manifest["rows"])
+
+
+def test_sigkill_at_any_point_leaves_published_partitions_whole(tmp_path, lake_dir) -> None:
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 150_000, "v1")
+    env = env_for(tmp_path, mirror)
+    first = Run(env)
+    assert first.wait() == 0, first.stderr()[-2000:]
+    lake = Lake(lake_dir)
+    good = snapshot(lake)
+    assert len(good) == 4
+
+    big_mirror(mirror, 160_000, "v2")  # a rerun publishes different data
+    started = time.monotonic()
+    warm = Run(env)  # timed warm (the first run also created the instance)
+    assert warm.wait() == 0, warm.stderr()[-2000:]
+    duration = time.monotonic() - started
+    good = snapshot(lake)
+
+    big_mirror(mirror, 150_000, "v3")
+    outcomes = []
+    for fraction in (0.2, 0.35, 0.5, 0.65, 0.8, 0.95):
+        run = Run(env, start_new_session=True)
+        time.sleep(duration * fraction)
+        os.killpg(run.process.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+        now = snapshot(lake)
+        assert set(now) == set(good)  # nothing unpublished
+        outcomes.append(sum(now[k] != good[k] for k in good))
+        assert_consistent(lake)
+        catalog = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
+        assert catalog.execute("SELECT count(*) FROM lighton.raw").fetchone()[0] in (
+            150_000,
+            160_000,
+        )
+        catalog.close()
+
+    final = Run(env)
+    assert final.wait() == 0, final.stderr()[-2000:]
+    assert_consistent(lake)
+    assert lake.manifest(("lighton", "raw"), "agnews")["rows"] == 150_000
+    for key in ASSETS:  # the rerun cleared what the killed runs left in staging
+        staging = lake_dir / ".staging" / Path(*key) / "agnews"
+        assert not any(staging.iterdir())
+    print("assets replaced per kill point:", outcomes)
+    assert outcomes[0] < 4  # the early kills did land mid-run
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_failing_write_publishes_nothing(tmp_path, lake_dir) -> None:
+    """A full disk, simulated by a file-size limit on the run's process."""
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 20_000, "small")
+    env = env_for(tmp_path, mirror)
+    assert Run(env).wait() == 0
+    lake = Lake(lake_dir)
+    good = snapshot(lake)
+
+    big_mirror(mirror, 400_000, "large")  # ~40 MB of Parquet to write: past the limit
+    run = Run(env, preexec_fn=_limit_file_size(8 * 1024 * 1024))
+    assert run.wait() != 0
+    assert snapshot(lake) == good
+    assert_consistent(lake)
+    assert lake.manifest(("lighton", "raw"), "agnews")["rows"] == 20_000
+    assert Run(env).wait() == 0  # the disk has room again
+    assert lake.manifest(("lighton", "raw"), "agnews")["rows"] == 400_000
+
+
+def test_parallel_runs_and_a_catalog_reader(tmp_path, lake_dir) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    partitions = ["agnews", "npr", "quora", "fw2-jpn_Jpan"]
+    errors: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        catalog = lake_dir / "catalog.duckdb"
+        while not stop.is_set():
+            if catalog.exists():
+                try:
+                    con = duckdb.connect(str(catalog), read_only=True)
+                    try:
+                        for partition, rows in con.execute(
+                            "SELECT partition, count(*) FROM lighton.raw GROUP BY 1"
+                        ).fetchall():
+                            if rows != 200:
+                                errors.append(f"torn read: {partition} has {rows} rows")
+                        reads += 1
+                    finally:
+                        con.close()
+                except duckdb.CatalogException:
+                    pass  # the catalog exists but lighton.raw is not published yet
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        runs = [Run(env, p) for p in partitions]
+        results = [(r.wait(timeout=600), r.stderr()) for r in runs]
+    finally:
+        stop.set()
+        thread.join()
+    assert all(code == 0 for code, _ in results), [e[-1500:] for c, e in results if c]
+    assert errors == []
+    assert reads > 0
+    lake = Lake(lake_dir)
+    for partition in partitions:
+        assert_consistent(lake, partition)
+
+
+def test_a_partition_being_written_refuses_a_second_writer(tmp_path, lake_dir) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    lake = Lake(lake_dir)
+    with lake.stage(("lighton", "raw"), "agnews"):  # another run holds the partition
+        run = Run(env)
+        code = run.wait()
+    assert code == 1
+    assert "lighton/raw/agnews is being written by another run" in run.stderr()
+    assert not lake.is_published(("lighton", "raw"), "agnews")
+
+    racers = [Run(env), Run(env)]
+    outcomes = [(r.wait(), r.stderr()) for r in racers]
+    # Per asset, one of the two writes it and the other is refused with a clear message
+    # (both runs may each lose one step): never a torn or a doubly written partition.
+    for code, err in outcomes:
+        assert code == 0 or "being written by another run" in err, err[-2000:]
+    assert all(lake.is_published(key, "agnews") for key in ASSETS)
+    assert_consistent(lake)
+    versions = lake_dir / ".versions" / "lighton" / "raw" / "agnews"
+    assert (lake.published_path(("lighton", "raw"), "agnews") / MANIFEST_NAME).exists()
+    assert len(list(versions.iterdir())) <= 2
+
+
+def partitioned_job() -> dg.JobDefinition:
+    from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
+
+    return defs.resolve_job_def(LIGHTON_PARTITIONED_JOB)
+
+
+def test_multiprocess_executor_runs_recipes_in_parallel_processes(tmp_path, lake_dir) -> None:
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.execute_job(
+            dg.reconstructable(partitioned_job),
+            instance=instance,
+            tags={"dagster/partition": "fw2-rus_Cyrl"},
+            run_config={"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}},
+        )
+        assert result.success
+        pids = {e.pid for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert len(pids) == 4  # one process per step
+    assert_consistent(Lake(lake_dir), "fw2-rus_Cyrl")
