@@ -25,11 +25,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
-from kd_pipeline.settings import SourceMode, hf_endpoint, http_mirror
+from kd_pipeline.settings import SourceMode, hf_endpoint, http_mirror, hub_timeout
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
+T = TypeVar("T")
 
 
 class FetchError(Exception):
@@ -221,15 +223,43 @@ def _redact(text: str) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
 
 
+HUB_ATTEMPTS = 4
+HUB_BACKOFF = 1.0
+
+
+def _hub_transient(exc: Exception) -> bool:
+    """A Hub failure worth retrying: a 5xx or 429 answer, or the connection failing."""
+    from huggingface_hub import errors
+
+    if isinstance(exc, errors.HfHubHTTPError) and exc.response is not None:
+        return exc.response.status_code >= 500 or exc.response.status_code == 429
+    if isinstance(exc, errors.LocalEntryNotFoundError):  # no answer and nothing cached
+        return True
+    return isinstance(exc, OSError | TimeoutError) and not isinstance(exc, errors.HfHubHTTPError)
+
+
+def _with_hub_retries(what: str, call: Callable[[], T]) -> T:
+    """call(), retried with exponential backoff on transient Hub faults, a bounded number of
+    times; every failure ends as one FetchError naming what was asked for."""
+    for attempt in range(1, HUB_ATTEMPTS + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == HUB_ATTEMPTS or not _hub_transient(exc):
+                raise _hub_errors(what)(exc) from None
+            time.sleep(HUB_BACKOFF * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
 def _hub_snapshot(repo_id: str, revision: str) -> DatasetSnapshot:
     from huggingface_hub import HfApi
 
-    try:
-        info = HfApi(endpoint=hf_endpoint()).dataset_info(
-            repo_id, revision=revision, files_metadata=True
-        )
-    except Exception as exc:
-        raise _hub_errors(f"dataset {repo_id}@{revision}")(exc) from None
+    info = _with_hub_retries(
+        f"dataset {repo_id}@{revision}",
+        lambda: HfApi(endpoint=hf_endpoint()).dataset_info(
+            repo_id, revision=revision, files_metadata=True, timeout=hub_timeout()
+        ),
+    )
     files = {
         s.rfilename: RepoFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None)
         for s in info.siblings or []
@@ -240,14 +270,14 @@ def _hub_snapshot(repo_id: str, revision: str) -> DatasetSnapshot:
 def _hub_download(repo_id: str, path: str, revision: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    try:
-        return Path(
-            hf_hub_download(
+    return Path(
+        _with_hub_retries(
+            f"{repo_id}/{path}@{revision}",
+            lambda: hf_hub_download(
                 repo_id, path, repo_type="dataset", revision=revision, endpoint=hf_endpoint()
-            )
+            ),
         )
-    except Exception as exc:
-        raise _hub_errors(f"{repo_id}/{path}@{revision}")(exc) from None
+    )
 
 
 # ---- HTTP with resume and md5 -----------------------------------------------------------

@@ -100,3 +100,13 @@ def http_mirror() -> str | None:
     HTTP server holding the `url/` half of a mirror, e.g. an artifact proxy)."""
     value = os.environ.get(HTTP_MIRROR_ENV, "").strip().rstrip("/")
     return value or None
+
+
+def hub_timeout() -> float:
+    """Seconds a Hub metadata request may take (`KD_PIPELINE_HUB_TIMEOUT`, default 30);
+    file downloads use huggingface_hub's own `HF_HUB_DOWNLOAD_TIMEOUT`."""
+    raw = os.environ.get("KD_PIPELINE_HUB_TIMEOUT", "").strip()
+    try:
+        return float(raw) if raw else 30.0
+    except ValueError:
+        raise ValueError(f"KD_PIPELINE_HUB_TIMEOUT={raw!r}: expected a number of seconds") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,40 @@ def test_symlink_out_of_the_mirror_is_refused(tmp_path) -> None:
     with pytest.raises(FetchError, match="outside"):
         Fetcher("mirror", tmp_path / "mirror", tmp_path / "c").dataset_snapshot(LIGHTON_REPO_ID)
     assert contained(tmp_path, "mirror") == (tmp_path / "mirror").resolve()
+
+
+def test_hub_5xx_on_download_is_retried_with_backoff(hub, lake_dir, monkeypatch) -> None:
+    import kd_pipeline.fetch as fetch
+
+    monkeypatch.setattr(fetch, "HUB_BACKOFF", 0.01)
+    hub.faults.append(Fault("/agnews/", "status", status=503, times=2, method="GET"))
+    result = run_lighton_partition("agnews")
+    assert result.success, failures(result)
+    gets = [p for m, p, _ in hub.requests if m == "GET" and "/agnews/" in p]
+    assert len(gets) >= 3  # two 503s, then the file
+
+
+def test_hub_stall_ends_in_a_clear_timeout(hub, tmp_path, monkeypatch) -> None:
+    import kd_pipeline.fetch as fetch
+
+    monkeypatch.setattr(fetch, "HUB_BACKOFF", 0.01)
+    monkeypatch.setattr(fetch, "HUB_ATTEMPTS", 2)
+    monkeypatch.setenv("KD_PIPELINE_HUB_TIMEOUT", "2")
+    hub.faults.append(Fault("/api/datasets", "stall", seconds=20, times=5))
+    started = time.monotonic()
+    with pytest.raises(FetchError, match="lightonai/embeddings-pre-training"):
+        Fetcher("hub", None, tmp_path / "cache").dataset_snapshot(LIGHTON_REPO_ID)
+    assert time.monotonic() - started < 15
+
+
+def test_url_stall_and_refusal_are_clear(tmp_path) -> None:
+    mirror, url = _serve_file(tmp_path, b"payload")
+    with HubServer(mirror, token="hf_required_token_123") as server:
+        with pytest.raises(FetchError, match=r"access refused \(HTTP 401\)"):
+            download_url(server.url_for(url), tmp_path / "a", backoff=0.01)
+        server.token = None
+        server.faults.append(Fault("scores.tsv", "stall", seconds=10, times=5))
+        started = time.monotonic()
+        with pytest.raises(FetchError, match="after 2 attempts"):
+            download_url(server.url_for(url), tmp_path / "b", timeout=1, attempts=2, backoff=0.01)
+        assert time.monotonic() - started < 10
