@@ -63,3 +63,16 @@ def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.setattr(constants, key, value)
     yield
     huggingface_hub.close_session()  # drop keep-alive connections to the stopped server
+
+
+def point_pipeline_at_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """KD_PIPELINE_SOURCE=hub against endpoint, as if HF_ENDPOINT had been set before
+    huggingface_hub was imported (it reads its environment once, at import)."""
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+    )
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")

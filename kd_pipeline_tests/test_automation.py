@@ -7,7 +7,6 @@ import shutil
 
 import dagster as dg
 import pytest
-from huggingface_hub import constants
 
 from kd_pipeline.automation import (
     UPSTREAM_REVISION_TAG,
@@ -16,6 +15,7 @@ from kd_pipeline.automation import (
 )
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
 from kd_pipeline.resources import UpstreamResource, sample_mirror
+from kd_pipeline_tests.conftest import point_pipeline_at_hub
 from kd_pipeline_tests.helpers import lighton_repo, pairs, run_lighton_partition, write_pairs
 from kd_pipeline_tests.hub_server import HubServer
 
@@ -50,14 +50,7 @@ def hub_copy(tmp_path, monkeypatch, hf_env):
     mirror = tmp_path / "served"
     shutil.copytree(sample_mirror(), mirror)
     with HubServer(mirror) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(
-            constants,
-            "HUGGINGFACE_CO_URL_TEMPLATE",
-            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        )
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+        point_pipeline_at_hub(monkeypatch, server.endpoint)
         yield server, mirror
 
 

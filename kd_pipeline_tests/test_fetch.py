@@ -15,6 +15,7 @@ from kd_pipeline.families.lighton_configs import LIGHTON_REPO_ID
 from kd_pipeline.fetch import Fetcher, FetchError, contained, download_url, mirror_path_for_url
 from kd_pipeline.lake import Lake
 from kd_pipeline.resources import sample_mirror
+from kd_pipeline_tests.conftest import point_pipeline_at_hub
 from kd_pipeline_tests.helpers import failures, run_lighton_partition
 from kd_pipeline_tests.hub_server import Fault, HubServer
 
@@ -25,15 +26,7 @@ pytestmark = pytest.mark.usefixtures("hf_env")
 def hub(monkeypatch: pytest.MonkeyPatch):
     """The sample mirror served in the Hub's shape; the pipeline pointed at it by endpoint."""
     with HubServer(sample_mirror()) as server:
-        # As if HF_ENDPOINT had been set before huggingface_hub was imported.
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(
-            constants,
-            "HUGGINGFACE_CO_URL_TEMPLATE",
-            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        )
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+        point_pipeline_at_hub(monkeypatch, server.endpoint)
         yield server
 
 

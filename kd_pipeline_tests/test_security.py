@@ -12,6 +12,7 @@ from huggingface_hub import constants
 
 from kd_pipeline.lake import Lake
 from kd_pipeline.resources import sample_mirror
+from kd_pipeline_tests.conftest import point_pipeline_at_hub
 from kd_pipeline_tests.helpers import (
     failures,
     lighton_repo,
@@ -56,14 +57,7 @@ def test_hostile_selectors_are_refused(selector: str) -> None:
 @pytest.fixture
 def private_hub(monkeypatch, hf_env):
     with HubServer(sample_mirror(), token=TOKEN) as server:
-        monkeypatch.setattr(constants, "ENDPOINT", server.endpoint)
-        monkeypatch.setattr(
-            constants,
-            "HUGGINGFACE_CO_URL_TEMPLATE",
-            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-        )
-        monkeypatch.setenv("HF_ENDPOINT", server.endpoint)
-        monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+        point_pipeline_at_hub(monkeypatch, server.endpoint)
         yield server
 
 

@@ -44,6 +44,13 @@ LIGHTON_PARTITIONED_JOB = "lighton_partitions"
 LIGHTON_UNIONS_JOB = "lighton_unions"
 CUSTOM_KEY = dg.AssetKey(["lighton", "custom"])
 CUSTOM_UNION_KEY = dg.AssetKey(["lighton", "custom_union"])
+# What every recipe asset shares: its group, kinds, owner and the DuckDB pool.
+RECIPE_ASSET_ARGS: dict[str, Any] = {
+    "group_name": "lighton",
+    "kinds": {"duckdb", "parquet"},
+    "owners": ["team:kd-pipeline"],
+    "pool": "duckdb",
+}
 UNION_SCHEMA = dg.TableSchema(
     columns=[
         *COLUMN_SCHEMA.columns,
@@ -133,10 +140,7 @@ def build_filter_asset(spec: FilterSpec) -> dg.AssetsDefinition:
         key=key,
         deps=[RAW_KEY],
         partitions_def=lighton_partitions,
-        group_name="lighton",
-        kinds={"duckdb", "parquet"},
-        owners=["team:kd-pipeline"],
-        pool="duckdb",
+        **RECIPE_ASSET_ARGS,
         automation_condition=dg.AutomationCondition.eager(),
         description=spec.description,
         metadata={
@@ -172,10 +176,7 @@ class CustomFilterConfig(dg.Config):
     key=CUSTOM_KEY,
     deps=[RAW_KEY],
     partitions_def=lighton_partitions,
-    group_name="lighton",
-    kinds={"duckdb", "parquet"},
-    owners=["team:kd-pipeline"],
-    pool="duckdb",
+    **RECIPE_ASSET_ARGS,
     description="Ad-hoc filter of lighton/raw with knobs from run config; each knob set is "
     "published under lighton/custom/<variant>/<config>.",
     metadata={"dagster/column_schema": COLUMN_SCHEMA},
@@ -265,10 +266,7 @@ def build_union_asset(spec: UnionSpec) -> dg.AssetsDefinition:
                 partition_mapping=dg.SpecificPartitionsPartitionMapping(spec.configs()),
             )
         ],
-        group_name="lighton",
-        kinds={"duckdb", "parquet"},
-        owners=["team:kd-pipeline"],
-        pool="duckdb",
+        **RECIPE_ASSET_ARGS,
         automation_condition=dg.AutomationCondition.eager(),
         description=spec.description,
         metadata={
@@ -305,10 +303,7 @@ def build_custom_union_asset(specs: Sequence[UnionSpec]) -> dg.AssetsDefinition:
     @dg.asset(
         key=CUSTOM_UNION_KEY,
         deps=[dg.AssetDep(RAW_KEY, partition_mapping=dg.AllPartitionMapping())],
-        group_name="lighton",
-        kinds={"duckdb", "parquet"},
-        owners=["team:kd-pipeline"],
-        pool="duckdb",
+        **RECIPE_ASSET_ARGS,
         description="Ad-hoc variant of a union spec (seed, mixing, dedup from run config); "
         "each variant is published under lighton/custom_union/<variant>.",
         metadata={"dagster/column_schema": UNION_SCHEMA, "mixings": ", ".join(MIXINGS)},
