@@ -62,7 +62,7 @@ class Run:
                 **kwargs,
             )
 
-    def wait(self, timeout: float = 300) -> int:
+    def wait(self, timeout: float = 900) -> int:
         return self.process.wait(timeout=timeout)
 
     def stderr(self) -> str:
@@ -95,7 +95,7 @@ def assert_consistent(lake: Lake, partition: str = "agnews") -> None:
 
 def test_sigkill_at_any_point_leaves_published_partitions_whole(tmp_path, lake_dir) -> None:
     mirror = tmp_path / "mirror"
-    big_mirror(mirror, 150_000, "v1")
+    big_mirror(mirror, 60_000, "v1")
     env = env_for(tmp_path, mirror)
     first = Run(env)
     assert first.wait() == 0, first.stderr()[-2000:]
@@ -103,14 +103,14 @@ def test_sigkill_at_any_point_leaves_published_partitions_whole(tmp_path, lake_d
     good = snapshot(lake)
     assert len(good) == 4
 
-    big_mirror(mirror, 160_000, "v2")  # a rerun publishes different data
+    big_mirror(mirror, 70_000, "v2")  # a rerun publishes different data
     started = time.monotonic()
     warm = Run(env)  # timed warm (the first run also created the instance)
     assert warm.wait() == 0, warm.stderr()[-2000:]
     duration = time.monotonic() - started
     good = snapshot(lake)
 
-    big_mirror(mirror, 150_000, "v3")
+    big_mirror(mirror, 60_000, "v3")
     outcomes = []
     for fraction in (0.2, 0.35, 0.5, 0.65, 0.8, 0.95):
         run = Run(env, start_new_session=True)
@@ -123,15 +123,15 @@ def test_sigkill_at_any_point_leaves_published_partitions_whole(tmp_path, lake_d
         assert_consistent(lake)
         catalog = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
         assert catalog.execute("SELECT count(*) FROM lighton.raw").fetchone()[0] in (
-            150_000,
-            160_000,
+            60_000,
+            70_000,
         )
         catalog.close()
 
     final = Run(env)
     assert final.wait() == 0, final.stderr()[-2000:]
     assert_consistent(lake)
-    assert lake.manifest(("lighton", "raw"), "agnews")["rows"] == 150_000
+    assert lake.manifest(("lighton", "raw"), "agnews")["rows"] == 60_000
     for key in ASSETS:  # the rerun cleared what the killed runs left in staging
         staging = lake_dir / ".staging" / Path(*key) / "agnews"
         assert not any(staging.iterdir())
@@ -201,7 +201,7 @@ def test_parallel_runs_and_a_catalog_reader(tmp_path, lake_dir) -> None:
     thread.start()
     try:
         runs = [Run(env, p) for p in partitions]
-        results = [(r.wait(timeout=600), r.stderr()) for r in runs]
+        results = [(r.wait(), r.stderr()) for r in runs]
     finally:
         stop.set()
         thread.join()
