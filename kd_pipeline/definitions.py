@@ -8,7 +8,7 @@ import dagster as dg
 
 from kd_pipeline import automation
 from kd_pipeline.engine import default_duckdb_resource
-from kd_pipeline.families import lighton
+from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
 from kd_pipeline.recipes import factory
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
@@ -30,6 +30,10 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions.merge(
         lighton.definitions(),
         factory.definitions(),
+        text.definitions(),
+        hofstaetter.definitions(),
+        rank_distillm.definitions(),
+        fiqa.definitions(),
         automation.definitions(),
         shared_resources(),
     )

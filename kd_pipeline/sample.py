@@ -1,8 +1,9 @@
 """Deterministic sample mirror: small, synthetic stand-ins for the upstream datasets.
 
 The pipeline never reaches the real hosts from the build machines, so this module writes a
-directory laid out exactly like a local mirror of them (``<out>/hf/datasets/<repo id>/...``)
-and serves as the embedded default data source. It deliberately reproduces the awkward parts
+directory laid out exactly like a local mirror of them (``<out>/hf/datasets/<repo id>/...``
+for Hub datasets, ``<out>/url/<host>/<path>`` for plain URLs) and serves as the embedded
+default data source. It deliberately reproduces the awkward parts
 of the real data (sharded configs, varying Arrow widths, optional ``index`` column, duplicate
 pointers equal to 0, tied scores, non-Latin scripts) so the loaders are exercised on them.
 
@@ -13,11 +14,15 @@ same arguments give byte-identical files. Each family is one ``_write_<family>``
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
+import io
 import itertools
 import json
 import os
 import random
+import tarfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from kd_pipeline.families import upstream
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
+from kd_pipeline.fetch import mirror_path_for_url
 
 DEFAULT_ROWS_PER_CONFIG = 200
 
@@ -36,7 +43,10 @@ _LEXICON_SIZE = 400
 
 
 def write_sample_mirror(out: Path, rows_per_config: int = DEFAULT_ROWS_PER_CONFIG) -> Path:
-    """Write the LightOn part of the sample mirror under out; return out.
+    """Write the sample mirror under out; return out. rows_per_config sizes the LightOn
+    configs; the other families are small and fixed (hundreds of rows), with a
+    `stand-in-md5sums.json` declaring the md5 of every plain-URL file (they are not the
+    upstream files, so the upstream md5s cannot match them).
 
     Byte-identical output for the same arguments. Atomicity of the whole tree is the
     caller's job; each single file is written under a temporary name and renamed.
@@ -46,6 +56,14 @@ def write_sample_mirror(out: Path, rows_per_config: int = DEFAULT_ROWS_PER_CONFI
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _write_lighton(out, rows_per_config)
+    _write_msmarco(out)
+    _write_hofstaetter(out)
+    _write_rank_distillm(out)
+    _write_beir_fiqa(out)
+    _write_fiqa(out)
+    upstream.declare_stand_in_checksums(
+        out, upstream.all_upstream_urls(), "kd-pipeline synthetic sample"
+    )
     return out
 
 
@@ -503,4 +521,274 @@ def _write_lighton(out: Path, rows_per_config: int) -> None:
             }
         )
     _atomic_write_bytes(root / "README.md", _lighton_card(infos).encode("utf-8"))
+    _atomic_write_bytes(root / ".gitattributes", b"*.parquet filter=lfs diff=lfs merge=lfs -text\n")
+
+
+# --------------------------------------------------------------------------- MS MARCO & co.
+# Small, fixed-size stand-ins for the MS MARCO passage texts, the Hofstaetter teacher
+# scores, the Rank-DistiLLM runs and BEIR FiQA with its mined scores, in the exact upstream
+# layouts (tar.gz, zip, header-less TSVs, TREC runs with either separator). Ids join across
+# files, except for a few deliberate ones that do not (well under the 1% the checks allow),
+# and some passages carry the mojibake MS MARCO is known for.
+
+_ARCHIVE_MTIME = 1_546_300_800  # 2019-01-01: fixed, so archives are byte-identical
+_MISSING_PID = "8841823"  # one past the last real MS MARCO pid: never in the sample either
+_MISSING_FIQA_DOC = "999999"
+
+
+def _tar_gz(members: Sequence[tuple[str, bytes]]) -> bytes:
+    """A .tar.gz with fixed metadata (mtime, owner, mode) and a gzip header without a time."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), _ARCHIVE_MTIME, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(buf.getvalue(), compresslevel=6, mtime=0)
+
+
+def _zip(members: Sequence[tuple[str, bytes | None]]) -> bytes:
+    """A .zip with fixed timestamps; a None payload is a folder entry, as BEIR's zips have."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=(2019, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            if data is None:
+                info.external_attr = (0o40755 << 16) | 0x10
+                zf.writestr(info, b"")
+            else:
+                info.external_attr = 0o100644 << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def _url_path(out: Path, url: str) -> Path:
+    """Where a plain URL lives in the mirror (`url/<host>/<path>`, query dropped)."""
+    path = mirror_path_for_url(out, url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _lines(rows: Sequence[Sequence[object]], sep: str = "\t") -> bytes:
+    return "".join(sep.join(str(v) for v in row) + "\n" for row in rows).encode("utf-8")
+
+
+def _distinct_ids(rng: random.Random, count: int, low: int, high: int) -> list[str]:
+    return [str(i) for i in sorted(rng.sample(range(low, high), count))]
+
+
+def _mojibake(text: str, codec: str = "cp1252") -> str:
+    """text as it looks after its UTF-8 bytes were decoded with codec (the MS MARCO damage);
+    the five bytes cp1252 leaves undefined pass through as latin-1, as Windows tools do."""
+    return "".join(
+        bytes([b]).decode(codec, errors="ignore") or chr(b) for b in text.encode("utf-8")
+    )
+
+
+@dataclass(frozen=True)
+class _MsMarco:
+    passages: dict[str, str]  # pid -> passage
+    queries: dict[str, dict[str, str]]  # split -> qid -> query
+    positives: dict[str, list[str]]  # train qid -> relevant pids
+
+
+_MOJIBAKE_PHRASES = (
+    _mojibake("The café’s crème brûlée costs €5 — “worth it”."),
+    _mojibake("Ángel said: ¿qué pasa?", "latin-1"),  # latin-1 damage leaves C1 controls
+    _mojibake(_mojibake("Double-damaged naïve résumé.")),
+)
+_GENUINE_PHRASES = ("A naïve café in Zürich.", "東京 is Tokyo.", 'He said "fine" \\ ok.')
+
+
+@functools.cache
+def _msmarco() -> _MsMarco:
+    rng = random.Random(_stable_seed("msmarco-passage"))
+    passages = {str(pid): _make_document(rng, "eng") for pid in range(240)}
+    for pid, phrase in zip(("7", "42", "150"), _MOJIBAKE_PHRASES, strict=True):
+        passages[pid] = f"{passages[pid]} {phrase}"
+    for pid, phrase in zip(("3", "77", "11"), _GENUINE_PHRASES, strict=True):
+        passages[pid] = f"{passages[pid]} {phrase}"
+    qids = _distinct_ids(rng, 100, 1, 1_200_000)
+    rng.shuffle(qids)
+    splits = {"train": qids[:60], "dev": qids[60:80], "eval": qids[80:]}
+    queries = {
+        split: {qid: _make_query(rng, "eng", True) for qid in sorted(ids)}
+        for split, ids in splits.items()
+    }
+    pids = sorted(passages, key=int)
+    positives = {qid: rng.sample(pids, 2 if rng.random() < 0.1 else 1) for qid in queries["train"]}
+    return _MsMarco(passages, queries, positives)
+
+
+def _write_msmarco(out: Path) -> None:
+    """collection.tar.gz, queries.tar.gz (train, dev, eval) and qrels.train.tsv."""
+    data = _msmarco()
+    collection = _lines(sorted(data.passages.items(), key=lambda kv: int(kv[0])))
+    _atomic_write_bytes(
+        _url_path(out, upstream.MSMARCO_COLLECTION_URL), _tar_gz([("collection.tsv", collection)])
+    )
+    members = [
+        (f"queries.{split}.tsv", _lines(list(data.queries[split].items())))
+        for split in ("train", "dev", "eval")
+    ]
+    _atomic_write_bytes(_url_path(out, upstream.MSMARCO_QUERIES_URL), _tar_gz(members))
+    qrels = [(qid, 0, pid, 1) for qid, pids in data.positives.items() for pid in pids]
+    _atomic_write_bytes(_url_path(out, upstream.MSMARCO_QRELS_TRAIN_URL), _lines(qrels))
+
+
+def _write_hofstaetter(out: Path) -> None:
+    """Both teacher files: `pos_score<TAB>neg_score<TAB>qid<TAB>pos_pid<TAB>neg_pid`, 300 rows,
+    two of them with a negative passage that is not in the collection."""
+    data = _msmarco()
+    pids = sorted(data.passages, key=int)
+    train = sorted(data.positives)
+    for variant, teacher in upstream.HOFSTAETTER_FILES.items():
+        rng = random.Random(_stable_seed("hofstaetter", variant))
+        rows = []
+        for i in range(300):
+            qid = train[i % len(train)]
+            pos = rng.choice(data.positives[qid])
+            neg = rng.choice([p for p in pids if p not in data.positives[qid]])
+            if i in (17, 211):
+                neg = _MISSING_PID
+            pos_score, neg_score = rng.gauss(7.0, 2.0), rng.gauss(-1.0, 3.0)
+            rows.append((f"{pos_score:.7g}", f"{neg_score:.7g}", qid, pos, neg))
+        _atomic_write_bytes(_url_path(out, teacher.url), _lines(rows))
+
+
+def _write_rank_distillm(out: Path) -> None:
+    """The six runs: BM25-based ones space-separated with `Q0`, ColBERT-based ones
+    tab-separated with `0`. The annotated runs rank 30 passages for every train query and
+    miss the relevant one for some; the RankZephyr ones re-rank sampled queries."""
+    data = _msmarco()
+    pids = sorted(data.passages, key=int)
+    train = sorted(data.positives)
+    for name, variant in upstream.RUN_VARIANTS.items():
+        rng = random.Random(_stable_seed("rank-distillm", name))
+        bm25 = "bm25" in variant.stem
+        sep, q0 = (" ", "Q0") if bm25 else ("\t", "0")
+        if variant.annotated:
+            queries, depth, system = train, 30, "bm25" if bm25 else "colbert"
+        else:
+            queries, depth, system = rng.sample(train, 20), min(variant.top_k, 25), "rankzephyr"
+        rows = []
+        for number, qid in enumerate(sorted(queries)):
+            ranked = rng.sample([p for p in pids if p not in data.positives[qid]], depth)
+            if rng.random() < 0.85:  # the first-stage ranker found a relevant passage
+                ranked[rng.randrange(depth)] = data.positives[qid][0]
+            if variant.annotated and number == 5:
+                ranked[-1] = _MISSING_PID
+            score = rng.uniform(20.0, 40.0)
+            for rank, pid in enumerate(ranked, 1):
+                score = 1.0 / rank if system == "rankzephyr" else score - rng.uniform(0.1, 0.3)
+                rows.append((qid, q0, pid, rank, f"{score:.5f}", system))
+        _atomic_write_bytes(_url_path(out, variant.url), _lines(rows, sep))
+
+
+@dataclass(frozen=True)
+class _Fiqa:
+    corpus: dict[str, str]  # doc id -> text
+    queries: dict[str, dict[str, str]]  # split -> query id -> text
+    qrels: dict[str, dict[str, list[str]]]  # split -> query id -> relevant doc ids
+
+
+@functools.cache
+def _fiqa() -> _Fiqa:
+    rng = random.Random(_stable_seed("beir-fiqa"))
+    doc_ids = _distinct_ids(rng, 150, 1, 600_000)
+    corpus = {d: _make_document(rng, "eng") for d in doc_ids}
+    qids = _distinct_ids(rng, 60, 1, 12_000)
+    rng.shuffle(qids)
+    splits = {"train": qids[:40], "dev": qids[40:50], "test": qids[50:]}
+    queries = {
+        split: {q: _make_query(rng, "eng", True) for q in sorted(ids)}
+        for split, ids in splits.items()
+    }
+    qrels = {
+        split: {q: rng.sample(doc_ids, 2 if rng.random() < 0.3 else 1) for q in sorted(ids)}
+        for split, ids in splits.items()
+    }
+    return _Fiqa(corpus, queries, qrels)
+
+
+def _write_beir_fiqa(out: Path) -> None:
+    """fiqa.zip: `fiqa/corpus.jsonl`, `fiqa/queries.jsonl`, `fiqa/qrels/<split>.tsv` (with
+    the BEIR header line), plus the folder entries a zip made by `zip -r` has."""
+    data = _fiqa()
+    corpus = "".join(
+        json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in data.corpus.items()
+    )
+    queries = "".join(
+        json.dumps({"_id": q, "text": t}) + "\n"
+        for split in ("train", "dev", "test")
+        for q, t in data.queries[split].items()
+    )
+    members: list[tuple[str, bytes | None]] = [
+        ("fiqa/", None),
+        ("fiqa/corpus.jsonl", corpus.encode("utf-8")),
+        ("fiqa/queries.jsonl", queries.encode("utf-8")),
+        ("fiqa/qrels/", None),
+    ]
+    for split in ("train", "dev", "test"):
+        rows = [upstream.BEIR_QRELS_HEADER] + [
+            (q, d, 1) for q, docs in data.qrels[split].items() for d in docs
+        ]
+        members.append((f"fiqa/qrels/{split}.tsv", _lines(rows)))
+    _atomic_write_bytes(_url_path(out, upstream.BEIR_FIQA_URL), _zip(members))
+
+
+def _write_fiqa(out: Path) -> None:
+    """The mined reranker scores: one row per train query with 16 documents (1 positive,
+    5 each of hard, medium and random negatives), sorted by score, and a card."""
+    data = _fiqa()
+    rng = random.Random(_stable_seed("fiqa-mined"))
+    doc_ids = sorted(data.corpus, key=int)
+    means = {"positive": 6.0, "hard_negative": 3.0, "medium_negative": 0.0}
+    rows: dict[str, list] = {"query_id": [], "document_ids": [], "scores": [], "labels": []}
+    for number, (qid, relevant) in enumerate(data.qrels["train"].items()):
+        negatives = rng.sample([d for d in doc_ids if d not in relevant], 15)
+        if number == 3:
+            negatives[-1] = _MISSING_FIQA_DOC
+        labelled = [(relevant[0], "positive")] + [
+            (d, upstream.FIQA_LABELS[1 + k // 5]) for k, d in enumerate(negatives)
+        ]
+        scored = sorted(
+            ((round(rng.gauss(means.get(label, -5.0), 2.0), 4), d, label) for d, label in labelled),
+            reverse=True,
+        )
+        rows["query_id"].append(qid)
+        rows["scores"].append([s for s, _, _ in scored])
+        rows["document_ids"].append([d for _, d, _ in scored])
+        rows["labels"].append([label for _, _, label in scored])
+    schema = pa.schema(
+        [
+            ("query_id", pa.string()),
+            ("document_ids", pa.list_(pa.string())),
+            ("scores", pa.list_(pa.float64())),
+            ("labels", pa.list_(pa.string())),
+        ]
+    )
+    root = out / "hf" / "datasets" / upstream.FIQA_MINED_REPO_ID
+    table = pa.Table.from_pydict(rows, schema=schema)
+    _atomic_write_parquet(root / "data" / "train-00000-of-00001.parquet", table)
+    header = {
+        "license": "cc-by-nc-4.0",
+        "pretty_name": "FiQA train mined reranker scores (sample)",
+        "configs": [
+            {"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}
+        ],
+    }
+    card = (
+        f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n"
+        "# FiQA train: mined reranker scores (synthetic sample)\n\n"
+        "Per FiQA-2018 train query, 16 documents with raw reranker scores (sorted "
+        "descending) and labels. Written by `kd_pipeline.sample` in the layout of "
+        f"`{upstream.FIQA_MINED_REPO_ID}`; the texts and scores are generated, and the "
+        "licence tag above stands in for the real card's non-commercial terms.\n"
+    )
+    _atomic_write_bytes(root / "README.md", card.encode("utf-8"))
     _atomic_write_bytes(root / ".gitattributes", b"*.parquet filter=lfs diff=lfs merge=lfs -text\n")

@@ -75,7 +75,7 @@ def test_every_asset_is_described_grouped_and_has_a_column_schema() -> None:
         assert node.group_name == key.path[0] or node.group_name == "text", key
         assert node.owners and node.kinds, key
         assert "dagster/column_schema" in node.metadata, key
-    for name in LIGHTON_PARTITIONED + ["lighton/custom"]:
+    for name in [*LIGHTON_PARTITIONED, "lighton/custom"]:
         assert graph.get(dg.AssetKey.from_user_string(name)).partitions_def == lighton_partitions
     for name in LIGHTON_UNPARTITIONED:
         assert graph.get(dg.AssetKey.from_user_string(name)).partitions_def is None
@@ -97,3 +97,87 @@ def test_union_depends_on_exactly_its_configs() -> None:
     assert union.parent_keys == {dg.AssetKey(["lighton", "raw"])}
     mapping = union.partition_mappings[dg.AssetKey(["lighton", "raw"])]
     assert sorted(mapping.partition_keys) == sorted(lighton_partitions.get_partition_keys())
+
+
+# ---- text, pairwise, listwise and mined families -------------------------------------------
+TEXT_KEYS = [
+    "text/fiqa/corpus",
+    "text/fiqa/qrels_train",
+    "text/fiqa/queries",
+    "text/msmarco_passage/collection",
+    "text/msmarco_passage/qrels_train",
+    "text/msmarco_passage/queries_train",
+]
+FAMILY_KEYS = ["fiqa/mined_scores", "hofstaetter/teacher_scores", "rank_distillm/runs"]
+TEXT_CHECKS = [
+    "ids_present",
+    "no_malformed_lines",
+    "no_null_values",
+    "not_empty",
+    "schema",
+    "unique_ids",
+]
+LISTWISE_CHECKS = [
+    "every_query_has_positive",
+    "finite_scores",
+    "ids_present",
+    "ids_resolve_to_texts",
+    "not_empty",
+    "ranks_contiguous",
+    "schema",
+    "scores_follow_ranks",
+    "unique_candidates",
+]
+PAIRWISE_CHECKS = [
+    "finite_scores",
+    "ids_present",
+    "ids_resolve_to_texts",
+    "no_malformed_lines",
+    "not_empty",
+    "schema",
+]
+
+
+def test_family_asset_keys_partitions_and_jobs_snapshot() -> None:
+    keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
+    assert [k for k in keys if not k.startswith("lighton/")] == sorted(TEXT_KEYS + FAMILY_KEYS)
+    graph = defs.resolve_asset_graph()
+
+    def partitions(key: str) -> list[str] | None:
+        node = graph.get(dg.AssetKey.from_user_string(key))
+        return node.partitions_def.get_partition_keys() if node.partitions_def else None
+
+    assert partitions("hofstaetter/teacher_scores") == ["bert", "ensemble"]
+    assert partitions("rank_distillm/runs") == [
+        "msmarco.bm25.annotated",
+        "msmarco.colbertv2.annotated",
+        "rankzephyr.bm25_10000.sampled100",
+        "rankzephyr.colbert10000.sampled100",
+        "rankzephyr.colbert10000.sampled50",
+        "rankzephyr.colbert10000.sampled10",
+    ]
+    assert all(partitions(k) is None for k in [*TEXT_KEYS, "fiqa/mined_scores"])
+    jobs = {
+        "text_collections": TEXT_KEYS,
+        "hofstaetter_teacher_scores": ["hofstaetter/teacher_scores"],
+        "rank_distillm_runs": ["rank_distillm/runs"],
+        "fiqa_mined": ["fiqa/mined_scores", *(k for k in TEXT_KEYS if k.startswith("text/fiqa"))],
+    }
+    for name, selected in jobs.items():
+        executable = defs.resolve_job_def(name).asset_layer.executable_asset_keys
+        assert sorted(k.to_user_string() for k in executable) == sorted(selected), name
+
+
+def test_family_asset_check_snapshot() -> None:
+    checks = sorted(
+        f"{k.asset_key.to_user_string()}:{k.name}"
+        for k in defs.resolve_asset_graph().asset_check_keys
+        if k.asset_key.path[0] != "lighton"
+    )
+    expected = sorted(
+        [f"{key}:{c}" for key in TEXT_KEYS for c in TEXT_CHECKS]
+        + [f"hofstaetter/teacher_scores:{c}" for c in PAIRWISE_CHECKS]
+        + [f"rank_distillm/runs:{c}" for c in [*LISTWISE_CHECKS, "no_malformed_lines"]]
+        + [f"fiqa/mined_scores:{c}" for c in [*LISTWISE_CHECKS, "known_labels", "lists_aligned"]]
+    )
+    assert checks == expected

@@ -1,0 +1,236 @@
+"""Rules for the text, pairwise and listwise tables, as plain functions over a DuckDB table.
+
+They extend `rules.py` with what these families need: verdicts on groups (ranks per query,
+a positive per query), a share threshold (ids that do not resolve to a text), and the
+parse report of the upstream file (malformed lines, with file and line number).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import duckdb
+
+from kd_pipeline.checks.rules import (
+    EXAMPLES,
+    Rule,
+    RuleFn,
+    RuleOutcome,
+    Table,
+    not_empty,
+    rows_where,
+    schema_is,
+)
+from kd_pipeline.parsers import ParseReport
+
+# Ids that do not resolve to a text: reported whenever there are any, blocking above this
+# share of rows. Upstream teacher files were built against the same collections, so more
+# than 1% unresolved means the wrong collection (or a broken join), not a few stray ids.
+MAX_UNRESOLVED_SHARE = 0.01
+
+
+def groups_where(rule: str, group_by: str, having: str, detail: str, where: str = "true") -> RuleFn:
+    """A rule broken by every group (of rows matching where) whose HAVING condition holds;
+    examples show the group keys."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        groups = (
+            f"SELECT CAST(concat_ws(' ', {group_by}) AS VARCHAR) AS k FROM {{table}} "
+            f"WHERE {where} GROUP BY {group_by} HAVING {having}"
+        )
+        (count,) = table.query(con, f"SELECT count(*) FROM ({groups})").fetchone()
+        examples: tuple[str, ...] = ()
+        if count:
+            rows = table.query(con, f"SELECT k FROM ({groups}) ORDER BY k LIMIT {EXAMPLES}")
+            examples = tuple(str(r[0]) for r in rows.fetchall())
+        return RuleOutcome(rule, count == 0, count, examples, detail)
+
+    return evaluate
+
+
+def within_share(inner: RuleFn, max_share: float) -> RuleFn:
+    """inner's violations, judged as a share of all rows: the rule holds up to max_share
+    (the count and first offenders are reported either way)."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        outcome = inner(con, table)
+        (total,) = table.query(con, "SELECT count(*) FROM {table}").fetchone()
+        share = outcome.violations / total if total else 0.0
+        return replace(
+            outcome,
+            passed=share <= max_share,
+            detail=f"{outcome.detail}: {outcome.violations} of {total} rows ({share:.3%}; "
+            f"blocking above {max_share:.1%})",
+        )
+
+    return evaluate
+
+
+def ids_resolve(
+    rule: str, references: Sequence[tuple[str, str, str]], max_share: float = MAX_UNRESOLVED_SHARE
+) -> RuleFn:
+    """Rows whose ids are missing from the text tables, as a share of all rows.
+
+    references: (column of this table, glob of the text table's Parquet, its id column).
+    """
+    params: dict[str, str] = {}
+    missing: list[str] = []
+    labels: list[str] = []
+    for column, glob, id_column in references:
+        name = f"ref_{len(params)}"
+        params.setdefault(name, glob)
+        test = f"{column} NOT IN (SELECT {id_column} FROM read_parquet(${name}))"
+        missing.append(test)
+        labels.append(f"CASE WHEN {test} THEN '{column}=' || {column} END")
+    inner = rows_where(
+        rule,
+        " OR ".join(missing),
+        f"concat_ws(' ', {', '.join(labels)})",
+        "ids without a text",
+        params,
+    )
+    return within_share(inner, max_share)
+
+
+def malformed_lines(rule: str, reports: Sequence[ParseReport]) -> RuleFn:
+    """Every upstream line parsed: the verdict of the parse, not of the table (a line that
+    did not parse is not in the table to be found)."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        count = sum(r.malformed_lines for r in reports)
+        examples = tuple(e for r in reports for e in r.examples)[:EXAMPLES]
+        formats = ", ".join(sorted({r.format for r in reports})) or "the upstream format"
+        return RuleOutcome(
+            rule, count == 0, count, examples, f"lines that do not parse as {formats}"
+        )
+
+    return evaluate
+
+
+def holds(rule: str, detail: str) -> RuleFn:
+    """A rule that does not apply to this partition: it holds, and says why."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        return RuleOutcome(rule, True, 0, (), detail)
+
+    return evaluate
+
+
+def ranks_contiguous(rule: str) -> RuleFn:
+    """Each query's ranked rows carry ranks exactly 1..n."""
+    return groups_where(
+        rule,
+        "query_id",
+        "min(rank) <> 1 OR max(rank) <> count(*) OR count(DISTINCT rank) <> count(*)",
+        "queries whose ranks are not exactly 1..n",
+        where="rank IS NOT NULL",
+    )
+
+
+def scores_follow_ranks(rule: str) -> RuleFn:
+    """A better rank never has a lower score (a ranked list read in the wrong order, or a
+    score column that is not the ranker's, shows up here)."""
+    return groups_where(
+        rule,
+        "query_id",
+        "list(score ORDER BY rank) <> list_reverse_sort(list(score))",
+        "queries whose scores do not decrease with rank",
+        where="rank IS NOT NULL",
+    )
+
+
+def every_query_has_positive(rule: str) -> RuleFn:
+    return groups_where(
+        rule,
+        "query_id",
+        "NOT bool_or(coalesce(is_positive, false))",
+        "queries without a relevant document",
+    )
+
+
+def unique_key(rule: str, columns: Sequence[str]) -> RuleFn:
+    key = ", ".join(columns)
+    return groups_where(rule, key, "count(*) > 1", f"({key}) occurs more than once")
+
+
+def non_empty_ids(rule: str, columns: Sequence[str], id_expr: str) -> RuleFn:
+    """Ids are never null nor empty (an empty field parses as '', not NULL)."""
+    condition = " OR ".join(f"{c} IS NULL OR {c} = ''" for c in columns)
+    return rows_where(rule, condition, id_expr, f"null or empty {', '.join(columns)}")
+
+
+def listwise_rules(
+    columns: dict[str, str],
+    references: Sequence[tuple[str, str, str]],
+    positives: str | None,
+) -> list[Rule]:
+    """The rules every listwise table (ranked candidates per query) is published under.
+
+    positives: None when every query must have a relevant document; else the reason the
+    partition carries no relevance labels (the rule then holds and says so).
+    """
+    return [
+        Rule(
+            "schema",
+            "Columns and types are the canonical listwise table.",
+            schema_is("schema", columns),
+        ),
+        Rule(
+            "ids_present",
+            "Query and document ids are neither null nor empty.",
+            non_empty_ids("ids_present", ["query_id", "doc_id"], "query_id"),
+        ),
+        Rule(
+            "finite_scores",
+            "Every ranked row has a finite score.",
+            rows_where(
+                "finite_scores",
+                "rank IS NOT NULL AND (score IS NULL OR NOT isfinite(score))",
+                "query_id || ' ' || doc_id",
+                "score is null, NaN or infinite",
+            ),
+        ),
+        Rule(
+            "ranks_contiguous",
+            "Each query's ranks are exactly 1..n.",
+            ranks_contiguous("ranks_contiguous"),
+        ),
+        Rule(
+            "unique_candidates",
+            "A document appears at most once per query.",
+            unique_key("unique_candidates", ["query_id", "doc_id"]),
+        ),
+        Rule(
+            "every_query_has_positive",
+            "Each query has a relevant document (annotated or labelled tables).",
+            every_query_has_positive("every_query_has_positive")
+            if positives is None
+            else holds("every_query_has_positive", positives),
+        ),
+        Rule(
+            "ids_resolve_to_texts",
+            "Query and document ids resolve to texts (the share that do not is reported; "
+            f"blocking above {MAX_UNRESOLVED_SHARE:.0%}).",
+            ids_resolve("ids_resolve_to_texts", references),
+        ),
+        Rule(
+            "scores_follow_ranks",
+            "Scores do not increase down a ranked list (warning only).",
+            scores_follow_ranks("scores_follow_ranks"),
+            blocking=False,
+        ),
+        Rule("not_empty", "The table has rows.", not_empty("not_empty")),
+    ]
+
+
+def evaluate_once(
+    rules: Sequence[Rule], name: str, con: duckdb.DuckDBPyConnection, table: Table
+) -> tuple[list[Rule], RuleOutcome]:
+    """Evaluate one rule now and hand the audit the same verdict (no second pass), so its
+    detail can also go into the materialisation metadata: the unresolved-id share is worth
+    seeing even when it is under the threshold and the check says only "ok"."""
+    (rule,) = (r for r in rules if r.name == name)
+    outcome = rule.evaluate(con, table)
+    memo = replace(rule, evaluate=lambda _con, _table: outcome)
+    return [memo if r.name == name else r for r in rules], outcome

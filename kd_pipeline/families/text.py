@@ -1,0 +1,469 @@
+"""Text collections: MS MARCO passage and BEIR FiQA as canonical queries, documents, qrels.
+
+One asset per table, group `text`, keys `text/<collection>/<table>`. Each fetches its upstream
+file (verified by md5 where one is known), unpacks the one archive member it needs into the
+lake's scratch space, parses it with explicit columns and publishes it through write,
+audit, publish. The teacher-score families check their ids against these tables.
+"""
+
+import contextlib
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from kd_pipeline import canonical
+from kd_pipeline.checks.audit import audit_and_publish, check_specs
+from kd_pipeline.checks.candidates import malformed_lines, non_empty_ids, unique_key
+from kd_pipeline.checks.rules import Rule, Table, no_nulls, not_empty, schema_is
+from kd_pipeline.engine import engine_connection
+from kd_pipeline.families.upstream import (
+    BEIR_FIQA_MD5,
+    BEIR_FIQA_URL,
+    BEIR_QRELS_HEADER,
+    MSMARCO_COLLECTION_URL,
+    MSMARCO_QRELS_TRAIN_URL,
+    MSMARCO_QUERIES_URL,
+    fetch_upstream_file,
+)
+from kd_pipeline.lake import Lake
+from kd_pipeline.metadata import preview
+from kd_pipeline.parsers import (
+    TREC_QRELS,
+    DelimitedFormat,
+    ParseReport,
+    copy_delimited,
+    copy_json_lines,
+    unpacked,
+)
+from kd_pipeline.resources import LakeResource, UpstreamResource
+
+try:  # DuckDB >= 1.4 moved the SQL types here
+    from duckdb.sqltypes import VARCHAR
+except ImportError:  # pragma: no cover - older DuckDB
+    from duckdb.typing import VARCHAR
+
+MSMARCO_COLLECTION_KEY = dg.AssetKey(["text", "msmarco_passage", "collection"])
+MSMARCO_QUERIES_TRAIN_KEY = dg.AssetKey(["text", "msmarco_passage", "queries_train"])
+MSMARCO_QRELS_TRAIN_KEY = dg.AssetKey(["text", "msmarco_passage", "qrels_train"])
+FIQA_CORPUS_KEY = dg.AssetKey(["text", "fiqa", "corpus"])
+FIQA_QUERIES_KEY = dg.AssetKey(["text", "fiqa", "queries"])
+FIQA_QRELS_TRAIN_KEY = dg.AssetKey(["text", "fiqa", "qrels_train"])
+TEXT_JOB = "text_collections"
+
+ID_TEXT_TSV = DelimitedFormat("id<TAB>text TSV", (("id", "VARCHAR"), ("text", "VARCHAR")))
+BEIR_QRELS = DelimitedFormat(
+    "BEIR qrels TSV (query-id corpus-id score)",
+    (("query_id", "VARCHAR"), ("doc_id", "VARCHAR"), ("relevance", "INTEGER")),
+    any_whitespace=True,
+    header=BEIR_QRELS_HEADER,
+)
+
+
+# ---- MS MARCO mojibake ---------------------------------------------------------------------
+def _cp1252_char(byte: int) -> str:
+    """The character Windows-1252 shows for a byte; the five bytes it leaves undefined come
+    out as latin-1 C1 controls, which is what a latin-1 decoder produced."""
+    try:
+        return bytes([byte]).decode("cp1252")
+    except UnicodeDecodeError:
+        return chr(byte)
+
+
+# A byte 0x80-0x9F reads as a cp1252 symbol (`€`, `’`) or, through latin-1, as a C1 control:
+# both spellings of each byte are accepted.
+_BYTE_OF = {chr(b): b for b in range(0x80, 0x100)} | {
+    _cp1252_char(b): b for b in range(0x80, 0x100)
+}
+_CONTINUATION = sorted({c for c, b in _BYTE_OF.items() if b < 0xC0})
+_LEADS = {
+    2: [chr(b) for b in range(0xC2, 0xE0)],  # cp1252 and latin-1 agree from 0xA0 up
+    3: [chr(b) for b in range(0xE0, 0xF0)],
+    4: [chr(b) for b in range(0xF0, 0xF5)],
+}
+
+
+def _char_class(chars: list[str], re2: bool) -> str:
+    if re2:
+        return "[" + "".join(f"\\x{{{ord(c):X}}}" for c in chars) + "]"
+    return "[" + "".join(re.escape(c) for c in chars) + "]"
+
+
+def _mojibake_pattern(re2: bool) -> str:
+    """A UTF-8 byte sequence (lead + 1-3 continuation bytes) as cp1252 characters."""
+    cont = _char_class(_CONTINUATION, re2)
+    return "|".join(
+        _char_class(lead, re2) + cont + (f"{{{n - 1}}}" if n > 2 else "")
+        for n, lead in _LEADS.items()
+    )
+
+
+MOJIBAKE_RE2 = _mojibake_pattern(re2=True)  # DuckDB's regexp_matches pre-filter
+_MOJIBAKE = re.compile(_mojibake_pattern(re2=False))
+_REPAIR_ROUNDS = 3  # text that went through the wrong decoding twice needs two rounds
+
+
+def _decode_sequence(match: re.Match[str]) -> str:
+    raw = bytes(_BYTE_OF[c] for c in match.group())
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # not a UTF-8 sequence after all: leave it as it is
+        return match.group()
+
+
+def repair_mojibake(text: str) -> str:
+    """Undo UTF-8 text that was decoded as Windows-1252 or latin-1 and re-encoded.
+
+    MS MARCO's collection.tsv has passages such as `donâ€™t` for `don’t` and `cafÃ©` for
+    `café`. Each run of characters that spells a UTF-8 byte sequence in cp1252 (a lead byte
+    0xC2-0xF4, then its continuation bytes) is mapped back to those bytes and decoded; the
+    repair applies only when that decodes, so it round-trips exactly (re-encoding the
+    result gives the original characters) and genuine accented text (`naïve`, `日本`) is
+    never a match. Repeated for text that was double-encoded.
+    """
+    for _ in range(_REPAIR_ROUNDS):
+        fixed = _MOJIBAKE.sub(_decode_sequence, text)
+        if fixed == text:
+            break
+        text = fixed
+    return text
+
+
+@dataclass
+class RepairTally:
+    """How many texts the repair changed, and a few (before, after) examples."""
+
+    count: int = 0
+    examples: list[tuple[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, before: str, after: str) -> None:
+        with self.lock:
+            self.count += 1
+            if len(self.examples) < 3:
+                pairs = zip(before, after, strict=False)
+                first = next((i for i, (a, b) in enumerate(pairs) if a != b), 0)
+                start = max(0, first - 20)
+                self.examples.append((before[start : start + 60], after[start : start + 50]))
+
+
+REPAIR_FUNCTION = "kd_repair_mojibake"
+
+
+@contextlib.contextmanager
+def mojibake_repair_function(con: duckdb.DuckDBPyConnection) -> Iterator[RepairTally]:
+    """Register `kd_repair_mojibake(text)` on con (a vectorised Arrow UDF) for the block.
+
+    Call it behind `regexp_matches(text, MOJIBAKE_RE2)`: DuckDB evaluates CASE branches on
+    the matching rows only, so Python sees the few suspect passages, not all 8.8 million.
+    """
+    tally = RepairTally()
+
+    def repair_batch(values: pa.Array) -> pa.Array:
+        out: list[str | None] = []
+        for value in values.to_pylist():
+            fixed = None if value is None else repair_mojibake(value)
+            if fixed != value:
+                tally.add(value, fixed)
+            out.append(fixed)
+        return pa.array(out, pa.string())
+
+    con.create_function(
+        REPAIR_FUNCTION, repair_batch, [VARCHAR], VARCHAR, type="arrow", side_effects=False
+    )
+    try:
+        yield tally
+    finally:
+        con.remove_function(REPAIR_FUNCTION)
+
+
+# ---- readers: upstream file -> canonical table ----------------------------------------------
+Reader = Callable[[duckdb.DuckDBPyConnection, Path, Path, str], ParseReport]
+
+
+def read_msmarco_collection(
+    con: duckdb.DuckDBPyConnection, path: Path, out_dir: Path, label: str
+) -> ParseReport:
+    """collection.tsv (`pid<TAB>passage`) with the mojibake repaired, streaming."""
+    select = (
+        "SELECT id AS doc_id, CASE WHEN regexp_matches(text, $pattern) "
+        f"THEN {REPAIR_FUNCTION}(text) ELSE text END AS text FROM {{rows}}"
+    )
+    with mojibake_repair_function(con) as tally:
+        report = copy_delimited(
+            con, path, ID_TEXT_TSV, select, out_dir, label=label, params={"pattern": MOJIBAKE_RE2}
+        )
+    return replace(
+        report,
+        extra={
+            **report.extra,
+            "mojibake_repaired": tally.count,
+            "mojibake_examples": [f"{b!r} -> {a!r}" for b, a in tally.examples],
+        },
+    )
+
+
+def read_msmarco_queries(
+    con: duckdb.DuckDBPyConnection, path: Path, out_dir: Path, label: str
+) -> ParseReport:
+    select = "SELECT id AS query_id, text FROM {rows}"
+    return copy_delimited(con, path, ID_TEXT_TSV, select, out_dir, label=label)
+
+
+def read_trec_qrels(
+    con: duckdb.DuckDBPyConnection, path: Path, out_dir: Path, label: str
+) -> ParseReport:
+    select = "SELECT query_id, doc_id, relevance FROM {rows}"
+    return copy_delimited(con, path, TREC_QRELS, select, out_dir, label=label)
+
+
+def read_beir_corpus(
+    con: duckdb.DuckDBPyConnection, path: Path, out_dir: Path, label: str
+) -> ParseReport:
+    columns = (("_id", "VARCHAR"), ("title", "VARCHAR"), ("text", "VARCHAR"))
+    select = "SELECT \"_id\" AS doc_id, text, coalesce(title, '') AS title FROM {rows}"
+    return copy_json_lines(con, path, columns, select, out_dir, label=label)
+
+
+def read_beir_queries(
+    con: duckdb.DuckDBPyConnection, path: Path, out_dir: Path, label: str
+) -> ParseReport:
+    columns = (("_id", "VARCHAR"), ("text", "VARCHAR"))
+    select = 'SELECT "_id" AS query_id, text FROM {rows}'
+    return copy_json_lines(con, path, columns, select, out_dir, label=label)
+
+
+def read_beir_qrels(
+    con: duckdb.DuckDBPyConnection, path: Path, out_dir: Path, label: str
+) -> ParseReport:
+    select = "SELECT query_id, doc_id, relevance FROM {rows}"
+    return copy_delimited(con, path, BEIR_QRELS, select, out_dir, label=label)
+
+
+# ---- specs -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TextTable:
+    """One canonical text table and the upstream file (or archive member) it comes from."""
+
+    key: dg.AssetKey
+    columns: dict[str, str]
+    key_columns: tuple[str, ...]
+    description: str
+    url: str
+    upstream_md5: str | None
+    member: str | None
+    read: Reader
+
+    @property
+    def value_columns(self) -> list[str]:
+        return [c for c in self.columns if c not in self.key_columns]
+
+
+TEXT_TABLES: tuple[TextTable, ...] = (
+    TextTable(
+        MSMARCO_COLLECTION_KEY,
+        canonical.DOCUMENTS,
+        ("doc_id",),
+        "MS MARCO passage collection (8.8M passages), mojibake repaired.",
+        MSMARCO_COLLECTION_URL,
+        None,
+        "collection.tsv",
+        read_msmarco_collection,
+    ),
+    TextTable(
+        MSMARCO_QUERIES_TRAIN_KEY,
+        canonical.QUERIES,
+        ("query_id",),
+        "MS MARCO passage train queries.",
+        MSMARCO_QUERIES_URL,
+        None,
+        "queries.train.tsv",
+        read_msmarco_queries,
+    ),
+    TextTable(
+        MSMARCO_QRELS_TRAIN_KEY,
+        canonical.QRELS,
+        ("query_id", "doc_id"),
+        "MS MARCO passage train relevance judgements.",
+        MSMARCO_QRELS_TRAIN_URL,
+        None,
+        None,
+        read_trec_qrels,
+    ),
+    TextTable(
+        FIQA_CORPUS_KEY,
+        canonical.TITLED_DOCUMENTS,
+        ("doc_id",),
+        "BEIR FiQA-2018 corpus (financial opinion posts).",
+        BEIR_FIQA_URL,
+        BEIR_FIQA_MD5,
+        "fiqa/corpus.jsonl",
+        read_beir_corpus,
+    ),
+    TextTable(
+        FIQA_QUERIES_KEY,
+        canonical.QUERIES,
+        ("query_id",),
+        "BEIR FiQA-2018 queries (all splits).",
+        BEIR_FIQA_URL,
+        BEIR_FIQA_MD5,
+        "fiqa/queries.jsonl",
+        read_beir_queries,
+    ),
+    TextTable(
+        FIQA_QRELS_TRAIN_KEY,
+        canonical.QRELS,
+        ("query_id", "doc_id"),
+        "BEIR FiQA-2018 train relevance judgements.",
+        BEIR_FIQA_URL,
+        BEIR_FIQA_MD5,
+        "fiqa/qrels/train.tsv",
+        read_beir_qrels,
+    ),
+)
+
+
+def text_rules(table: TextTable, reports: list[ParseReport] | None = None) -> list[Rule]:
+    """What a text table must satisfy to be published (all blocking)."""
+    first_key = table.key_columns[0]
+    return [
+        Rule(
+            "schema",
+            "Columns and types are the canonical ones.",
+            schema_is("schema", table.columns),
+        ),
+        Rule(
+            "no_malformed_lines",
+            "Every upstream line parsed (malformed ones are reported as file:line).",
+            malformed_lines("no_malformed_lines", reports or []),
+        ),
+        Rule(
+            "ids_present",
+            "Ids are neither null nor empty.",
+            non_empty_ids("ids_present", list(table.key_columns), first_key),
+        ),
+        Rule(
+            "unique_ids",
+            f"({', '.join(table.key_columns)}) is unique.",
+            unique_key("unique_ids", table.key_columns),
+        ),
+        Rule(
+            "no_null_values",
+            f"{', '.join(table.value_columns)} never null.",
+            no_nulls("no_null_values", table.value_columns, first_key),
+        ),
+        Rule("not_empty", "The table has rows.", not_empty("not_empty")),
+    ]
+
+
+# ---- helpers for the families that read these tables ----------------------------------------
+def published_glob(lake: Lake, key: dg.AssetKey, partition: str | None = None) -> str:
+    """The Parquet glob of the version published now (pinned: a publish during the run does
+    not change what this run reads), or a Failure saying what to materialise first."""
+    if not lake.is_published(key.path, partition):
+        raise dg.Failure(
+            f"{key.to_user_string()} is not published yet: materialize it first "
+            f"(job {TEXT_JOB} builds every text table)"
+        )
+    return str(lake.published_path(key.path, partition).resolve() / "*.parquet")
+
+
+def published_versions(lake: Lake, keys: list[dg.AssetKey]) -> dict[str, str]:
+    """Which version of each upstream table a run read, for lineage."""
+    return {k.to_user_string(): lake.manifest(k.path).get("version", "?") for k in keys}
+
+
+def metadata_value(value: object) -> object:
+    """Lists and dicts as JSON metadata; everything else as it is."""
+    return dg.MetadataValue.json(value) if isinstance(value, list | dict) else value
+
+
+# ---- assets ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def local_member(path: Path, member: str | None, scratch: Path) -> Iterator[Path]:
+    """The file itself, or the one archive member unpacked into scratch (removed after)."""
+    if member is None:
+        yield path
+        return
+    with unpacked(path, [member], scratch) as members:
+        yield members[member]
+
+
+def build_text_asset(table: TextTable) -> dg.AssetsDefinition:
+    """text/<collection>/<table>: one canonical table from its upstream file."""
+    source = table.url + (f" [{table.member}]" if table.member else "")
+
+    @dg.asset(
+        key=table.key,
+        group_name="text",
+        kinds={"duckdb", "parquet"},
+        owners=["team:kd-pipeline"],
+        pool="duckdb",
+        description=table.description,
+        metadata={
+            "dagster/column_schema": canonical.table_schema(table.columns),
+            "upstream": source,
+        },
+        check_specs=check_specs(text_rules(table), table.key),
+    )
+    def _text_asset(
+        context: dg.AssetExecutionContext,
+        lake: LakeResource,
+        upstream: UpstreamResource,
+        duckdb: DuckDBResource,
+    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+        fetcher = upstream.fetcher()
+        fetched = fetch_upstream_file(fetcher, table.url, table.upstream_md5)
+        label = fetched.path.name + (f":{table.member}" if table.member else "")
+        context.log.info(f"{table.key.to_user_string()}: reading {label} ({fetcher.describe()})")
+        the_lake = lake.lake()
+        with (
+            engine_connection(duckdb, the_lake) as con,
+            the_lake.stage(table.key.path) as staged,
+            local_member(fetched.path, table.member, the_lake.scratch_dir()) as local,
+        ):
+            report = table.read(con, local, staged.path, label)
+            out = Table("read_parquet($g)", {"g": staged.parquet_glob()})
+            lineage = {
+                **fetched.metadata(),
+                "member": table.member or "-",
+                "source": fetcher.describe(),
+            }
+            metadata = {
+                "dagster/row_count": report.rows,
+                **lineage,
+                **{k: metadata_value(v) for k, v in {**report.metadata(), **report.extra}.items()},
+                "preview": preview(con, out, list(table.columns)),
+            }
+            yield from audit_and_publish(
+                con,
+                the_lake,
+                staged,
+                text_rules(table, [report]),
+                metadata,
+                {
+                    "rows": report.rows,
+                    "lineage": lineage,
+                    "parse": {**report.metadata(), **report.extra},
+                    "run_id": context.run.run_id,
+                },
+            )
+
+    return _text_asset
+
+
+def definitions() -> dg.Definitions:
+    """Every text table, and the job that builds them all."""
+    assets = [build_text_asset(table) for table in TEXT_TABLES]
+    job = dg.define_asset_job(
+        TEXT_JOB,
+        selection=dg.AssetSelection.assets(*(t.key for t in TEXT_TABLES)),
+        description="MS MARCO passage and BEIR FiQA texts, queries and qrels.",
+    )
+    return dg.Definitions(assets=assets, jobs=[job])

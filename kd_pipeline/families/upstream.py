@@ -1,0 +1,211 @@
+"""Where the pairwise, listwise, mined and text families' upstream files live, and how each
+file is verified.
+
+Plain data and the checksum decision only (no Dagster, no resources), so the sample
+generator can import it without a cycle. Facts come from the project's UPSTREAM notes:
+URLs, md5s and the per-variant top-k of the Rank-DistiLLM runs.
+
+Checksums: an upstream md5 is the md5 of the *real* file. The sample mirror (and any other
+stand-in mirror, e.g. a test fixture) holds different bytes under the same URLs, so it
+declares its own sums in `stand-in-md5sums.json` at its root. A fetch through a local
+mirror verifies against that declaration when the mirror has one and lists the URL;
+everything else (a mirror without a declaration, the network, an HTTP mirror) verifies
+against the upstream md5. The lineage metadata always says which of the two was used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from kd_pipeline.fetch import Fetcher, file_md5, mirror_path_for_url
+
+STAND_IN_CHECKSUMS = "stand-in-md5sums.json"
+
+# ---- MS MARCO passage and BEIR FiQA texts --------------------------------------------------
+MSMARCO_BASE = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
+MSMARCO_COLLECTION_URL = MSMARCO_BASE + "collection.tar.gz"
+MSMARCO_QUERIES_URL = MSMARCO_BASE + "queries.tar.gz"
+MSMARCO_QRELS_TRAIN_URL = MSMARCO_BASE + "qrels.train.tsv"
+MSMARCO_QUERY_FILES = ("queries.train.tsv", "queries.dev.tsv", "queries.eval.tsv")
+
+BEIR_FIQA_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/fiqa.zip"
+BEIR_FIQA_MD5 = "17918ed23cd04fb15047f73e6c3bd9d9"
+BEIR_QRELS_HEADER = ("query-id", "corpus-id", "score")
+
+
+# ---- Hofstaetter teacher scores (Zenodo record 4068216) ------------------------------------
+@dataclass(frozen=True)
+class TeacherFile:
+    """One Hofstaetter teacher-score file: a partition of hofstaetter/teacher_scores."""
+
+    variant: str
+    file: str
+    md5: str
+    teacher: str
+
+    @property
+    def url(self) -> str:
+        return f"https://zenodo.org/record/4068216/files/{self.file}?download=1"
+
+
+HOFSTAETTER_FILES: dict[str, TeacherFile] = {
+    f.variant: f
+    for f in (
+        TeacherFile(
+            "bert",
+            "bertbase_cat_msmarcopassage_train_scores_ids.tsv",
+            "a2575af08a19b47c2041e67c9efcd917",
+            "BERT-Base CAT",
+        ),
+        TeacherFile(
+            "ensemble",
+            "bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv",
+            "4d99696386f96a7f1631076bcc53ac3c",
+            "mean of BERT-Base, BERT-Large and ALBERT-Large CAT",
+        ),
+    )
+}
+
+
+# ---- Rank-DistiLLM runs (Zenodo record 12528410) -------------------------------------------
+@dataclass(frozen=True)
+class RunVariant:
+    """One Rank-DistiLLM run file: a partition of rank_distillm/runs."""
+
+    variant: str
+    stem: str
+    top_k: int
+    md5: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.stem}msmarco-passage-train-judged.run"
+
+    @property
+    def url(self) -> str:
+        return f"https://zenodo.org/records/12528410/files/{self.file}?download=1"
+
+    @property
+    def annotated(self) -> bool:
+        """Annotated runs are joined with the MS MARCO train qrels (`is_positive`)."""
+        return self.variant.endswith(".annotated")
+
+
+RUN_VARIANTS: dict[str, RunVariant] = {
+    v.variant: v
+    for v in (
+        RunVariant("msmarco.bm25.annotated", "__bm25__", 500, "835372b2ab4d20acf10addeae526c559"),
+        RunVariant(
+            "msmarco.colbertv2.annotated", "__colbert__", 500, "6ed152027f7270f32fcbfaaa6def951e"
+        ),
+        RunVariant(
+            "rankzephyr.bm25_10000.sampled100",
+            "__rankzephyr-bm25-10000-sampled-100__",
+            100,
+            "05e3137ea3526671e1565cc90f9a2c8a",
+        ),
+        RunVariant(
+            "rankzephyr.colbert10000.sampled100",
+            "__rankzephyr-colbert-10000-sampled-100__",
+            100,
+            "49f8dbf2c1ee7a2ca1fe517eda528af6",
+        ),
+        RunVariant(
+            "rankzephyr.colbert10000.sampled50",
+            "__rankzephyr-colbert-10000-sampled-50__",
+            50,
+            "c37b78874d4893a00566ab40aa453c56",
+        ),
+        RunVariant(
+            "rankzephyr.colbert10000.sampled10",
+            "__rankzephyr-colbert-10000-sampled-10__",
+            10,
+            "619bc815bd133bdca44d6331b241d39a",
+        ),
+    )
+}
+
+# ---- FiQA mined reranker scores (Hugging Face dataset) -------------------------------------
+FIQA_MINED_REPO_ID = "stefan-jo/fiqa-train-mined-reranker-scores"
+FIQA_MINED_LICENCE = "non-commercial (see dataset card)"
+FIQA_LABELS = ("positive", "hard_negative", "medium_negative", "random_negative")
+
+
+# ---- fetching with the right checksum ------------------------------------------------------
+def url_key(url: str) -> str:
+    """A URL without its query string: `?download=1` does not change which file it is."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    """A local copy of an upstream file and how it was verified, for lineage."""
+
+    url: str
+    path: Path
+    md5: str | None
+    checksum_source: str
+
+    def metadata(self) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "md5": self.md5 or "none",
+            "checksum_source": self.checksum_source,
+            "bytes": self.path.stat().st_size,
+        }
+
+
+def declared_stand_in_md5s(mirror: Path) -> dict[str, str]:
+    """The sums a stand-in mirror declares for its own files ({} for a real mirror)."""
+    path = mirror / STAND_IN_CHECKSUMS
+    if not path.is_file():
+        return {}
+    return dict(json.loads(path.read_text(encoding="utf-8"))["md5"])
+
+
+def fetch_upstream_file(fetcher: Fetcher, url: str, upstream_md5: str | None) -> FetchedFile:
+    """The local file behind url, verified against the stand-in mirror's declared md5 when
+    there is one, else against the upstream md5 (a mismatch raises FetchError)."""
+    if fetcher.mirror is not None:
+        declared = declared_stand_in_md5s(fetcher.mirror).get(url_key(url))
+        if declared is not None:
+            path = fetcher.url_file(url, declared)
+            return FetchedFile(url, path, declared, f"stand-in mirror ({STAND_IN_CHECKSUMS})")
+    md5 = upstream_md5.strip().lower() if upstream_md5 else None
+    path = fetcher.url_file(url, md5)
+    return FetchedFile(url, path, md5, "upstream" if md5 else "none published upstream")
+
+
+def declare_stand_in_checksums(
+    mirror: Path, urls: Iterable[str], note: str = "stand-in data"
+) -> Mapping[str, str]:
+    """Write `stand-in-md5sums.json` for the files these URLs map to in the mirror."""
+    sums = {url_key(u): file_md5(mirror_path_for_url(mirror, u)) for u in sorted(set(urls))}
+    payload = {
+        "note": f"{note}: these files are not the upstream ones; their md5s are declared here "
+        "so the pipeline verifies them without pretending they match upstream",
+        "md5": dict(sorted(sums.items())),
+    }
+    target = mirror / STAND_IN_CHECKSUMS
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, target)
+    return sums
+
+
+def all_upstream_urls() -> list[str]:
+    """Every plain URL these families read (what a stand-in mirror must hold)."""
+    return [
+        MSMARCO_COLLECTION_URL,
+        MSMARCO_QUERIES_URL,
+        MSMARCO_QRELS_TRAIN_URL,
+        BEIR_FIQA_URL,
+        *(f.url for f in HOFSTAETTER_FILES.values()),
+        *(v.url for v in RUN_VARIANTS.values()),
+    ]

@@ -1,0 +1,171 @@
+"""Hofstaetter teacher scores: both partitions on the sample, the TSV read with explicit
+columns, bad lines reported by file and line, md5 verification, the unresolved-id limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kd_pipeline.families.hofstaetter import (
+    HOFSTAETTER_JOB,
+    PREPARE_IDS,
+    TEACHER_SCORES_KEY,
+    hofstaetter_partitions,
+)
+from kd_pipeline.families.text import MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY, TEXT_JOB
+from kd_pipeline.families.upstream import HOFSTAETTER_FILES, STAND_IN_CHECKSUMS
+from kd_pipeline.lake import Lake
+from kd_pipeline.resources import sample_mirror
+from kd_pipeline_tests.family_runs import (
+    checks,
+    edit_lines,
+    materialized,
+    redeclare,
+    rows,
+    run_job,
+    stand_in_mirror,
+    url_path,
+)
+from kd_pipeline_tests.helpers import failures
+from kd_pipeline_tests.hub_server import HubServer
+
+TEXTS = [MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY]
+BERT = HOFSTAETTER_FILES["bert"]
+RESOLVE = (TEACHER_SCORES_KEY.to_user_string(), "ids_resolve_to_texts")
+
+
+def _texts() -> None:
+    result = run_job(TEXT_JOB, selection=TEXTS)
+    assert result.success, failures(result)
+
+
+def test_prepare_ids_name_real_partitions() -> None:
+    assert PREPARE_IDS == {
+        "com.github.hofstaetter.distillation.msmarco.bert.teacher": (TEACHER_SCORES_KEY, "bert"),
+        "com.github.hofstaetter.distillation.msmarco.ensemble.teacher": (
+            TEACHER_SCORES_KEY,
+            "ensemble",
+        ),
+    }
+    assert hofstaetter_partitions.get_partition_keys() == ["bert", "ensemble"]
+
+
+def test_texts_come_first(lake_dir: Path) -> None:
+    result = run_job(HOFSTAETTER_JOB, "bert")
+    assert not result.success
+    assert "text/msmarco_passage/queries_train is not published yet" in failures(result)
+
+
+def test_both_teachers_on_the_sample(lake_dir: Path) -> None:
+    _texts()
+    for variant in ("bert", "ensemble"):
+        result = run_job(HOFSTAETTER_JOB, variant)
+        assert result.success, failures(result)
+        assert all(e.passed for e in result.get_asset_check_evaluations())
+        resolve = checks(result)[RESOLVE]
+        assert resolve.metadata["violations"].value == 2  # the sample's two missing passages
+        assert resolve.metadata["first_offenders"].value == "neg_id=8841823, neg_id=8841823"
+        meta = materialized(result, TEACHER_SCORES_KEY)
+        assert meta["dagster/row_count"] == 300 and meta["malformed_lines"] == 0
+        assert meta["unresolved_ids"].startswith("ids without a text: 2 of 300 rows (0.667%")
+        assert meta["checksum_source"].startswith("stand-in mirror")
+        assert meta["texts"].keys() == {k.to_user_string() for k in TEXTS}
+        published = rows(lake_dir, TEACHER_SCORES_KEY, variant)
+        assert len(published) == 300
+        assert all(r[5] == pytest.approx(r[3] - r[4]) for r in published)
+        assert all(isinstance(r[0], str) and r[0].isdigit() for r in published)
+    bert = rows(lake_dir, TEACHER_SCORES_KEY, "bert", "pos_score")
+    ensemble = rows(lake_dir, TEACHER_SCORES_KEY, "ensemble", "pos_score")
+    assert bert != ensemble  # two teachers, two partitions
+    assert Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["lineage"]["md5"]
+
+
+def test_bad_lines_are_reported_by_line_and_keep_the_published_version(
+    lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = stand_in_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
+    _texts()
+    tsv = url_path(mirror, BERT.url)
+
+    # whitespace other than one tab between fields is still a row (ids and scores have none):
+    # padding around the tabs, and spaces instead of tabs (re-split on any whitespace)
+    def respace(lines: list[str]) -> list[str]:
+        lines[8] = " " + lines[8].replace("\t", " \t ") + " "
+        lines[9] = lines[9].replace("\t", "  ")
+        return lines
+
+    edit_lines(tsv, respace)
+    redeclare(mirror)
+    result = run_job(HOFSTAETTER_JOB, "bert")
+    assert result.success, failures(result)
+    meta = materialized(result, TEACHER_SCORES_KEY)
+    assert (meta["recovered_lines"], meta["dagster/row_count"]) == (1, 300)
+    ids = rows(lake_dir, TEACHER_SCORES_KEY, "bert", "query_id || pos_id || neg_id")
+    assert all(i.isdigit() for (i,) in ids)
+    good = Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["version"]
+
+    def damage(lines: list[str]) -> list[str]:
+        lines[2] = lines[2].rsplit("\t", 1)[0]  # a short line
+        fields = lines[6].split("\t")
+        lines[6] = "\t".join([fields[0], "high", *fields[2:]])  # text in a score column
+        return lines
+
+    edit_lines(tsv, damage)
+    redeclare(mirror)
+    result = run_job(HOFSTAETTER_JOB, "bert")
+    assert not result.success
+    message = failures(result)
+    assert f"{BERT.file}:3: Expected Number of Columns: 5 Found: 4" in message
+    assert f'{BERT.file}:7: Error when converting column "neg_score"' in message
+    failed = checks(result)[(TEACHER_SCORES_KEY.to_user_string(), "no_malformed_lines")]
+    assert not failed.passed and failed.metadata["violations"].value == 2
+    assert Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["version"] == good
+
+
+def test_md5_is_verified_against_upstream_off_the_sample(
+    lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network (here an HTTP mirror) and a mirror without a stand-in declaration are
+    checked against the real md5: the sample's bytes fail it and nothing is published."""
+    _texts()
+    assert run_job(HOFSTAETTER_JOB, "bert").success  # sample mode: the declared md5
+    good = Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["version"]
+
+    with HubServer(sample_mirror()) as server, monkeypatch.context() as env:
+        env.setenv("KD_PIPELINE_SOURCE", "hub")
+        env.setenv("KD_PIPELINE_HTTP_MIRROR", server.endpoint + "/url")
+        result = run_job(HOFSTAETTER_JOB, "bert")
+        assert not result.success
+        assert f"md5 mismatch (expected {BERT.md5}" in failures(result)
+        assert any(BERT.file in path for _, path, _ in server.requests)
+        ensemble = run_job(HOFSTAETTER_JOB, "ensemble")
+        assert not ensemble.success
+    assert Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["version"] == good
+    assert not Lake(lake_dir).is_published(TEACHER_SCORES_KEY.path, "ensemble")
+
+    mirror = stand_in_mirror(tmp_path / "mirror")
+    (mirror / STAND_IN_CHECKSUMS).unlink()  # a plain mirror: upstream md5s apply
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
+    result = run_job(HOFSTAETTER_JOB, "bert")
+    assert not result.success and f"expected {BERT.md5}" in failures(result)
+
+
+def test_unresolved_ids_above_the_threshold_block_publish(
+    lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = stand_in_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
+    _texts()
+    tsv = url_path(mirror, HOFSTAETTER_FILES["ensemble"].url)
+    edit_lines(
+        tsv, lambda lines: [line + "999" if i % 30 == 0 else line for i, line in enumerate(lines)]
+    )  # 10 of 300 negative ids (3.3%) no longer in the collection
+    redeclare(mirror)
+    result = run_job(HOFSTAETTER_JOB, "ensemble")
+    assert not result.success
+    failed = checks(result)[RESOLVE]
+    assert not failed.passed and failed.metadata["violations"].value == 12
+    assert "12 of 300 rows (4.000%; blocking above 1.0%)" in failures(result)
+    assert not Lake(lake_dir).is_published(TEACHER_SCORES_KEY.path, "ensemble")
