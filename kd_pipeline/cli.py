@@ -33,21 +33,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     import dagster as dg
 
-    from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, LIGHTON_UNIONS_JOB, defs
-    from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, canonical_config_name
+    from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, MAIN_JOBS, defs
+    from kd_pipeline.families.lighton_configs import canonical_config_name
     from kd_pipeline.prepare import QUIET_LOGS
 
     home = ensure_dagster_home()
-    partitions = [canonical_config_name(p) for p in args.partition] or list(LIGHTON_CONFIGS)
-    job = defs.resolve_job_def(LIGHTON_PARTITIONED_JOB)
+    if args.partition:
+        only = [canonical_config_name(p) for p in args.partition]
+        steps = [(LIGHTON_PARTITIONED_JOB, p) for p in only]
+    else:
+        steps = []
+        for name in MAIN_JOBS:
+            partitions_def = defs.resolve_job_def(name).partitions_def
+            keys = partitions_def.get_partition_keys() if partitions_def else [None]
+            steps += [(name, key) for key in keys]
     log(f"dagster instance: {home}")
     failed: list[str] = []
     started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         for run_id in release_orphaned_runs(instance):
             log(f"run {run_id[:8]}: its process is gone; marked failed, pool slots freed")
-        for number, partition in enumerate(partitions, 1):
-            result = job.execute_in_process(
+        for number, (name, partition) in enumerate(steps, 1):
+            label = name + (f" [{partition}]" if partition else "")
+            result = defs.resolve_job_def(name).execute_in_process(
                 partition_key=partition,
                 instance=instance,
                 raise_on_error=False,
@@ -55,23 +63,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 tags=cli_run_tags(),
             )
             status = "ok" if result.success else "FAILED"
-            log(f"[{number}/{len(partitions)}] {partition}: {status} (run {result.run_id[:8]})")
+            log(f"[{number}/{len(steps)}] {label}: {status} (run {result.run_id[:8]})")
             if not result.success:
-                failed.append(partition)
-        if not args.partition and not failed:
-            result = defs.resolve_job_def(LIGHTON_UNIONS_JOB).execute_in_process(
-                instance=instance, raise_on_error=False, run_config=QUIET_LOGS, tags=cli_run_tags()
-            )
-            log(f"unions: {'ok' if result.success else 'FAILED'} (run {result.run_id[:8]})")
-            if not result.success:
-                failed.append("unions")
+                failed.append(label)
     lake = settings.lake_root()
     log(
-        f"{len(partitions) - len(failed)}/{len(partitions)} partition runs succeeded in "
+        f"{len(steps) - len(failed)}/{len(steps)} runs succeeded in "
         f"{time.monotonic() - started:.0f}s; lake: {lake}; catalog: {lake / 'catalog.duckdb'}"
     )
     if failed:
-        log(f"failed partitions: {', '.join(failed)} (see the runs in the Dagster UI)")
+        log(f"failed: {', '.join(failed)} (see the runs in the Dagster UI)")
         return 1
     print(lake)
     return 0
@@ -100,6 +101,37 @@ def cmd_ids(args: argparse.Namespace) -> int:
 
     describe_ids()
     return 0
+
+
+def cmd_validate_splade(args: argparse.Namespace) -> int:
+    """Judge a SPLADE folder with the export checks' rules: one line per violated rule."""
+    import duckdb
+
+    from kd_pipeline.checks.splade import LayoutError, validate_folder
+
+    con = duckdb.connect()
+    con.execute("SET threads = ?", [settings.duckdb_threads()])
+    try:
+        verdicts = validate_folder(
+            con,
+            Path(args.folder).expanduser(),
+            scores=Path(args.scores).expanduser() if args.scores else None,
+            splits=args.split or None,
+        )
+    except LayoutError as exc:
+        log(f"kd-pipeline validate-splade: {exc}")
+        return 2
+    failed = [o for r, o in verdicts if r.blocking and not o.passed]
+    for rule, outcome in verdicts:
+        if not outcome.passed:
+            print(("" if rule.blocking else "warning: ") + outcome.message())
+    log(
+        f"{args.folder}: {'INVALID' if failed else 'valid'} "
+        f"({len(verdicts) - len(failed)}/{len(verdicts)} rules hold"
+        + (f"; {len(failed)} violated" if failed else "")
+        + ")"
+    )
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     ids = sub.add_parser("ids", help="list every dataset id and its knobs")
     ids.set_defaults(func=cmd_ids)
+
+    check = sub.add_parser(
+        "validate-splade",
+        help="check a SPLADE distillation folder (light-splade layout) against its rules",
+        description="Exit 0 when every rule holds; else 1, with one line per violated rule "
+        "naming the first offending ids (2: the folder is missing a file). Files may be "
+        ".ndjson or .ndjson.gz; each path may be a file or a folder of such files.",
+    )
+    check.add_argument("folder", help="the folder holding train/ (and validation/)")
+    check.add_argument(
+        "--scores", help="the score file or folder (default: the one at the folder's root)"
+    )
+    check.add_argument(
+        "--split",
+        action="append",
+        choices=["train", "validation"],
+        help="only these splits (repeatable; default: train, and validation when present)",
+    )
+    check.set_defaults(func=cmd_validate_splade)
     return parser
 
 

@@ -8,12 +8,23 @@ import dagster as dg
 
 from kd_pipeline import automation
 from kd_pipeline.engine import default_duckdb_resource
+from kd_pipeline.exports import factory as exports
 from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
 from kd_pipeline.recipes import factory
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
 LIGHTON_PARTITIONED_JOB = factory.LIGHTON_PARTITIONED_JOB
 LIGHTON_UNIONS_JOB = factory.LIGHTON_UNIONS_JOB
+# The main job, in dependency order: what `kd-pipeline materialize` runs (a partitioned job
+# once per partition).
+MAIN_JOBS = (
+    LIGHTON_PARTITIONED_JOB,
+    LIGHTON_UNIONS_JOB,
+    text.TEXT_JOB,
+    hofstaetter.HOFSTAETTER_JOB,
+    rank_distillm.RANK_DISTILLM_JOB,
+    fiqa.FIQA_JOB,
+)
 
 
 def shared_resources() -> dg.Definitions:
@@ -34,6 +45,7 @@ def build_definitions() -> dg.Definitions:
         hofstaetter.definitions(),
         rank_distillm.definitions(),
         fiqa.definitions(),
+        exports.definitions(),
         automation.definitions(),
         shared_resources(),
     )

@@ -71,7 +71,7 @@ def test_materialize_command_runs_through_the_instance(tmp_path, lake_dir) -> No
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(lake_dir)
-    assert "2/2 partition runs succeeded" in proc.stderr
+    assert "2/2 runs succeeded" in proc.stderr
     (keys,) = (
         duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
         .execute("SELECT list(DISTINCT partition ORDER BY partition) FROM lighton.recommended")
