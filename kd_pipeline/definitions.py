@@ -8,7 +8,6 @@ import dagster as dg
 
 from kd_pipeline import automation
 from kd_pipeline.engine import default_duckdb_resource
-from kd_pipeline.exports import factory as exports
 from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
 from kd_pipeline.recipes import factory
 from kd_pipeline.resources import LakeResource, UpstreamResource
@@ -45,7 +44,6 @@ def build_definitions() -> dg.Definitions:
         hofstaetter.definitions(),
         rank_distillm.definitions(),
         fiqa.definitions(),
-        exports.definitions(),
         automation.definitions(),
         shared_resources(),
     )
