@@ -125,11 +125,12 @@ def cmd_validate_splade(args: argparse.Namespace) -> int:
     for rule, outcome in verdicts:
         if not outcome.passed:
             print(("" if rule.blocking else "warning: ") + outcome.message())
+    blocking = sum(r.blocking for r, _ in verdicts)
+    warned = sum(not r.blocking and not o.passed for r, o in verdicts)
     log(
-        f"{args.folder}: {'INVALID' if failed else 'valid'} "
-        f"({len(verdicts) - len(failed)}/{len(verdicts)} rules hold"
-        + (f"; {len(failed)} violated" if failed else "")
-        + ")"
+        f"{args.folder}: "
+        + (f"INVALID, {len(failed)} of {blocking} rules violated" if failed else "valid")
+        + (f" ({warned} warning(s))" if warned else "")
     )
     return 1 if failed else 0
 

@@ -8,6 +8,7 @@ import dagster as dg
 
 from kd_pipeline import automation
 from kd_pipeline.engine import default_duckdb_resource
+from kd_pipeline.exports import factory as exports
 from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
 from kd_pipeline.recipes import factory
 from kd_pipeline.resources import LakeResource, UpstreamResource
@@ -23,6 +24,7 @@ MAIN_JOBS = (
     hofstaetter.HOFSTAETTER_JOB,
     rank_distillm.RANK_DISTILLM_JOB,
     fiqa.FIQA_JOB,
+    *exports.main_job_names(),
 )
 
 
@@ -44,6 +46,7 @@ def build_definitions() -> dg.Definitions:
         hofstaetter.definitions(),
         rank_distillm.definitions(),
         fiqa.definitions(),
+        exports.definitions(),
         automation.definitions(),
         shared_resources(),
     )

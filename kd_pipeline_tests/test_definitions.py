@@ -140,7 +140,8 @@ PAIRWISE_CHECKS = [
 
 def test_family_asset_keys_partitions_and_jobs_snapshot() -> None:
     keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
-    assert [k for k in keys if not k.startswith("lighton/")] == sorted(TEXT_KEYS + FAMILY_KEYS)
+    families = [k for k in keys if k.split("/")[0] not in ("lighton", "exports")]
+    assert families == sorted(TEXT_KEYS + FAMILY_KEYS)
     graph = defs.resolve_asset_graph()
 
     def partitions(key: str) -> list[str] | None:
@@ -172,7 +173,7 @@ def test_family_asset_check_snapshot() -> None:
     checks = sorted(
         f"{k.asset_key.to_user_string()}:{k.name}"
         for k in defs.resolve_asset_graph().asset_check_keys
-        if k.asset_key.path[0] != "lighton"
+        if k.asset_key.path[0] not in ("lighton", "exports")
     )
     expected = sorted(
         [f"{key}:{c}" for key in TEXT_KEYS for c in TEXT_CHECKS]
@@ -181,3 +182,117 @@ def test_family_asset_check_snapshot() -> None:
         + [f"fiqa/mined_scores:{c}" for c in [*LISTWISE_CHECKS, "known_labels", "lists_aligned"]]
     )
     assert checks == expected
+
+
+# ---- exports -------------------------------------------------------------------------------
+MSMARCO_TEXTS = ["text/msmarco_passage/collection", "text/msmarco_passage/queries_train"]
+FIQA_TEXTS = ["text/fiqa/corpus", "text/fiqa/queries"]
+# key -> (source asset, text collections)
+EXPORTS = {
+    "exports/splade/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/splade/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/splade/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/splade_triplets/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/splade_triplets/hofstaetter_per_positive": (
+        "hofstaetter/teacher_scores",
+        MSMARCO_TEXTS,
+    ),
+    "exports/margin_mse/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/margin_mse/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/margin_mse/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/pylate_kd/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/pylate_kd/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/lightning_ir/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/lightning_ir/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/lightning_ir/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/tevatron/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/tevatron/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/pointwise/lighton_recommended": ("lighton/recommended", []),
+    "exports/pointwise/denseon_lateon": ("lighton/denseon_lateon", []),
+}
+SPLADE_CHECKS = [
+    "has_training_queries",
+    "id_map_ids_unique",
+    "id_map_upstream_unique",
+    "ids_unique",
+    "positive_docs_in_doc_master",
+    "positive_pairs_scored",
+    "positive_qids_in_query_master",
+    "queries_have_negative",
+    "queries_have_positive",
+    "queries_have_positive_list",
+    "queries_have_score_row",
+    "rows_well_formed",
+]
+EXPORT_CHECKS = {
+    "splade": SPLADE_CHECKS,
+    "splade_triplets": [
+        "every_anchor_sampled",
+        "finite_scores",
+        "not_empty",
+        "schema",
+        "texts_present",
+    ],
+    "margin_mse": ["finite_margins", "not_empty", "schema", "texts_present"],
+    "pylate_kd": ["finite_scores", "ids_have_texts", "lists_aligned", "not_empty", "schema"],
+    "lightning_ir": [
+        "file_name_names_collection",
+        "finite_scores",
+        "not_empty",
+        "ranks_contiguous",
+        "schema",
+        "unique_candidates",
+    ],
+    "tevatron": [
+        "every_line_has_negative",
+        "every_line_has_positive",
+        "not_empty",
+        "passages_complete",
+    ],
+    "pointwise": ["finite_scores", "not_empty", "schema", "texts_present"],
+}
+
+
+def test_export_keys_lineage_partitions_and_policies_snapshot() -> None:
+    keys = sorted(k.to_user_string() for k in defs.resolve_all_asset_keys())
+    assert [k for k in keys if k.startswith("exports/")] == sorted(EXPORTS)
+    graph = defs.resolve_asset_graph()
+    for name, (source, texts) in EXPORTS.items():
+        node = graph.get(dg.AssetKey.from_user_string(name))
+        parents = {k.to_user_string() for k in node.parent_keys}
+        assert parents == {source, *texts}, name  # family (or recipe) -> export, texts -> export
+        source_node = graph.get(dg.AssetKey.from_user_string(source))
+        assert node.partitions_def == source_node.partitions_def, name
+        assert node.group_name == "exports" and node.kinds, name
+        assert node.automation_condition is not None, name
+        policy = node.freshness_policy
+        assert (policy.fail_window.to_timedelta().days, policy.warn_window.to_timedelta().days) == (
+            8,
+            7,
+        ), name
+    lighton = graph.get(dg.AssetKey.from_user_string("exports/pointwise/lighton_recommended"))
+    assert lighton.partitions_def == lighton_partitions
+
+
+def test_export_check_snapshot() -> None:
+    found = sorted(
+        f"{k.asset_key.to_user_string()}:{k.name}"
+        for k in defs.resolve_asset_graph().asset_check_keys
+        if k.asset_key.path[0] == "exports"
+    )
+    expected = sorted(
+        f"{key}:{check}" for key in EXPORTS for check in EXPORT_CHECKS[key.split("/")[1]]
+    )
+    assert found == expected
+    splade = defs.resolve_assets_def(dg.AssetKey.from_user_string("exports/splade/hofstaetter"))
+    blocking = {spec.name: spec.blocking for spec in splade.check_specs}
+    assert blocking["queries_have_negative"] and not blocking["ids_unique"]
+
+
+def test_export_jobs_cover_each_sources_exports() -> None:
+    jobs: dict[str, list[str]] = {}
+    for name, (source, _) in EXPORTS.items():
+        jobs.setdefault("exports_" + source.replace("/", "_"), []).append(name)
+    for job, selected in jobs.items():
+        executable = defs.resolve_job_def(job).asset_layer.executable_asset_keys
+        assert sorted(k.to_user_string() for k in executable) == sorted(selected), job

@@ -51,9 +51,15 @@ def audit_and_publish(
     rules: Sequence[Rule],
     metadata: Mapping[str, Any],
     manifest: Mapping[str, Any],
+    table: Table | None = None,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Audit the staged version; publish it and report, or report and refuse."""
-    table = Table("read_parquet($staged_glob)", {"staged_glob": staged.parquet_glob()})
+    """Audit the staged version; publish it and report, or report and refuse.
+
+    table: what the rules read (default: the staged Parquet files); an export whose files
+    are not Parquet at the top of the folder (NDJSON, a named run file) passes its own.
+    """
+    if table is None:
+        table = Table("read_parquet($staged_glob)", {"staged_glob": staged.parquet_glob()})
     outcomes = evaluate_rules(con, rules, table)
     results = [check_result(rule, outcome) for rule, outcome in zip(rules, outcomes, strict=True)]
     failed = [o for r, o in zip(rules, outcomes, strict=True) if r.blocking and not o.passed]

@@ -1,0 +1,850 @@
+"""SPLADE distillation folders (light-splade's layout) and the rules their trainer enforces.
+
+light-splade reads four NDJSON files and validates them only after loading everything, in
+Python, one rule at a time, stopping at the first offender. These are the same rules as
+plain functions over DuckDB tables, each returning *every* violation as `(rule, id,
+detail)` rows, so the export's blocking checks, `kd-pipeline validate-splade` and the
+tests all judge a folder the same way, in seconds, before a trainer ever starts.
+
+Layout (a path may be a file or a folder of `.ndjson` / `.ndjson.gz` files)::
+
+    train/query_master.ndjson        {"qid": int, "text": str}
+    train/doc_master.ndjson          {"doc_id": int, "text": str}
+    train/positive_lists.ndjson      {"qid": int, "positive_doc_ids": [int, ...]}
+    validation/...                   the same three (optional)
+    hard-negatives-cross-encoder-scores.ndjson.gz   {"qid": int, "scores": {"<doc_id>": float}}
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
+from kd_pipeline.lake import quote_literal
+
+SCORES_FILE = "hard-negatives-cross-encoder-scores"
+MASTER_FILES = {"queries": "query_master", "documents": "doc_master", "positives": "positive_lists"}
+SPLITS = ("train", "validation")
+SUFFIXES = (".ndjson", ".ndjson.gz")
+POINTWISE_ALTERNATIVE = (
+    "a pointwise export, e.g. sentence-transformers (query, document, score) "
+    "(kd-pipeline format `pointwise`)"
+)
+
+_INTEGER_TYPES = ("UBIGINT", "BIGINT")
+# Lists mixing negative and large positive ints come out as HUGEINT; [] and [null] as NULL.
+_LIST_TYPES = ('["UBIGINT"]', '["BIGINT"]', '["HUGEINT"]', '["NULL"]')
+_NUMBER_TYPES = ("UBIGINT", "BIGINT", "HUGEINT", "DOUBLE")
+_NEVER_IN_JSON = "\x01"  # a raw control character: JSON escapes it inside strings
+
+
+class LayoutError(ValueError):
+    """A SPLADE folder is missing a file (or holds none of the right type)."""
+
+
+# ---- finding the files ---------------------------------------------------------------------
+def ndjson_files(path: Path) -> list[Path]:
+    """The files the consumer reads for one entry: the path itself when it is an `.ndjson`
+    or `.ndjson.gz` file, else the folder's `*.ndjson` and `*.ndjson.gz` (not recursive)."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(SUFFIXES))
+    if path.is_file() and path.name.endswith(SUFFIXES):
+        return [path]
+    return []
+
+
+def entry_files(base: Path, stem: str) -> list[Path]:
+    """`<stem>.ndjson`, `<stem>.ndjson.gz` or a folder `<stem>` (or `<stem>.ndjson`) of them."""
+    for candidate in (base / f"{stem}.ndjson", base / f"{stem}.ndjson.gz", base / stem):
+        files = ndjson_files(candidate)
+        if files:
+            return files
+    return []
+
+
+@dataclass(frozen=True)
+class SpladeLayout:
+    """The files of each part of a SPLADE folder."""
+
+    splits: dict[str, dict[str, tuple[Path, ...]]]  # split -> queries|documents|positives
+    scores: tuple[Path, ...]
+    root: Path = Path(".")
+
+
+def resolve_layout(
+    root: Path,
+    *,
+    scores: Path | None = None,
+    splits: Sequence[str] | None = None,
+) -> SpladeLayout:
+    """Find a folder's files as light-splade would be pointed at them.
+
+    The train split is required, validation is read when `validation/` exists (or when
+    asked for in splits), the score file is looked for at the root (the layout shares it
+    between the splits) unless given.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: not a folder")
+    wanted = (
+        list(splits)
+        if splits
+        else ["train", *(["validation"] if (root / "validation").is_dir() else [])]
+    )
+    found: dict[str, dict[str, tuple[Path, ...]]] = {}
+    missing: list[str] = []
+    for split in wanted:
+        if split not in SPLITS:
+            raise LayoutError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        parts: dict[str, tuple[Path, ...]] = {}
+        for kind, stem in MASTER_FILES.items():
+            files = entry_files(root / split, stem)
+            if not files:
+                missing.append(f"{split}/{stem}.ndjson[.gz]")
+            parts[kind] = tuple(files)
+        found[split] = parts
+    score_files = ndjson_files(scores) if scores is not None else entry_files(root, SCORES_FILE)
+    if not score_files:
+        missing.append(str(scores) if scores is not None else f"{SCORES_FILE}.ndjson[.gz]")
+    if missing:
+        raise LayoutError(f"{root}: missing {', '.join(missing)}")
+    return SpladeLayout(found, tuple(score_files), root.resolve())
+
+
+# ---- reading the files into DuckDB ---------------------------------------------------------
+@dataclass(frozen=True)
+class SpladeTables:
+    """The temp tables one folder was loaded into (names carry a prefix, so two folders can
+    be loaded on one connection). Only ids are kept: no rule needs a text or a score value,
+    only that it is well formed.
+
+    A row whose id is an integer is kept even when another field is malformed, so one bad
+    row is reported once, by `rows_well_formed`, not again as a missing id.
+    """
+
+    prefix: str
+    splits: tuple[str, ...]
+    root: str = ""  # file names in reports are relative to it
+
+    @property
+    def queries(self) -> str:  # (split, qid)
+        return f"{self.prefix}queries"
+
+    @property
+    def documents(self) -> str:  # (split, doc_id)
+        return f"{self.prefix}documents"
+
+    @property
+    def positives(self) -> str:  # (split, qid, positive_doc_ids BIGINT[])
+        return f"{self.prefix}positives"
+
+    @property
+    def scores(self) -> str:  # (qid, doc_ids BIGINT[]): one per row, its well-formed keys
+        return f"{self.prefix}scores"
+
+    @property
+    def malformed(self) -> str:  # (file, split, id, problem)
+        return f"{self.prefix}malformed"
+
+    @property
+    def lines(self) -> str:  # (file, split, rows)
+        return f"{self.prefix}lines"
+
+    @property
+    def staging(self) -> str:
+        return f"{self.prefix}staging"
+
+
+def _lines_source(files: Sequence[Path]) -> str:
+    """A DuckDB source of the files' lines, one VARCHAR `line` each (a blank line is NULL),
+    as Python iterates them. A raw control character never occurs in valid JSON, so no
+    line is ever split. Lines up to 32 MiB (a longer one fails the file, named)."""
+    names = "[" + ", ".join(quote_literal(str(p)) for p in files) + "]"
+    return (
+        f"read_csv({names}, columns = {{'line': 'VARCHAR'}}, delim = '{_NEVER_IN_JSON}', "
+        "quote = '', escape = '', header = false, auto_detect = false, filename = true, "
+        "max_line_size = 33554432)"
+    )
+
+
+def _shapes(keys: dict[str, Sequence[str]]) -> list[str]:
+    """Every json_structure() string a well-formed row can have (any key order)."""
+    shapes = []
+    for order in itertools.permutations(keys):
+        for types in itertools.product(*(keys[k] for k in order)):
+            fields = [
+                f'"{k}":' + (t if t.startswith("[") else f'"{t}"')
+                for k, t in zip(order, types, strict=True)
+            ]
+            shapes.append("{" + ",".join(fields) + "}")
+    return shapes
+
+
+def _sql_list(values: Sequence[object]) -> str:
+    return (
+        "["
+        + ", ".join(_sql_list(v) if isinstance(v, list) else quote_literal(str(v)) for v in values)
+        + "]"
+    )
+
+
+# Strict patterns for the score file's fast path: a line they match is certainly a
+# well-formed row (integer qid and keys that fit 64 bits, finite numbers: exponents of at
+# most two digits). A line they do not match is judged exactly, by parsing it.
+_INT = r"-?(?:0|[1-9][0-9]{0,17})"
+_NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]{1,2})?"
+_WS = r"[ \t]*"
+_ENTRY = rf'"{_INT}"{_WS}:{_WS}{_NUMBER}'
+_SCORE_LINE = (
+    rf'\{{{_WS}"qid"{_WS}:{_WS}{_INT}{_WS},{_WS}"scores"{_WS}:{_WS}\{{{_WS}'
+    rf"(?:{_ENTRY}(?:{_WS},{_WS}{_ENTRY})*)?{_WS}\}}{_WS}\}}[ \t\r]*"
+)
+_SCORE_QID = rf'^\{{{_WS}"qid"{_WS}:{_WS}({_INT})'
+_POSITIVE_LINE = (
+    rf'\{{{_WS}"qid"{_WS}:{_WS}{_INT}{_WS},{_WS}"positive_doc_ids"{_WS}:{_WS}\[{_WS}'
+    rf"(?:{_INT}(?:{_WS},{_WS}{_INT})*)?{_WS}\]{_WS}\}}[ \t\r]*"
+)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One master file's row shape, its fast check and its exact diagnosis."""
+
+    table: str  # SpladeTables attribute
+    id_key: str
+    value_key: str
+    json_types: dict[str, tuple[str, ...]]  # json_structure types a key may have
+    expected: str  # for messages
+    value_type: str | None = None  # kept in the table (positives only)
+
+
+_MASTERS = (
+    _Kind(
+        "queries",
+        "qid",
+        "text",
+        {"qid": _INTEGER_TYPES, "text": ("VARCHAR",)},
+        '{"qid": integer, "text": string}',
+    ),
+    _Kind(
+        "documents",
+        "doc_id",
+        "text",
+        {"doc_id": _INTEGER_TYPES, "text": ("VARCHAR",)},
+        '{"doc_id": integer, "text": string}',
+    ),
+    _Kind(
+        "positives",
+        "qid",
+        "positive_doc_ids",
+        {"qid": _INTEGER_TYPES, "positive_doc_ids": _LIST_TYPES},
+        '{"qid": integer, "positive_doc_ids": [integer, ...]}',
+        "BIGINT[]",
+    ),
+)
+_MASTER_FILE = {"queries": "queries", "documents": "documents", "positives": "positives"}
+_SCORES_EXPECTED = '{"qid": integer, "scores": {"<doc_id>": number, ...}}'
+
+
+def _problem(keys: Sequence[str], expected: str, shape_ok: str) -> str:
+    """SQL: what is wrong with a line (NULL when well formed): blank, not JSON, not an
+    object, extra or missing keys, else a wrong type (the row's structure is shown)."""
+    wanted = _sql_list(list(keys))
+    extra = f"list_filter(json_keys(line), lambda k: NOT list_contains({wanted}, k))"
+    missing = f"list_filter({wanted}, lambda k: NOT list_contains(json_keys(line), k))"
+    return (
+        "CASE WHEN line IS NULL OR trim(line) = '' THEN 'blank line (json.loads fails on it)' "
+        "WHEN NOT json_valid(line) THEN 'not valid JSON' "
+        f"WHEN {shape_ok} THEN NULL "
+        "WHEN json_type(line) <> 'OBJECT' THEN 'not a JSON object but ' || json_type(line) "
+        f"WHEN len({extra}) > 0 THEN 'extra key(s) ' || array_to_string({extra}, ', ') "
+        f"WHEN len({missing}) > 0 THEN 'missing key(s) ' || array_to_string({missing}, ', ') "
+        f"ELSE {quote_literal('expected ' + expected + ', found ')} || "
+        "json_structure(line)::VARCHAR END"
+    )
+
+
+def _loose_id(key: str) -> str:
+    """SQL: the integer id of a line, whatever else is wrong with it (NULL if it has none)."""
+    return (
+        "CASE WHEN line IS NOT NULL AND json_valid(line) THEN CASE WHEN "
+        f"list_contains({_sql_list(list(_INTEGER_TYPES))}, json_type(line, '$.{key}')) "
+        f"THEN TRY_CAST(line ->> '$.{key}' AS BIGINT) END END"
+    )
+
+
+def _id_label(key: str) -> str:
+    """SQL: an offending line named by its id, else by its first characters."""
+    return (
+        f"coalesce('{key} ' || CAST(id AS VARCHAR), "
+        "'line ' || coalesce(to_json(left(line, 60))::VARCHAR, '(blank)'))"
+    )
+
+
+def load_splade(
+    con: duckdb.DuckDBPyConnection, layout: SpladeLayout, prefix: str = "splade_"
+) -> SpladeTables:
+    """Read a SPLADE folder's files into temp tables, recording every malformed line.
+
+    Each line takes a cheap check that only well-formed rows pass (the key list and two
+    JSON types for a master row, a strict pattern for a score row), and only the lines
+    that fail it are parsed again to say exactly what is wrong (a differently ordered or
+    spaced row is still well formed). A file DuckDB cannot read at all (not UTF-8, not
+    gzip) is one malformed entry naming the file, not an exception.
+    """
+    t = SpladeTables(prefix, tuple(layout.splits), str(layout.root))
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {t.malformed} "
+        "(file VARCHAR, split VARCHAR, id VARCHAR, problem VARCHAR)"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {t.lines} (file VARCHAR, split VARCHAR, rows BIGINT)"
+    )
+    for kind in _MASTERS:
+        value = f", {kind.value_key} {kind.value_type}" if kind.value_type else ""
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {getattr(t, kind.table)} "
+            f"(split VARCHAR, {kind.id_key} BIGINT{value})"
+        )
+        for split, parts in layout.splits.items():
+            _load_master(con, t, kind, split, parts[kind.table])
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {t.scores} (qid BIGINT, doc_ids BIGINT[])")
+    _load_scores(con, t, layout.scores)
+    con.execute(f"DROP TABLE IF EXISTS {t.staging}")
+    con.execute(f"DROP TABLE IF EXISTS {t.prefix}positive_scores")
+    con.execute(f"DROP TABLE IF EXISTS {t.prefix}gz_lines")
+    return t
+
+
+def _stage(
+    con: duckdb.DuckDBPyConnection,
+    t: SpladeTables,
+    split: str,
+    files: Sequence[Path],
+    select: str,
+) -> bool:
+    """Create the staging table from select, whose `{lines}` is the files' lines as
+    (file, line); False, with the files recorded as malformed, when DuckDB cannot read
+    them. Gzip files are decompressed into a table first: decompression is sequential,
+    and the JSON work on the table then runs on every thread."""
+    source = _lines_source(files)
+    try:
+        if any(p.name.endswith(".gz") for p in files):
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE {t.prefix}gz_lines AS "
+                f"SELECT filename AS file, line FROM {source}"
+            )
+            lines = f"{t.prefix}gz_lines"
+        else:
+            lines = f"(SELECT filename AS file, line FROM {source})"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {t.staging} AS " + select.replace("{lines}", lines)
+        )
+    except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        for path in files:
+            con.execute(
+                f"INSERT INTO {t.malformed} VALUES ($f, $s, '(file)', $p)",
+                {"f": str(path), "s": split, "p": f"cannot be read: {reason}"},
+            )
+        return False
+    con.execute(
+        f"INSERT INTO {t.lines} SELECT file, $s, count(*) FROM {t.staging} GROUP BY file",
+        {"s": split},
+    )
+    return True
+
+
+def _load_master(
+    con: duckdb.DuckDBPyConnection,
+    t: SpladeTables,
+    kind: _Kind,
+    split: str,
+    files: Sequence[Path],
+) -> None:
+    """A master file: the fast check is the key list in the usual order and the two
+    values' JSON types (positive lists: a strict pattern, since element types count)."""
+    id_key, value_key = kind.id_key, kind.value_key
+    shapes = _sql_list(_shapes(kind.json_types))
+    if kind.value_type:  # positive lists: a strict pattern (element types count)
+        fast = f"regexp_full_match(line, {quote_literal(_POSITIVE_LINE)})"
+    else:
+        types = _sql_list([[i, "VARCHAR"] for i in _INTEGER_TYPES])
+        paths = _sql_list(["$." + id_key, "$." + value_key])
+        fast = (  # CASE, not AND: DuckDB evaluates both sides of an AND
+            f"CASE WHEN try(json_keys(line)) = {_sql_list([id_key, value_key])} "
+            f"THEN list_contains({types}, json_type(line, {paths})) ELSE false END"
+        )
+    value = (
+        f', CASE WHEN fast_ok THEN json_transform(line, \'{{"{value_key}":"{kind.value_type}"}}\')'
+        f".{value_key} END AS value"
+        if kind.value_type
+        else ""
+    )
+    select = (
+        f"SELECT file, fast_ok, CASE WHEN fast_ok THEN TRY_CAST(line ->> '$.{id_key}' AS BIGINT) "
+        f"END AS id{value}, CASE WHEN NOT fast_ok THEN line END AS line FROM "
+        f"(SELECT file, line, coalesce(line IS NOT NULL AND {fast}, false) AS fast_ok "
+        "FROM {lines})"
+    )
+    if not _stage(con, t, split, files, select):
+        return
+    # the lines that failed the fast check: their id (if any) and, when well formed, value
+    exact_ok = f"list_contains({shapes}, try(json_structure(line))::VARCHAR)"
+    con.execute(f"UPDATE {t.staging} SET id = {_loose_id(id_key)} WHERE NOT fast_ok")
+    if kind.value_type:
+        con.execute(
+            f"UPDATE {t.staging} SET value = json_transform(line, "
+            f'\'{{"{value_key}":"{kind.value_type}"}}\').{value_key} '
+            f"WHERE NOT fast_ok AND CASE WHEN json_valid(line) THEN {exact_ok} ELSE false END"
+        )
+    late = f"WHEN id IS NULL THEN '{id_key} outside the 64-bit integer range' " + (
+        "WHEN list_count(value) <> len(value) THEN "
+        "'positive_doc_ids holds a null or an id outside the 64-bit range' "
+        if kind.value_type
+        else ""
+    )
+    con.execute(
+        f"INSERT INTO {t.malformed} SELECT file, $s, {_id_label(id_key)}, problem FROM "
+        "(SELECT file, id, line, coalesce(CASE WHEN NOT fast_ok THEN "
+        f"{_problem(list(kind.json_types), kind.expected, exact_ok)} END, CASE {late} END) "
+        f"AS problem FROM {t.staging}) WHERE problem IS NOT NULL",
+        {"s": split},
+    )
+    keep = ", value" if kind.value_type else ""
+    con.execute(
+        f"INSERT INTO {getattr(t, kind.table)} SELECT $s, id{keep} FROM {t.staging} "
+        "WHERE id IS NOT NULL",
+        {"s": split},
+    )
+
+
+def _load_scores(con: duckdb.DuckDBPyConnection, t: SpladeTables, files: Sequence[Path]) -> None:
+    """Score rows: exactly `qid` and `scores`; every key an integer doc id (the consumer
+    calls int() on it), every value a finite number. A row with a bad entry is malformed;
+    its good entries still count (so the bad one is reported once)."""
+    select = (
+        f"SELECT file, fast_ok, "
+        f"CASE WHEN fast_ok THEN TRY_CAST(regexp_extract(line, {quote_literal(_SCORE_QID)}, 1) "
+        "AS BIGINT) END AS id, "
+        "CASE WHEN fast_ok THEN TRY_CAST(json_keys(line, '$.scores') AS BIGINT[]) END AS doc_ids, "
+        "CASE WHEN NOT fast_ok THEN line END AS line FROM "
+        f"(SELECT file, line, coalesce(regexp_full_match(line, {quote_literal(_SCORE_LINE)}), "
+        "false) AS fast_ok FROM {lines})"
+    )
+    if not _stage(con, t, "-", files, select):
+        return
+    shape_ok = (
+        "list_sort(json_keys(line)) = ['qid', 'scores'] AND "
+        f"list_contains({_sql_list(list(_INTEGER_TYPES))}, json_type(line, '$.qid')) AND "
+        "json_type(line, '$.scores') = 'OBJECT'"
+    )
+    con.execute(f"UPDATE {t.staging} SET id = {_loose_id('qid')} WHERE NOT fast_ok")
+    con.execute(
+        f"INSERT INTO {t.malformed} SELECT file, '-', {_id_label('qid')}, problem FROM "
+        f"(SELECT file, id, line, CASE WHEN NOT fast_ok THEN "
+        f"{_problem(['qid', 'scores'], _SCORES_EXPECTED, shape_ok)} END AS problem "
+        f"FROM {t.staging}) WHERE problem IS NOT NULL"
+    )
+    # entries of the slow rows whose structure is right: each key and value judged
+    entry_problem = (
+        "CASE WHEN NOT regexp_full_match(key, '[+-]?[0-9]+') OR doc_id IS NULL THEN "
+        "'score key ' || to_json(key)::VARCHAR || ' is not an integer doc id' "
+        f"WHEN NOT list_contains({_sql_list(list(_NUMBER_TYPES))}, json_type(value)) THEN "
+        "'score of doc ' || key || ' is ' || value || ', not a number' "
+        "WHEN NOT isfinite(score) THEN 'score of doc ' || key || ' is not finite' END"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {t.prefix}entries AS "
+        f"SELECT file, qid, doc_id, {entry_problem} AS problem FROM "
+        "(SELECT file, qid, e.key AS key, e.value AS value, "
+        "TRY_CAST(e.key AS BIGINT) AS doc_id, TRY_CAST(e.value AS DOUBLE) AS score FROM "
+        "(SELECT file, id AS qid, unnest(map_entries(json_transform(line, "
+        '\'{"scores":"MAP(VARCHAR, JSON)"}\').scores)) AS e '
+        f"FROM {t.staging} WHERE NOT fast_ok AND id IS NOT NULL AND "
+        f"CASE WHEN json_valid(line) THEN {shape_ok} ELSE false END))"
+    )
+    entries = f"{t.prefix}entries"
+    con.execute(
+        f"INSERT INTO {t.malformed} SELECT file, '-', 'qid ' || qid, min(problem) "
+        f"FROM {entries} WHERE problem IS NOT NULL GROUP BY file, qid"
+    )
+    con.execute(
+        f"UPDATE {t.staging} s SET doc_ids = coalesce((SELECT list(doc_id) FROM {entries} e "
+        "WHERE e.qid = s.id AND e.problem IS NULL), []) WHERE NOT fast_ok AND id IS NOT NULL"
+    )
+    con.execute(
+        f"INSERT INTO {t.malformed} SELECT file, '-', 'qid ' || coalesce(CAST(id AS VARCHAR), "
+        "'(none)'), 'qid or a doc_id outside the 64-bit integer range' FROM "
+        f"{t.staging} WHERE fast_ok AND (id IS NULL OR list_count(doc_ids) <> len(doc_ids))"
+    )
+    con.execute(
+        f"INSERT INTO {t.scores} SELECT id, list_filter(doc_ids, lambda d: d IS NOT NULL) "
+        f"FROM {t.staging} WHERE id IS NOT NULL"
+    )
+    con.execute(f"DROP TABLE {entries}")
+
+
+# ---- the rules -----------------------------------------------------------------------------
+# Each rule is a function (connection, tables) -> relation of (rule, id, detail): every
+# violation, not the first. Ids are prefixed by the split when a folder has a validation one.
+Violations = Callable[[duckdb.DuckDBPyConnection, SpladeTables], duckdb.DuckDBPyRelation]
+
+
+def _where(t: SpladeTables, split_expr: str) -> str:
+    """`<split> ` before an id, when the folder has more than the train split."""
+    return f"{split_expr} || ' '" if len(t.splits) > 1 else "''"
+
+
+def _violations(
+    con: duckdb.DuckDBPyConnection, rule: str, select: str, params: dict | None = None
+) -> duckdb.DuckDBPyRelation:
+    """select yields (id, detail); label the rows with the rule."""
+    return con.sql(f"SELECT '{rule}' AS rule, id, detail FROM ({select})", params=params)
+
+
+def rows_well_formed(con: duckdb.DuckDBPyConnection, t: SpladeTables) -> duckdb.DuckDBPyRelation:
+    """Each line is one JSON object with exactly the file's keys, ids JSON integers, texts
+    strings, scores finite numbers keyed by integer doc ids (the consumer's dataclasses
+    reject extra or missing keys; a string id silently never matches)."""
+    return _violations(
+        con,
+        "rows_well_formed",
+        "SELECT CASE WHEN starts_with(file, $root) THEN file[len($root) + 1:] ELSE file END "
+        f"|| ' ' || id || ': ' || problem AS id, problem AS detail FROM {t.malformed}",
+        {"root": t.root.rstrip("/") + "/"},
+    )
+
+
+def positive_qids_in_query_master(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables
+) -> duckdb.DuckDBPyRelation:
+    """Rule 1: every qid of the positive lists exists in the query master."""
+    return _violations(
+        con,
+        "positive_qids_in_query_master",
+        f"SELECT DISTINCT {_where(t, 'split')} || 'qid ' || qid AS id, "
+        "'qid of the positive lists is not in the query master' AS detail "
+        f"FROM {t.positives} p ANTI JOIN {t.queries} q USING (split, qid)",
+    )
+
+
+def queries_have_positive_list(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables
+) -> duckdb.DuckDBPyRelation:
+    """Rule 2: every qid of the query master has a positive list."""
+    return _violations(
+        con,
+        "queries_have_positive_list",
+        f"SELECT DISTINCT {_where(t, 'split')} || 'qid ' || qid AS id, "
+        "'qid of the query master has no positive list' AS detail "
+        f"FROM {t.queries} q ANTI JOIN {t.positives} p USING (split, qid)",
+    )
+
+
+def _positive_pairs(t: SpladeTables) -> str:
+    return (
+        f"(SELECT DISTINCT split, qid, unnest(positive_doc_ids) AS doc_id FROM {t.positives} "
+        "WHERE positive_doc_ids IS NOT NULL)"
+    )
+
+
+def positive_docs_in_doc_master(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables
+) -> duckdb.DuckDBPyRelation:
+    """Rule 3: every positive doc_id exists in the document master (of its split)."""
+    return _violations(
+        con,
+        "positive_docs_in_doc_master",
+        f"SELECT {_where(t, 'split')} || 'qid ' || qid || ' doc_id ' || doc_id AS id, "
+        "'positive doc_id is not in the document master' AS detail "
+        f"FROM {_positive_pairs(t)} p ANTI JOIN {t.documents} d USING (split, doc_id) "
+        "WHERE doc_id IS NOT NULL",
+    )
+
+
+def queries_have_positive(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables
+) -> duckdb.DuckDBPyRelation:
+    """Rule 4: every query has at least one positive."""
+    return _violations(
+        con,
+        "queries_have_positive",
+        f"SELECT DISTINCT {_where(t, 'split')} || 'qid ' || qid AS id, "
+        "'the positive list is empty' AS detail "
+        f"FROM {t.positives} WHERE len(positive_doc_ids) = 0",
+    )
+
+
+def _positive_scores(con: duckdb.DuckDBPyConnection, t: SpladeTables) -> str:
+    """(split, qid, positive_doc_ids, doc_ids): each positive list beside its score row,
+    built once for the rules that need both (dropped when a folder is loaded)."""
+    name = f"{t.prefix}positive_scores"
+    con.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {name} AS SELECT p.split, p.qid, p.positive_doc_ids, "
+        f"s.doc_ids FROM {t.positives} p JOIN {t.scores} s USING (qid) "
+        "WHERE p.positive_doc_ids IS NOT NULL"
+    )
+    return name
+
+
+def queries_have_negative(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables, alternative: str = POINTWISE_ALTERNATIVE
+) -> duckdb.DuckDBPyRelation:
+    """Rule 5 (training split): every query has an available negative, a doc with a score
+    that is not a positive and is in the document master. When no query has one the data
+    is pointwise (every scored pair a positive): the detail says so and what to use."""
+    if "train" not in t.splits:
+        return _violations(
+            con, "queries_have_negative", "SELECT NULL AS id, NULL AS detail LIMIT 0"
+        )
+    # per query of the train positive lists with a score row: its scored non-positives
+    candidates = (
+        "(SELECT DISTINCT qid, list_filter(doc_ids, lambda d: NOT list_contains(positive_doc_ids, "
+        f"d)) AS negatives FROM {_positive_scores(con, t)} WHERE split = 'train')"
+    )
+    negatives, available = f"{t.prefix}negatives", f"{t.prefix}with_negative"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {negatives} AS SELECT * FROM {candidates}")
+    docs = f"(SELECT doc_id FROM {t.documents} WHERE split = 'train')"
+    # most queries' first negative is in the master: unnest only the other queries' lists
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {available} AS SELECT DISTINCT qid FROM "
+        f"(SELECT qid, negatives[1] AS doc_id FROM {negatives}) SEMI JOIN {docs} USING (doc_id)"
+    )
+    con.execute(
+        f"INSERT INTO {available} SELECT DISTINCT qid FROM (SELECT qid, unnest(negatives) "
+        f"AS doc_id FROM {negatives} ANTI JOIN {available} USING (qid)) "
+        f"SEMI JOIN {docs} USING (doc_id)"
+    )
+    checked = f"(SELECT DISTINCT qid FROM {negatives})"
+    ((checked_count, with_negative),) = con.execute(
+        f"SELECT (SELECT count(*) FROM {checked}), (SELECT count(*) FROM {available})"
+    ).fetchall()
+    if checked_count and not with_negative:
+        detail = (
+            "no scored negatives: no query has a scored document that is not a positive, "
+            "so this is pointwise data and SPLADE distillation (one positive and one negative "
+            f"per query, with teacher scores) cannot sample a negative; use {alternative} "
+            "instead"
+        )
+    else:
+        detail = "no available negative (a scored doc, not a positive, in the document master)"
+    return _violations(
+        con,
+        "queries_have_negative",
+        f"SELECT {_where(t, quote_literal('train'))} || 'qid ' || qid AS id, "
+        f"{quote_literal(detail)} AS detail FROM {checked} ANTI JOIN {available} USING (qid)",
+    )
+
+
+def positive_pairs_scored(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables
+) -> duckdb.DuckDBPyRelation:
+    """Rule 6: every (query, positive) pair has a teacher score."""
+    unscored = (
+        "SELECT DISTINCT split, qid, unnest(list_filter(positive_doc_ids, "
+        "lambda d: NOT list_contains(doc_ids, d))) AS doc_id "
+        f"FROM {_positive_scores(con, t)} WHERE NOT list_has_all(doc_ids, positive_doc_ids)"
+    )
+    return _violations(
+        con,
+        "positive_pairs_scored",
+        f"SELECT {_where(t, 'split')} || 'qid ' || qid || ' doc_id ' || doc_id AS id, "
+        "'(query, positive) pair has no teacher score' AS detail "
+        f"FROM ({unscored}) WHERE doc_id IS NOT NULL",
+    )
+
+
+def queries_have_score_row(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables
+) -> duckdb.DuckDBPyRelation:
+    """Every qid (query master or positive lists) has a row in the score file: the consumer
+    looks each one up and fails on a missing one."""
+    return _violations(
+        con,
+        "queries_have_score_row",
+        f"SELECT DISTINCT {_where(t, 'split')} || 'qid ' || qid AS id, "
+        "'qid has no row in the score file' AS detail FROM "
+        f"(SELECT split, qid FROM {t.queries} UNION SELECT split, qid FROM {t.positives}) "
+        f"ANTI JOIN {t.scores} USING (qid)",
+    )
+
+
+def has_training_queries(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables
+) -> duckdb.DuckDBPyRelation:
+    """The train query master has rows (an empty dataset is a crash at the first epoch)."""
+    return _violations(
+        con,
+        "has_training_queries",
+        f"SELECT 'train/query_master' AS id, 'no queries to train on' AS detail "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {t.queries} WHERE split = 'train')",
+    )
+
+
+def ids_unique(con: duckdb.DuckDBPyConnection, t: SpladeTables) -> duckdb.DuckDBPyRelation:
+    """An id occurs once per file (the consumer keeps the last row of a repeated id and
+    silently drops the others; warning)."""
+    parts = [
+        f"SELECT {_where(t, 'split')} || '{what} ' || {key} AS id, "
+        f"'{what} occurs ' || count(*) || ' times in {name}' AS detail "
+        f"FROM {table} GROUP BY split, {key} HAVING count(*) > 1"
+        for what, key, table, name in (
+            ("qid", "qid", t.queries, "the query master"),
+            ("doc_id", "doc_id", t.documents, "the document master"),
+            ("qid", "qid", t.positives, "the positive lists"),
+        )
+    ]
+    parts.append(
+        "SELECT 'qid ' || qid AS id, 'qid occurs ' || count(*) || ' times in the score file' "
+        f"AS detail FROM {t.scores} GROUP BY qid HAVING count(*) > 1"
+    )
+    return _violations(con, "ids_unique", " UNION ALL ".join(parts))
+
+
+@dataclass(frozen=True)
+class SpladeRule:
+    """A SPLADE rule: its name, what it protects against, and its violations function."""
+
+    name: str
+    description: str
+    violations: Violations
+    blocking: bool = True
+
+
+SPLADE_RULES: tuple[SpladeRule, ...] = (
+    SpladeRule(
+        "rows_well_formed",
+        "Each line is one JSON object with exactly the file's keys; ids are JSON integers, "
+        "texts strings, scores finite numbers keyed by integer doc ids.",
+        rows_well_formed,
+    ),
+    SpladeRule(
+        "positive_qids_in_query_master",
+        "Rule 1: every qid of the positive lists exists in the query master.",
+        positive_qids_in_query_master,
+    ),
+    SpladeRule(
+        "queries_have_positive_list",
+        "Rule 2: every qid of the query master has a positive list.",
+        queries_have_positive_list,
+    ),
+    SpladeRule(
+        "positive_docs_in_doc_master",
+        "Rule 3: every positive doc_id exists in the document master.",
+        positive_docs_in_doc_master,
+    ),
+    SpladeRule(
+        "queries_have_positive",
+        "Rule 4: every query has at least one positive.",
+        queries_have_positive,
+    ),
+    SpladeRule(
+        "queries_have_negative",
+        "Rule 5 (training split): every query has an available negative: a document with a "
+        "teacher score, not a positive, present in the document master.",
+        queries_have_negative,
+    ),
+    SpladeRule(
+        "positive_pairs_scored",
+        "Rule 6: every (query, positive) pair has a teacher score.",
+        positive_pairs_scored,
+    ),
+    SpladeRule(
+        "queries_have_score_row",
+        "Every qid of the query master and positive lists has a row in the score file.",
+        queries_have_score_row,
+    ),
+    SpladeRule(
+        "has_training_queries",
+        "The training query master is not empty.",
+        has_training_queries,
+    ),
+    SpladeRule(
+        "ids_unique",
+        "Each id occurs once per file (warning: the consumer keeps the last one).",
+        ids_unique,
+        blocking=False,
+    ),
+)
+
+
+def outcome_of(rule: str, violations: duckdb.DuckDBPyRelation, detail: str) -> RuleOutcome:
+    """Count the violations and name the first few (ordered, so reports are stable)."""
+    ((count,),) = violations.aggregate("count(*)").fetchall()
+    examples: tuple[str, ...] = ()
+    shown = detail
+    if count:
+        rows = violations.order("id").limit(EXAMPLES).fetchall()
+        examples = tuple(str(r[1]) for r in rows)
+        shown = str(rows[0][2])
+    return RuleOutcome(rule, count == 0, int(count), examples, shown)
+
+
+def evaluate_splade(
+    con: duckdb.DuckDBPyConnection,
+    t: SpladeTables,
+    alternative: str = POINTWISE_ALTERNATIVE,
+) -> list[tuple[SpladeRule, RuleOutcome]]:
+    """Every rule's verdict on a loaded folder."""
+    results = []
+    for rule in SPLADE_RULES:
+        if rule.violations is queries_have_negative:
+            rel = queries_have_negative(con, t, alternative)
+        else:
+            rel = rule.violations(con, t)
+        results.append((rule, outcome_of(rule.name, rel, rule.description)))
+    return results
+
+
+def all_violations(con: duckdb.DuckDBPyConnection, t: SpladeTables) -> duckdb.DuckDBPyRelation:
+    """Every violation of every rule, as one relation (rule, id, detail)."""
+    rels = [rule.violations(con, t) for rule in SPLADE_RULES]
+    union = rels[0]
+    for rel in rels[1:]:
+        union = union.union(rel)
+    return union
+
+
+def audit_rules(
+    con: duckdb.DuckDBPyConnection | None = None,
+    t: SpladeTables | None = None,
+    alternative: str = POINTWISE_ALTERNATIVE,
+) -> list[Rule]:
+    """The SPLADE rules as audit `Rule`s over a loaded folder (evaluated once, up front,
+    so the audit and the metadata report the same verdicts). Without tables: the rules'
+    names and descriptions, for declaring the asset checks."""
+    if con is None or t is None:
+        return [Rule(r.name, r.description, _unevaluated(r.name), r.blocking) for r in SPLADE_RULES]
+    verdicts = evaluate_splade(con, t, alternative)
+    return [Rule(r.name, r.description, _fixed(outcome), r.blocking) for r, outcome in verdicts]
+
+
+def _fixed(outcome: RuleOutcome) -> Callable[[duckdb.DuckDBPyConnection, Table], RuleOutcome]:
+    return lambda _con, _table: outcome
+
+
+def _unevaluated(name: str) -> Callable[[duckdb.DuckDBPyConnection, Table], RuleOutcome]:
+    def evaluate(_con: duckdb.DuckDBPyConnection, _table: Table) -> RuleOutcome:
+        raise RuntimeError(f"{name}: load the SPLADE folder first (audit_rules(con, tables))")
+
+    return evaluate
+
+
+def validate_folder(
+    con: duckdb.DuckDBPyConnection,
+    root: Path,
+    *,
+    scores: Path | None = None,
+    splits: Sequence[str] | None = None,
+    alternative: str = POINTWISE_ALTERNATIVE,
+) -> list[tuple[SpladeRule, RuleOutcome]]:
+    """Resolve, load and judge a SPLADE folder (the CLI's whole job)."""
+    layout = resolve_layout(root, scores=scores, splits=splits)
+    tables = load_splade(con, layout)
+    return evaluate_splade(con, tables, alternative)

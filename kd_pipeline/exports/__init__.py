@@ -1,0 +1,1 @@
+"""Training-ready exports: the files trainers load, built from specs (`exports.yaml`)."""

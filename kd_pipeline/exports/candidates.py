@@ -1,0 +1,234 @@
+"""One preparation for every format: the source's scored pairs joined to their texts, with
+positives decided and unusable queries set aside, as three temp tables.
+
+    kd_candidates(query_id, doc_id, score, is_positive, teacher_rank)
+    kd_queries(query_id, text)
+    kd_documents(doc_id, text, title)
+
+Formats then only lay these out (SPLADE NDJSON, MarginMSE rows, PyLate lists, ...), so a
+choice such as "a pair without a text is dropped" is made once, and counted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import duckdb
+
+from kd_pipeline.exports.sources import ExportSource
+
+CANDIDATES = "kd_candidates"
+QUERIES = "kd_queries"
+DOCUMENTS = "kd_documents"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Knobs shared by every format: which candidates are positives, which queries stay.
+
+    positives: `labels` = the source's relevance labels (Hofstaetter's positive passage,
+      qrels-annotated runs, FiQA's `positive`); `teacher_top` = the `positive_top_k`
+      best-scored candidates of each query (pseudo-labels, for unlabelled runs such as
+      the RankZephyr re-rankings).
+    drop_queries_without_negatives: false = such a query stays, and a format that needs
+      negatives refuses the export (SPLADE rule 5 names it); true = dropped and counted.
+    """
+
+    positives: Literal["labels", "teacher_top"] = "labels"
+    positive_top_k: int = 1
+    drop_queries_without_negatives: bool = False
+
+    def __post_init__(self) -> None:
+        if self.positives not in ("labels", "teacher_top"):
+            raise ValueError(f"positives={self.positives!r}: expected labels or teacher_top")
+        if not isinstance(self.positive_top_k, int) or self.positive_top_k < 1:
+            raise ValueError(f"positive_top_k={self.positive_top_k!r}: expected an integer >= 1")
+        if not isinstance(self.drop_queries_without_negatives, bool):
+            raise ValueError("drop_queries_without_negatives: expected true or false")
+
+
+SELECTION_KNOBS = frozenset(f.name for f in fields(Selection))
+
+
+@dataclass(frozen=True)
+class TextGlobs:
+    """The published Parquet of the query and document texts (pinned for the run)."""
+
+    queries: str
+    documents: str
+    documents_have_titles: bool
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, str]) -> None:
+    """Execute sql with the params it names (DuckDB refuses unused ones)."""
+    con.execute(sql, {k: v for k, v in params.items() if f"${k}" in sql})
+
+
+def prepare_candidates(
+    con: duckdb.DuckDBPyConnection,
+    source: ExportSource,
+    source_glob: str,
+    texts: TextGlobs | None,
+    selection: Selection,
+    needs_positives: bool,
+) -> dict[str, Any]:
+    """Create the three tables on con; return the counts of what was kept and dropped."""
+    params = {"source": source_glob}
+    con.execute(f"CREATE OR REPLACE TEMP TABLE kd_raw AS {source.candidates_select()}", params)
+    if texts is None:  # pointwise: the texts are in the source itself
+        _run(
+            con,
+            "CREATE OR REPLACE TEMP TABLE kd_query_texts AS SELECT query_id, "
+            "any_value(query) AS text FROM read_parquet($source) GROUP BY query_id",
+            params,
+        )
+        _run(
+            con,
+            "CREATE OR REPLACE TEMP TABLE kd_doc_texts AS SELECT doc_id, "
+            "any_value(document) AS text, '' AS title FROM read_parquet($source) GROUP BY doc_id",
+            params,
+        )
+        query_texts, doc_texts = "kd_query_texts", "kd_doc_texts"
+    else:
+        query_texts = "(SELECT query_id, text FROM read_parquet($queries))"
+        title = "title" if texts.documents_have_titles else "''"
+        doc_texts = f"(SELECT doc_id, text, {title} AS title FROM read_parquet($documents))"
+        params = {**params, "queries": texts.queries, "documents": texts.documents}
+    # the text tables' own blocking checks guarantee a text per id: read the ids only
+    kept_query_texts = f"(SELECT query_id FROM {query_texts})"
+    kept_doc_texts = f"(SELECT doc_id FROM {doc_texts})"
+    positive = (
+        "labelled"
+        if selection.positives == "labels"
+        else f"teacher_rank <= {selection.positive_top_k}"
+    )
+    # one pass: pairs with both texts, ranked by teacher score, flagged per query
+    _run(
+        con,
+        "CREATE OR REPLACE TEMP TABLE kd_flagged AS SELECT query_id, doc_id, score, "
+        "is_positive, teacher_rank, bool_or(is_positive) OVER per_query AS has_positive, "
+        "bool_or(NOT is_positive) OVER per_query AS has_negative FROM ("
+        f"SELECT query_id, doc_id, score, {positive} AS is_positive, teacher_rank FROM ("
+        "SELECT r.*, CAST(row_number() OVER (PARTITION BY query_id ORDER BY score DESC, "
+        f"doc_id) AS INTEGER) AS teacher_rank FROM kd_raw r "
+        f"SEMI JOIN {kept_query_texts} q USING (query_id) "
+        f"SEMI JOIN {kept_doc_texts} d USING (doc_id))) "
+        "WINDOW per_query AS (PARTITION BY query_id)",
+        params,
+    )
+    keep = ["true"]
+    if needs_positives:
+        keep.append("has_positive")
+    if selection.drop_queries_without_negatives:
+        keep.append("has_negative")
+    _run(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE {CANDIDATES} AS SELECT query_id, doc_id, score, "
+        f"is_positive, teacher_rank FROM kd_flagged WHERE {' AND '.join(keep)}",
+        params,
+    )
+    _run(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE {QUERIES} AS SELECT query_id, text FROM {query_texts} "
+        f"SEMI JOIN (SELECT DISTINCT query_id FROM {CANDIDATES}) USING (query_id)",
+        params,
+    )
+    _run(
+        con,
+        f"CREATE OR REPLACE TEMP TABLE {DOCUMENTS} AS SELECT doc_id, text, title FROM {doc_texts} "
+        f"SEMI JOIN (SELECT DISTINCT doc_id FROM {CANDIDATES}) USING (doc_id)",
+        params,
+    )
+    counts = _counts(con, source, params, needs_positives, selection)
+    for name in ("kd_raw", "kd_flagged", "kd_query_texts", "kd_doc_texts"):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+    return counts
+
+
+def _counts(
+    con: duckdb.DuckDBPyConnection,
+    source: ExportSource,
+    params: dict[str, str],
+    needs_positives: bool,
+    selection: Selection,
+) -> dict[str, Any]:
+    def one(sql: str, bound: dict[str, str] | None = None) -> int:
+        ((value,),) = con.execute(sql, bound or {}).fetchall()
+        return int(value or 0)
+
+    counts: dict[str, Any] = {
+        "scored_pairs": one("SELECT count(*) FROM kd_raw"),
+        "pairs_without_text": one(
+            "SELECT (SELECT count(*) FROM kd_raw) - (SELECT count(*) FROM kd_flagged)"
+        ),
+        "pairs_with_differing_scores": one("SELECT count(*) FROM kd_raw WHERE spread > 1e-9"),
+        **dict(
+            zip(
+                ("queries_seen", "queries_without_positive", "queries_without_negative"),
+                con.execute(
+                    "SELECT count(DISTINCT query_id), "
+                    "count(DISTINCT query_id) FILTER (NOT has_positive), "
+                    "count(DISTINCT query_id) FILTER (NOT has_negative) FROM kd_flagged"
+                ).fetchall()[0],
+                strict=True,
+            )
+        ),
+        "queries": one(f"SELECT count(*) FROM {QUERIES}"),
+        "documents": one(f"SELECT count(*) FROM {DOCUMENTS}"),
+        "candidates": one(f"SELECT count(*) FROM {CANDIDATES}"),
+        "positives": one(f"SELECT count(*) FROM {CANDIDATES} WHERE is_positive"),
+    }
+    unscored = source.unscored_positives_select()
+    if unscored is not None:
+        counts["positives_without_teacher_score"] = one(unscored, {"source": params["source"]})
+    dropped = []
+    if needs_positives:
+        dropped.append(f"{counts['queries_without_positive']} without a positive")
+    if selection.drop_queries_without_negatives:
+        dropped.append(f"{counts['queries_without_negative']} without a negative")
+    counts["queries_dropped"] = "; ".join(dropped) or "none"
+    return counts
+
+
+@dataclass(frozen=True)
+class NegativeChoice:
+    """Which scored non-positives a format uses per query: all of them, or the
+    `max_negatives` hardest (highest teacher score) or random ones (seeded)."""
+
+    max_negatives: int | None = None
+    negative_selection: Literal["hardest", "random"] = "hardest"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_negatives is not None and (
+            not isinstance(self.max_negatives, int) or self.max_negatives < 1
+        ):
+            raise ValueError(f"max_negatives={self.max_negatives!r}: expected >= 1 or null")
+        if self.negative_selection not in ("hardest", "random"):
+            raise ValueError(
+                f"negative_selection={self.negative_selection!r}: expected hardest or random"
+            )
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r}: expected an integer")
+
+
+def seeded_order(seed: int, *columns: str) -> str:
+    """SQL: a seeded pseudo-random sort key for a row (md5: the same on every machine)."""
+    return f"md5(concat_ws(':', {int(seed)}, {', '.join(columns)}))"
+
+
+def selected_negatives(choice: NegativeChoice) -> str:
+    """SQL relation (query_id, doc_id, score, neg_rank): the chosen negatives, ranked 1..n
+    in the order a format should use them."""
+    order = (
+        "score DESC, doc_id"
+        if choice.negative_selection == "hardest"
+        else seeded_order(choice.seed, "query_id", "doc_id")
+    )
+    limit = "" if choice.max_negatives is None else f" WHERE neg_rank <= {choice.max_negatives}"
+    return (
+        "(SELECT * FROM (SELECT query_id, doc_id, score, CAST(row_number() OVER "
+        f"(PARTITION BY query_id ORDER BY {order}) AS INTEGER) AS neg_rank "
+        f"FROM {CANDIDATES} WHERE NOT is_positive){limit})"
+    )

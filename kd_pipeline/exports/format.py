@@ -1,0 +1,85 @@
+"""What an export format is: its knobs, what it writes, and the rules its output must pass.
+
+Every format module (`splade.py`, `margin_mse.py`, ...) defines one `ExportFormat`; the
+factory turns (spec, format) into a Dagster asset. A format writes from the candidate
+tables that `candidates.py` prepared (the same for every format), so a format module only
+knows its own layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import duckdb
+
+from kd_pipeline.checks.rules import Rule, Table
+
+
+class SpecError(ValueError):
+    """An export spec (or its knobs) is invalid; the message names the spec."""
+
+
+@dataclass(frozen=True)
+class ExportRun:
+    """Everything a format's writer needs for one asset partition."""
+
+    con: duckdb.DuckDBPyConnection
+    out: Path  # the staged version folder
+    scratch: Path  # removed after the run
+    knobs: Any  # the format's knob dataclass
+    name: str  # the spec's name (the last part of the asset key)
+    source_key: str  # e.g. hofstaetter/teacher_scores
+    partition: str | None
+    threads: int
+    source_shape: str = "listwise"
+    ir_datasets_id: str | None = None
+    title_column: bool = False  # the documents have titles (BEIR)
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a writer produced: the Table the audit reads, files with their rows and bytes,
+    and counts for the metadata."""
+
+    table: Table
+    files: dict[str, int] = field(default_factory=dict)  # relative path -> rows
+    counts: dict[str, Any] = field(default_factory=dict)
+    rules: list[Rule] | None = None  # the rules to audit with, when they need the run's paths
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One training format."""
+
+    name: str  # the asset key's middle part: exports/<name>/<spec name>
+    title: str  # one line for descriptions
+    kinds: frozenset[str]
+    knobs: type  # a frozen dataclass: defaults, validation in __post_init__
+    shapes: frozenset[str]  # source shapes it accepts: pairwise, listwise, pointwise
+    needs_positives: bool  # queries without a positive are dropped before writing
+    column_schema: dg.TableSchema
+    layout: str  # the files on disk (Markdown), for the asset's metadata and the README
+    write: Callable[[ExportRun], Written]
+    rules: Callable[[Any], list[Rule]]  # the declared rules (names and descriptions)
+
+
+def parse_knobs(knob_type: type, values: Mapping[str, Any], where: str) -> Any:
+    """The format's knob dataclass from a spec mapping; unknown knobs and bad values raise
+    SpecError naming the spec."""
+    allowed = {f.name for f in dataclasses.fields(knob_type)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise SpecError(f"{where}: unknown knob(s) {unknown}; allowed: {sorted(allowed)}")
+    try:
+        return knob_type(**values)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: {exc}") from None
+
+
+def knob_values(knobs: Any) -> dict[str, Any]:
+    return dataclasses.asdict(knobs)

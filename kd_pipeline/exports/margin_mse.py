@@ -1,0 +1,146 @@
+"""sentence-transformers MarginMSE: (query, positive, negative, score = the teacher margin).
+
+One row per (query, positive, negative) with `score = T(q, p) - T(q, n)`, or, with
+`negatives_per_row: k`, the multi-negative form `query, positive, negative_1..negative_k,
+score` where score is the list of the k margins. Parquet, read by
+`datasets.load_dataset("parquet", data_files=...)`; the label column is named `score`, the
+name sentence-transformers' trainers look for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dagster as dg
+
+from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
+from kd_pipeline.engine import copy_parquet
+from kd_pipeline.exports.candidates import (
+    CANDIDATES,
+    DOCUMENTS,
+    QUERIES,
+    NegativeChoice,
+    selected_negatives,
+)
+from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+
+
+@dataclass(frozen=True)
+class MarginMseKnobs(NegativeChoice):
+    """negatives_per_row: 1 = one row per (positive, negative) pair of each query (every
+    chosen negative); k > 1 = one row per positive with the first k chosen negatives (a
+    query with fewer is left out and counted)."""
+
+    negatives_per_row: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.negatives_per_row, int) or self.negatives_per_row < 1:
+            raise ValueError(f"negatives_per_row={self.negatives_per_row!r}: expected >= 1")
+
+
+def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:
+    k = knobs.negatives_per_row if knobs else 1
+    negatives = ["negative"] if k == 1 else [f"negative_{i}" for i in range(1, k + 1)]
+    return {
+        "query": "VARCHAR",
+        "positive": "VARCHAR",
+        **dict.fromkeys(negatives, "VARCHAR"),
+        "score": "DOUBLE" if k == 1 else "DOUBLE[]",
+    }
+
+
+def write_margin_mse(run: ExportRun) -> Written:
+    knobs: MarginMseKnobs = run.knobs
+    negatives = selected_negatives(knobs)
+    positives = (
+        f"(SELECT c.query_id, c.doc_id, c.score, c.teacher_rank, d.text FROM {CANDIDATES} c "
+        f"JOIN {DOCUMENTS} d USING (doc_id) WHERE c.is_positive)"
+    )
+    k = knobs.negatives_per_row
+    if k == 1:
+        select = (
+            "SELECT q.text AS query, p.text AS positive, nd.text AS negative, "
+            f"p.score - n.score AS score FROM {positives} p JOIN {negatives} n USING (query_id) "
+            f"JOIN {QUERIES} q USING (query_id) JOIN {DOCUMENTS} nd ON nd.doc_id = n.doc_id "
+            "ORDER BY p.query_id, p.teacher_rank, n.neg_rank"
+        )
+    else:
+        lists = (
+            "(SELECT n.query_id, list(nd.text ORDER BY n.neg_rank)[1:$k] AS texts, "
+            f"list(n.score ORDER BY n.neg_rank)[1:$k] AS scores FROM {negatives} n "
+            f"JOIN {DOCUMENTS} nd ON nd.doc_id = n.doc_id GROUP BY n.query_id "
+            "HAVING count(*) >= $k)"
+        )
+        picked = ", ".join(f"l.texts[{i}] AS negative_{i}" for i in range(1, k + 1))
+        select = (
+            f"SELECT q.text AS query, p.text AS positive, {picked}, "
+            "list_transform(l.scores, lambda s: p.score - s) AS score "
+            f"FROM {positives} p JOIN {lists} l USING (query_id) JOIN {QUERIES} q "
+            "USING (query_id) ORDER BY p.query_id, p.teacher_rank"
+        )
+    rows = copy_parquet(run.con, select, run.out, {"k": k} if k > 1 else None)
+    counts = {"rows": rows}
+    if k > 1:
+        ((short,),) = run.con.execute(
+            f"SELECT count(*) FROM (SELECT query_id FROM {negatives} GROUP BY query_id "
+            f"HAVING count(*) < {k})"
+        ).fetchall()
+        counts["queries_with_too_few_negatives"] = int(short)
+    return Written(Table.parquet(str(run.out / "*.parquet")), {"part-*.parquet": rows}, counts)
+
+
+def margin_mse_rules(knobs: MarginMseKnobs | None) -> list[Rule]:
+    cols = columns(knobs)
+    texts = [c for c, t in cols.items() if t == "VARCHAR"]
+    finite = (
+        "NOT isfinite(score)"
+        if cols["score"] == "DOUBLE"
+        else "len(score) <> $k OR NOT list_bool_and(list_transform(score, lambda s: isfinite(s)))"
+    )
+    k = {"k": knobs.negatives_per_row} if cols["score"] != "DOUBLE" and knobs else {}
+    return [
+        Rule("schema", "Columns: query, positive, negative(s), score.", schema_is("schema", cols)),
+        Rule(
+            "texts_present",
+            "Every text is present and non-empty.",
+            rows_where(
+                "texts_present",
+                " OR ".join(f"{c} IS NULL OR {c} = ''" for c in texts),
+                "left(query, 40)",
+                "a null or empty text",
+            ),
+        ),
+        Rule(
+            "finite_margins",
+            "Every margin is a finite number (and there are as many as negatives).",
+            rows_where("finite_margins", finite, "left(query, 40)", "margin not finite", k),
+        ),
+        Rule("not_empty", "The export has rows.", not_empty("not_empty")),
+    ]
+
+
+FORMAT = ExportFormat(
+    name="margin_mse",
+    title="sentence-transformers MarginMSE rows (Parquet)",
+    kinds=frozenset({"duckdb", "parquet"}),
+    knobs=MarginMseKnobs,
+    shapes=frozenset({"pairwise", "listwise"}),
+    needs_positives=True,
+    column_schema=dg.TableSchema(
+        columns=[
+            dg.TableColumn("query", "VARCHAR", description="query text"),
+            dg.TableColumn("positive", "VARCHAR", description="relevant passage text"),
+            dg.TableColumn(
+                "negative", "VARCHAR", description="negative passage text (negative_1..k)"
+            ),
+            dg.TableColumn(
+                "score", "DOUBLE", description="T(q, positive) - T(q, negative) (a list for k)"
+            ),
+        ]
+    ),
+    layout="`part-N.parquet`: `query, positive, negative, score` (or `negative_1..k`, "
+    "`score` a list of k margins)",
+    write=write_margin_mse,
+    rules=margin_mse_rules,
+)

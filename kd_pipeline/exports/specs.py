@@ -1,0 +1,191 @@
+"""Export specs: a few lines of YAML per published export (`exports.yaml`).
+
+A spec is the identity of an export asset, `exports/<format>/<name>`: which format, which
+source asset (and which text collections give it texts), and the knobs. Everything is
+checked when the code location loads, so a typo fails there, naming the spec, not hours
+into a run.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import yaml
+
+from kd_pipeline.exports import (
+    lightning_ir,
+    margin_mse,
+    pointwise,
+    pylate,
+    splade,
+    splade_triplets,
+    tevatron,
+)
+from kd_pipeline.exports.candidates import SELECTION_KNOBS, Selection
+from kd_pipeline.exports.format import ExportFormat, SpecError, knob_values, parse_knobs
+from kd_pipeline.exports.sources import (
+    DOCUMENT_TEXT_TABLES,
+    QUERY_TEXT_TABLES,
+    ExportSource,
+    TextSources,
+    known_sources,
+)
+from kd_pipeline.lake import LakeError, safe_name
+from kd_pipeline.recipes.specs import _UniqueKeyLoader
+
+SPEC_FILE = Path(__file__).with_name("exports.yaml")
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        splade.FORMAT,
+        splade_triplets.FORMAT,
+        margin_mse.FORMAT,
+        pointwise.FORMAT,
+        pylate.FORMAT,
+        lightning_ir.FORMAT,
+        tevatron.FORMAT,
+    )
+}
+_FIELDS = {"name", "format", "source", "texts", "description", "knobs", "partitions"}
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """One export asset."""
+
+    name: str
+    format: ExportFormat
+    source: ExportSource
+    texts: TextSources | None
+    description: str
+    selection: Selection
+    knobs: Any
+    # (partition pattern, selection, format knobs), first match wins
+    overrides: tuple[tuple[str, Selection, Any], ...] = field(default=())
+    raw_knobs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> dg.AssetKey:
+        return dg.AssetKey(["exports", self.format.name, self.name])
+
+    def for_partition(self, partition: str | None) -> tuple[Selection, Any]:
+        """The knobs a partition runs with (a `partitions:` override, else the spec's)."""
+        for pattern, selection, knobs in self.overrides:
+            if partition is not None and fnmatch.fnmatchcase(partition, pattern):
+                return selection, knobs
+        return self.selection, self.knobs
+
+    def knob_values(self) -> dict[str, Any]:
+        values = {**knob_values(self.selection), **knob_values(self.knobs)}
+        if self.overrides:
+            values["partitions"] = {
+                pattern: {**knob_values(s), **knob_values(k)} for pattern, s, k in self.overrides
+            }
+        return values
+
+
+def _split_knobs(
+    fmt: ExportFormat, values: dict[str, Any], where: str, base: dict[str, Any] | None = None
+) -> tuple[Selection, Any]:
+    if not isinstance(values, dict):
+        raise SpecError(f"{where}: knobs must be a mapping")
+    merged = {**(base or {}), **values}
+    selection = {k: v for k, v in merged.items() if k in SELECTION_KNOBS}
+    own = {k: v for k, v in merged.items() if k not in SELECTION_KNOBS}
+    try:
+        chosen = Selection(**selection)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    try:
+        knobs = parse_knobs(fmt.knobs, own, where)
+    except SpecError as exc:
+        allowed = sorted(SELECTION_KNOBS | set(fmt.knobs.__dataclass_fields__))
+        raise SpecError(f"{exc} (knobs of {fmt.name}: {allowed})") from None
+    return chosen, knobs
+
+
+def _texts(body: dict[str, Any], source: ExportSource, where: str) -> TextSources | None:
+    texts = body.get("texts")
+    if source.shape == "pointwise":
+        if texts:
+            raise SpecError(f"{where}: {source.name} carries its texts; drop `texts`")
+        return None
+    if not isinstance(texts, dict) or set(texts) != {"queries", "documents"}:
+        raise SpecError(
+            f"{where}: `texts` must name the `queries` and `documents` collections of "
+            f"{source.name} (one of {sorted(QUERY_TEXT_TABLES)} and one of "
+            f"{sorted(DOCUMENT_TEXT_TABLES)})"
+        )
+    if texts["queries"] not in QUERY_TEXT_TABLES:
+        raise SpecError(f"{where}: unknown queries table {texts['queries']!r}")
+    if texts["documents"] not in DOCUMENT_TEXT_TABLES:
+        raise SpecError(f"{where}: unknown documents table {texts['documents']!r}")
+    return TextSources(
+        dg.AssetKey.from_user_string(texts["queries"]),
+        dg.AssetKey.from_user_string(texts["documents"]),
+    )
+
+
+def parse_spec(body: object, where: str, sources: dict[str, ExportSource]) -> ExportSpec:
+    """One spec entry, validated."""
+    if not isinstance(body, dict):
+        raise SpecError(f"{where}: expected a mapping")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; allowed: {sorted(_FIELDS)}")
+    name = str(body.get("name", ""))
+    try:
+        safe_name(name, "export name")
+    except LakeError as exc:
+        raise SpecError(f"{where}: {exc}") from None
+    where = f"{where} ({name})"
+    fmt = FORMATS.get(str(body.get("format")))
+    if fmt is None:
+        raise SpecError(f"{where}: format {body.get('format')!r}; known: {sorted(FORMATS)}")
+    source = sources.get(str(body.get("source")))
+    if source is None:
+        raise SpecError(f"{where}: source {body.get('source')!r}; known: {sorted(sources)}")
+    if source.shape not in fmt.shapes:
+        raise SpecError(
+            f"{where}: {fmt.name} needs a {' or '.join(sorted(fmt.shapes))} source; "
+            f"{source.name} is {source.shape}"
+        )
+    texts = _texts(body, source, where)
+    raw = body.get("knobs") or {}
+    selection, knobs = _split_knobs(fmt, raw, where)
+    overrides = []
+    partitions = body.get("partitions") or {}
+    if partitions and source.partitions_def is None:
+        raise SpecError(f"{where}: `partitions` given but {source.name} is not partitioned")
+    keys = source.partitions_def.get_partition_keys() if source.partitions_def else []
+    for pattern, values in dict(partitions).items():
+        if not any(fnmatch.fnmatchcase(k, str(pattern)) for k in keys):
+            raise SpecError(f"{where}: partition pattern {pattern!r} matches none of {keys}")
+        chosen, own = _split_knobs(fmt, values or {}, f"{where} partitions {pattern!r}", raw)
+        overrides.append((str(pattern), chosen, own))
+    description = str(body.get("description") or "").strip() or (f"{fmt.title} of {source.name}.")
+    return ExportSpec(
+        name, fmt, source, texts, description, selection, knobs, tuple(overrides), dict(raw)
+    )
+
+
+def load_export_specs(path: Path = SPEC_FILE) -> list[ExportSpec]:
+    """Read and validate a spec file (a list of entries); errors name the file and entry."""
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or []
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, list):
+        raise SpecError(f"{path}: expected a list of exports")
+    sources = known_sources()
+    specs = [parse_spec(body, f"{path}: export #{i + 1}", sources) for i, body in enumerate(data)]
+    seen: set[tuple[str, ...]] = set()
+    for spec in specs:
+        if tuple(spec.key.path) in seen:
+            raise SpecError(f"{path}: {spec.key.to_user_string()} is defined twice")
+        seen.add(tuple(spec.key.path))
+    return specs

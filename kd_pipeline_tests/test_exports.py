@@ -1,0 +1,496 @@
+"""Exports end to end on the sample, through Dagster: every family's exports publish with
+their checks passing, load in the consumers' own readers (light-splade, `datasets`), are
+reproducible, carry their lineage; an invalid export is refused and never replaces the
+published one; a pointwise source asked for SPLADE is refused by rule 5, saying why."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from kd_pipeline.checks.splade import resolve_layout, validate_folder
+from kd_pipeline.cli import main
+from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
+from kd_pipeline.engine import default_duckdb_resource
+from kd_pipeline.exports import factory
+from kd_pipeline.exports.compression import gzip_file
+from kd_pipeline.exports.format import SpecError
+from kd_pipeline.exports.lightning_ir import dataset_from_file_name
+from kd_pipeline.exports.sources import known_sources
+from kd_pipeline.exports.specs import load_export_specs, parse_spec
+from kd_pipeline.families.fiqa import MINED_KEY
+from kd_pipeline.families.upstream import RUN_VARIANTS
+from kd_pipeline.lake import Lake
+from kd_pipeline.resources import LakeResource
+from kd_pipeline_tests.family_runs import checks
+from kd_pipeline_tests.helpers import failures
+
+LIGHTON_CONFIG = "agnews"
+RANKZEPHYR = "rankzephyr.bm25_10000.sampled100"
+FAMILY_RUNS: list[tuple[str, str | None]] = [
+    ("text_collections", None),
+    ("hofstaetter_teacher_scores", "bert"),
+    ("hofstaetter_teacher_scores", "ensemble"),
+    *(("rank_distillm_runs", v) for v in RUN_VARIANTS),
+    ("fiqa_mined", None),
+    (LIGHTON_PARTITIONED_JOB, LIGHTON_CONFIG),
+]
+EXPORT_RUNS: list[tuple[str, str | None]] = [
+    ("exports_hofstaetter_teacher_scores", "bert"),
+    ("exports_hofstaetter_teacher_scores", "ensemble"),
+    *(("exports_rank_distillm_runs", v) for v in RUN_VARIANTS),
+    ("exports_fiqa_mined_scores", None),
+    ("exports_lighton_recommended", LIGHTON_CONFIG),
+]
+
+
+@dataclass
+class SampleExports:
+    lake: Path
+    results: dict[tuple[str, str | None], dg.ExecuteInProcessResult] = field(default_factory=dict)
+    first_hashes: dict[str, str] = field(default_factory=dict)
+
+    def path(self, key: str, partition: str | None = None) -> Path:
+        return Lake(self.lake).published_path(key.split("/"), partition)
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under a published folder (the manifest, which carries the
+    version and run id, left out)."""
+    root = root.resolve()
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "_manifest.json"
+    }
+
+
+def run(job: str, partition: str | None, instance: dg.DagsterInstance):
+    return defs.resolve_job_def(job).execute_in_process(
+        partition_key=partition, instance=instance, raise_on_error=False
+    )
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleExports:
+    """Every family on the sample, then every export job (hofstaetter/bert twice, to
+    show a second build is byte-identical)."""
+    lake = tmp_path_factory.mktemp("exports") / "lake"
+    out = SampleExports(lake)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_PIPELINE_LAKE", str(lake))
+        instance = dg.DagsterInstance.ephemeral()
+        for job, partition in FAMILY_RUNS:
+            result = run(job, partition, instance)
+            assert result.success, (job, partition, failures(result))
+        for job, partition in EXPORT_RUNS:
+            out.results[(job, partition)] = run(job, partition, instance)
+        for key in ("exports/splade/hofstaetter", "exports/splade_triplets/hofstaetter"):
+            out.first_hashes[key] = json.dumps(tree_hashes(out.path(key, "bert")))
+        run("exports_hofstaetter_teacher_scores", "bert", instance)
+    return out
+
+
+def test_every_export_publishes_with_every_check_passing(sample: SampleExports) -> None:
+    specs = load_export_specs()
+    for (job, partition), result in sample.results.items():
+        assert result.success, (job, partition, failures(result))
+        evaluations = result.get_asset_check_evaluations()
+        assert evaluations and all(e.passed for e in evaluations), [
+            (e.asset_key.to_user_string(), e.check_name) for e in evaluations if not e.passed
+        ]
+        for spec in specs:
+            if factory.export_job_name(spec) == job:
+                assert Lake(sample.lake).is_published(spec.key.path, partition), spec.key
+
+
+def test_a_second_build_is_byte_identical(sample: SampleExports) -> None:
+    for key, first in sample.first_hashes.items():
+        assert json.dumps(tree_hashes(sample.path(key, "bert"))) == first, key
+
+
+# ---- SPLADE -------------------------------------------------------------------------------
+SPLADE_FOLDERS = [
+    ("exports/splade/hofstaetter", "bert"),
+    ("exports/splade/hofstaetter", "ensemble"),
+    *(("exports/splade/rank_distillm", v) for v in RUN_VARIANTS),
+    ("exports/splade/fiqa", None),
+]
+
+
+@pytest.mark.parametrize(("key", "partition"), SPLADE_FOLDERS)
+def test_splade_exports_pass_validate_splade(
+    sample: SampleExports, key: str, partition: str | None
+) -> None:
+    assert main(["validate-splade", str(sample.path(key, partition))]) == 0
+
+
+@pytest.mark.parametrize(("key", "partition"), SPLADE_FOLDERS)
+def test_splade_exports_load_in_light_splade(
+    sample: SampleExports, key: str, partition: str | None
+) -> None:
+    data = pytest.importorskip(
+        "light_splade.data",
+        reason="light-splade not installed (pip install torch==2.13.0 transformers tqdm "
+        "scipy && pip install --no-deps light-splade==0.1.3)",
+    )
+    root = sample.path(key, partition)
+    layout = resolve_layout(root)
+    for split, files in layout.splits.items():
+        dataset = data.TripletDistilDataset(
+            files["queries"][0],
+            files["documents"][0],
+            files["positives"][0],
+            layout.scores[0],
+            is_validation_set=split == "validation",
+        )
+        assert len(dataset) > 0
+        if split == "train":
+            query, pos, neg, pos_score, neg_score = dataset[0]
+            assert query and pos and neg and pos != neg
+            assert isinstance(pos_score, float) and isinstance(neg_score, float)
+
+
+def test_splade_rows_are_exactly_the_consumer_keys_with_integer_ids(sample: SampleExports) -> None:
+    root = sample.path("exports/splade/hofstaetter", "bert")
+    first = json.loads((root / "train" / "query_master.ndjson").read_text().splitlines()[0])
+    assert set(first) == {"qid", "text"} and type(first["qid"]) is int
+    positives = json.loads((root / "train" / "positive_lists.ndjson").read_text().splitlines()[0])
+    assert set(positives) == {"qid", "positive_doc_ids"}
+    assert all(type(d) is int for d in positives["positive_doc_ids"])
+    with gzip.open(root / "hard-negatives-cross-encoder-scores.ndjson.gz", "rt") as handle:
+        row = json.loads(handle.readline())
+    assert set(row) == {"qid", "scores"} and all(k.isdigit() for k in row["scores"])
+    assert list(row["scores"].values()) == sorted(row["scores"].values(), reverse=True)
+
+
+def test_splade_validation_split_is_seeded_and_disjoint(sample: SampleExports) -> None:
+    root = sample.path("exports/splade/hofstaetter", "bert")
+    qids = {
+        split: {json.loads(line)["qid"] for line in (root / split / "query_master.ndjson").open()}
+        for split in ("train", "validation")
+    }
+    assert qids["train"] and qids["validation"] and not qids["train"] & qids["validation"]
+    assert len(qids["train"] | qids["validation"]) == 60  # every sample train query
+    manifest = Lake(sample.lake).manifest(["exports", "splade", "hofstaetter"], "bert")
+    assert manifest["written"]["split_queries"] == {
+        "train": len(qids["train"]),
+        "validation": len(qids["validation"]),
+    }
+
+
+def test_splade_id_map_leads_back_to_upstream_ids(sample: SampleExports) -> None:
+    root = sample.path("exports/splade/fiqa")
+    id_map = duckdb.execute(
+        "SELECT kind, id, upstream_id FROM read_parquet($g)", {"g": str(root / "*.parquet")}
+    ).fetchall()
+    assert {k for k, _, _ in id_map} == {"query", "document"}
+    assert all(str(i) == u for _, i, u in id_map)  # FiQA ids are integers: kept as they are
+    manifest = Lake(sample.lake).manifest(["exports", "splade", "fiqa"])
+    assert manifest["written"]["query_ids"] == "upstream"
+    assert manifest["lineage"]["licence"].startswith("non-commercial")
+
+
+def test_rankzephyr_positives_are_the_teachers_top_passage(sample: SampleExports) -> None:
+    root = sample.path("exports/splade/rank_distillm", RANKZEPHYR)
+    positives = {
+        row["qid"]: row["positive_doc_ids"]
+        for row in map(json.loads, (root / "train" / "positive_lists.ndjson").open())
+    }
+    with gzip.open(root / "hard-negatives-cross-encoder-scores.ndjson.gz", "rt") as handle:
+        scores = {row["qid"]: row["scores"] for row in map(json.loads, handle)}
+    assert len(positives) == 20
+    for qid, docs in positives.items():
+        best = max(scores[qid], key=scores[qid].get)
+        assert docs == [int(best)]
+
+
+def test_selection_counts_what_was_dropped(sample: SampleExports) -> None:
+    result = sample.results[("exports_hofstaetter_teacher_scores", "bert")]
+    key = dg.AssetKey(["exports", "splade", "hofstaetter"])
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert meta["selection"]["pairs_without_text"] == 2  # the sample's missing passages
+    assert meta["rule_violations"] == dict.fromkeys(meta["rule_violations"], 0)
+    assert set(meta["rule_violations"]) >= {"queries_have_negative", "rows_well_formed"}
+    run = Lake(sample.lake).manifest(
+        ["exports", "splade", "rank_distillm"], "msmarco.bm25.annotated"
+    )
+    assert run["selection"]["positives_without_teacher_score"] > 0  # unretrieved positives
+    assert run["selection"]["queries_without_positive"] > 0
+
+
+# ---- Parquet formats in `datasets` ---------------------------------------------------------
+def load_parquet(folder: Path, pattern: str = "*.parquet"):
+    datasets = pytest.importorskip("datasets")
+    return datasets.load_dataset(
+        "parquet", data_files=str(folder.resolve() / pattern), split="train"
+    )
+
+
+def test_margin_mse_single_rows_hold_the_teacher_margin(sample: SampleExports) -> None:
+    rows = load_parquet(sample.path("exports/margin_mse/hofstaetter", "bert"))
+    assert rows.column_names == ["query", "positive", "negative", "score"]
+    assert rows.features["score"].dtype == "float64" and len(rows) > 0
+    con = duckdb.connect()
+    teacher = sample.path("hofstaetter/teacher_scores", "bert")
+    queries = sample.path("text/msmarco_passage/queries_train")
+    passages = sample.path("text/msmarco_passage/collection")
+    expected = con.execute(
+        "WITH pairs AS (SELECT query_id, doc_id, avg(s) AS s FROM (SELECT query_id, pos_id "
+        "AS doc_id, pos_score AS s FROM read_parquet($t) UNION ALL SELECT query_id, neg_id, "
+        "neg_score FROM read_parquet($t)) GROUP BY ALL), "
+        "texts AS (SELECT p.query_id, q.text AS query, d.text AS doc, p.s FROM pairs p "
+        "JOIN read_parquet($q) q USING (query_id) JOIN read_parquet($d) d USING (doc_id)) "
+        "SELECT a.query, a.doc, b.doc, a.s - b.s FROM texts a JOIN texts b USING (query_id) "
+        "JOIN (SELECT DISTINCT query_id, pos_id, neg_id FROM read_parquet($t)) t "
+        "ON t.query_id = a.query_id",
+        {
+            "t": str(teacher / "*.parquet"),
+            "q": str(queries / "*.parquet"),
+            "d": str(passages / "*.parquet"),
+        },
+    ).fetchall()
+    margins = {(q, p, n): m for q, p, n, m in expected}
+    for row in rows.select(range(min(len(rows), 50))):
+        key = (row["query"], row["positive"], row["negative"])
+        assert row["score"] == pytest.approx(margins[key])
+
+
+def test_margin_mse_multi_negative_form(sample: SampleExports) -> None:
+    rows = load_parquet(sample.path("exports/margin_mse/fiqa"))
+    assert rows.column_names == [
+        "query",
+        "positive",
+        "negative_1",
+        "negative_2",
+        "negative_3",
+        "negative_4",
+        "score",
+    ]
+    assert len(rows) == 40 and all(len(s) == 4 for s in rows["score"])
+    assert all(s == sorted(s) for s in rows["score"])  # hardest negative: smallest margin
+
+
+def test_pylate_tables_load_and_resolve(sample: SampleExports) -> None:
+    root = sample.path("exports/pylate_kd/fiqa")
+    train = load_parquet(root, "train-*.parquet")
+    queries = load_parquet(root / "queries")
+    documents = load_parquet(root / "documents")
+    assert train.column_names == ["query_id", "document_ids", "scores"]
+    assert str(train.features["scores"].feature.dtype) == "float32"
+    assert isinstance(train[0]["query_id"], str) and len(train[0]["document_ids"]) == 16
+    assert set(queries.column_names) == {"query_id", "text"}
+    assert set(documents.column_names) == {"document_id", "text"}
+    known = set(documents["document_id"])
+    assert all(set(ids) <= known for ids in train["document_ids"])
+    capped = load_parquet(
+        sample.path("exports/pylate_kd/rank_distillm", "msmarco.bm25.annotated"), "train-*.parquet"
+    )
+    assert max(len(ids) for ids in capped["document_ids"]) <= 32
+
+
+@pytest.mark.parametrize("mode", ["hofstaetter", "hofstaetter_per_positive"])
+def test_splade_triplets_both_sampling_modes(sample: SampleExports, mode: str) -> None:
+    rows = load_parquet(sample.path(f"exports/splade_triplets/{mode}", "bert"))
+    assert rows.column_names == ["query_text", "pos_text", "neg_text", "pos_score", "neg_score"]
+    splade = sample.path("exports/splade/hofstaetter", "bert")
+    queries = sum(
+        1
+        for split in ("train", "validation")
+        for _ in (splade / split / "query_master.ndjson").open()
+    )
+    pairs = sum(
+        len(json.loads(line)["positive_doc_ids"])
+        for split in ("train", "validation")
+        for line in (splade / split / "positive_lists.ndjson").open()
+    )
+    assert len(rows) == (queries if mode == "hofstaetter" else pairs)
+    assert all(p != n for p, n in zip(rows["pos_text"], rows["neg_text"], strict=True))
+
+
+def test_pointwise_lighton_pairs(sample: SampleExports) -> None:
+    rows = load_parquet(sample.path("exports/pointwise/lighton_recommended", LIGHTON_CONFIG))
+    assert rows.column_names == ["query", "document", "score"]
+    recommended = duckdb.execute(
+        "SELECT count(DISTINCT (query_id, doc_id)) FROM read_parquet($g)",
+        {"g": str(sample.path("lighton/recommended", LIGHTON_CONFIG) / "*.parquet")},
+    ).fetchall()[0][0]
+    assert len(rows) == recommended
+
+
+def test_tevatron_jsonl_loads_with_a_score_on_every_passage(sample: SampleExports) -> None:
+    datasets = pytest.importorskip("datasets")
+    root = sample.path("exports/tevatron/fiqa")
+    rows = datasets.load_dataset(
+        "json", data_files=str(root.resolve() / "train.jsonl"), split="train"
+    )
+    assert set(rows.column_names) == {"query_id", "query", "positive_passages", "negative_passages"}
+    first = rows[0]
+    assert len(first["positive_passages"]) == 1 and len(first["negative_passages"]) >= 14
+    for passage in first["positive_passages"] + first["negative_passages"]:
+        assert set(passage) == {"docid", "title", "text", "score"} and passage["text"]
+
+
+def test_lightning_ir_file_names_name_the_collection(sample: SampleExports) -> None:
+    root = sample.path("exports/lightning_ir/hofstaetter", "bert")
+    names = sorted(p.name for p in root.iterdir() if p.name != "_manifest.json")
+    assert names == [
+        "__hofstaetter-bert__msmarco-passage-train.parquet",
+        "__hofstaetter-bert__msmarco-passage-train.run",
+    ]
+    assert dataset_from_file_name(names[0]) == "msmarco-passage-train"
+    zephyr = sample.path("exports/lightning_ir/rank_distillm", RANKZEPHYR)
+    (run_file,) = zephyr.glob("*.parquet")
+    assert run_file.name == (
+        "__rank-distillm-rankzephyr-bm25-10000-sampled100__msmarco-passage-train.parquet"
+    )
+    assert dataset_from_file_name(run_file.name) == "msmarco-passage-train"
+    assert run_file.suffixes[0] == ".parquet"
+    fiqa = next(sample.path("exports/lightning_ir/fiqa").glob("*.parquet"))
+    assert dataset_from_file_name(fiqa.name) == "beir-fiqa-train"
+    rows = load_parquet(root, names[0])
+    assert rows.column_names == ["query_id", "doc_id", "rank", "score"]
+    trec = (root / names[1]).read_text().splitlines()
+    fields = trec[0].split()
+    assert len(fields) == 6 and fields[1] == "Q0" and fields[3] == "1"
+
+
+# ---- refusals ------------------------------------------------------------------------------
+def test_pointwise_source_asked_for_splade_is_refused_by_rule_5(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {"name": "lighton_recommended", "format": "splade", "source": "lighton/recommended"},
+        "test",
+        known_sources(),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(spec)],
+        partition_key=LIGHTON_CONFIG,
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    rule5 = checks(result)[(spec.key.to_user_string(), "queries_have_negative")]
+    assert not rule5.passed and rule5.severity == dg.AssetCheckSeverity.ERROR
+    detail = rule5.metadata["detail"].value
+    assert "no scored negatives" in detail and "pointwise" in detail
+    assert "exports/pointwise/lighton_recommended" in detail
+    failed = {k for k, e in checks(result).items() if not e.passed}
+    assert failed == {(spec.key.to_user_string(), "queries_have_negative")}
+    assert "not published" in failures(result)
+    assert not Lake(sample.lake).is_published(spec.key.path, LIGHTON_CONFIG)
+
+
+def test_an_invalid_export_never_replaces_the_published_one(lake_dir: Path) -> None:
+    instance = dg.DagsterInstance.ephemeral()
+    for job in ("fiqa_mined", "exports_fiqa_mined_scores"):
+        result = run(job, None, instance)
+        assert result.success, failures(result)
+    lake = Lake(lake_dir)
+    key = ["exports", "splade", "fiqa"]
+    before = (lake.manifest(key)["version"], tree_hashes(lake.published_path(key)))
+    # a new upstream version in which one query kept only its positive
+    source_glob = lake.parquet_glob(MINED_KEY.path)
+    ((victim,),) = duckdb.execute(
+        "SELECT min(query_id) FROM read_parquet($g)", {"g": source_glob}
+    ).fetchall()
+    with lake.stage(MINED_KEY.path) as staged:
+        duckdb.execute(
+            f"COPY (SELECT * FROM read_parquet($g) WHERE query_id <> $q OR is_positive) "
+            f"TO '{staged.path}/part-0.parquet' (FORMAT parquet)",
+            {"g": source_glob, "q": victim},
+        )
+        lake.publish(staged, {"rows": 0})
+    result = run("exports_fiqa_mined_scores", None, instance)
+    assert not result.success
+    evaluation = checks(result)[("exports/splade/fiqa", "queries_have_negative")]
+    assert not evaluation.passed
+    assert f"qid {victim}" in evaluation.metadata["first_offenders"].value
+    assert evaluation.metadata["violations"].value == 1
+    assert (lake.manifest(key)["version"], tree_hashes(lake.published_path(key))) == before
+    verdicts = dict(
+        (r.name, o) for r, o in validate_folder(duckdb.connect(), lake.published_path(key))
+    )
+    assert all(o.passed for o in verdicts.values())
+
+
+# ---- specs ---------------------------------------------------------------------------------
+BAD_SPECS = {
+    "unknown format": ({"format": "nope"}, "format 'nope'"),
+    "unknown source": ({"source": "nope/x"}, "source 'nope/x'"),
+    "unknown knob": ({"knobs": {"gzip": 3}}, "unknown knob(s) ['gzip']"),
+    "bad knob value": ({"knobs": {"validation_fraction": 1.5}}, "validation_fraction"),
+    "bad selection": ({"knobs": {"positives": "all"}}, "positives='all'"),
+    "texts missing": ({"texts": None}, "`texts` must name"),
+    "unknown text": (
+        {"texts": {"queries": "text/x", "documents": "text/msmarco_passage/collection"}},
+        "unknown queries table",
+    ),
+    "partition pattern": ({"partitions": {"nothing*": {}}}, "matches none"),
+    "pointwise to lightning_ir": (
+        {"format": "lightning_ir", "source": "lighton/recommended", "texts": None},
+        "needs a listwise or pairwise source",
+    ),
+    "bad name": ({"name": "../up"}, "not a safe name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_specs_fail_when_loaded_naming_the_problem(case: str) -> None:
+    base = {
+        "name": "x",
+        "format": "splade",
+        "source": "hofstaetter/teacher_scores",
+        "texts": {
+            "queries": "text/msmarco_passage/queries_train",
+            "documents": "text/msmarco_passage/collection",
+        },
+    }
+    change, message = BAD_SPECS[case]
+    with pytest.raises(SpecError) as error:
+        parse_spec({**base, **change}, "spec", known_sources())
+    assert message in str(error.value)
+
+
+def test_duplicate_export_keys_are_refused(tmp_path: Path) -> None:
+    entry = "- {name: x, format: pointwise, source: lighton/recommended}\n"
+    (tmp_path / "exports.yaml").write_text(entry * 2)
+    with pytest.raises(SpecError, match="defined twice"):
+        load_export_specs(tmp_path / "exports.yaml")
+
+
+# ---- parallel gzip -------------------------------------------------------------------------
+def test_parallel_gzip_is_one_stream_to_every_reader_and_deterministic(tmp_path: Path) -> None:
+    source = tmp_path / "rows.ndjson"
+    source.write_text(
+        "".join(json.dumps({"qid": i, "text": f"t{i}" * 20}) + "\n" for i in range(20000))
+    )
+    outputs = []
+    for threads in (1, 4):
+        target = tmp_path / f"rows-{threads}.ndjson.gz"
+        gzip_file(source, target, level=1, threads=threads, member_bytes=64 << 10)
+        outputs.append(target.read_bytes())
+        assert gzip.decompress(target.read_bytes()) == source.read_bytes()
+        ((rows,),) = duckdb.execute(
+            "SELECT count(*) FROM read_json($f, format = 'newline_delimited')", {"f": str(target)}
+        ).fetchall()
+        assert rows == 20000
+    assert outputs[0] == outputs[1]
+    assert outputs[0].count(b"\x1f\x8b\x08") > 5  # several members
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    gzip_file(empty, tmp_path / "empty.gz")
+    assert gzip.decompress((tmp_path / "empty.gz").read_bytes()) == b""
+    with pytest.raises(ValueError, match="gzip level"):
+        gzip_file(source, tmp_path / "x.gz", level=11)
