@@ -6,6 +6,9 @@ declarative automation downstream.
 - `lighton_upstream_changes` (sensor, off by default): one Hub request per tick (the
   dataset's file list with sha256s at `main`); a config whose files changed since the
   cursor gets one raw run, tagged with the revision; nothing changed = a skip reason.
+- `zenodo_upstream_changes` (sensor, off by default): the same for the Zenodo families
+  (Hofstaetter, Rank-DistiLLM): one request per record per tick for its files' checksums;
+  a partition whose file's checksum changed gets one run, tagged with record and checksum.
 - Recipes, unions (and exports) carry `AutomationCondition.eager()`: when raw partitions
   change, the automation sensor (`kd_automation`, on by default under the daemon) runs what
   is downstream, bounded by the `duckdb` pool in dagster.yaml.
@@ -14,19 +17,30 @@ declarative automation downstream.
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import dagster as dg
 
+from kd_pipeline.families.hofstaetter import hofstaetter_job
 from kd_pipeline.families.lighton import RAW_KEY, lighton_partitions, resolve_config_files
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
-from kd_pipeline.fetch import DatasetSnapshot, FetchError
+from kd_pipeline.families.rank_distillm import rank_distillm_job
+from kd_pipeline.families.upstream import (
+    HOFSTAETTER_FILES,
+    HOFSTAETTER_RECORD,
+    RANK_DISTILLM_RECORD,
+    RUN_VARIANTS,
+    zenodo_checksums,
+)
+from kd_pipeline.fetch import DatasetSnapshot, Fetcher, FetchError
 from kd_pipeline.resources import UpstreamResource
 
 LIGHTON_RAW_JOB = "lighton_raw_refresh"
 REFRESH_CRON_ENV = "KD_PIPELINE_REFRESH_CRON"
 DEFAULT_REFRESH_CRON = "0 3 * * 1"  # Mondays, 03:00
 UPSTREAM_REVISION_TAG = "kd-pipeline/upstream_revision"
+ZENODO_RECORD_TAG = "kd-pipeline/zenodo_record"
 
 lighton_raw_job = dg.define_asset_job(
     LIGHTON_RAW_JOB,
@@ -110,6 +124,99 @@ def lighton_upstream_changes(
     )
 
 
+@dataclass(frozen=True)
+class ZenodoWatch:
+    """A Zenodo record whose files are the partitions of one job (partition -> file)."""
+
+    record: str
+    job_name: str
+    files: Mapping[str, str]
+
+
+ZENODO_WATCHES = (
+    ZenodoWatch(
+        HOFSTAETTER_RECORD, hofstaetter_job.name, {v: f.file for v, f in HOFSTAETTER_FILES.items()}
+    ),
+    ZenodoWatch(
+        RANK_DISTILLM_RECORD, rank_distillm_job.name, {v: r.file for v, r in RUN_VARIANTS.items()}
+    ),
+)
+
+
+@dataclass
+class ZenodoTick:
+    """What one tick saw: the next cursor (record -> file -> checksum), the runs to request,
+    what went wrong (a record unreadable, a file no longer listed) and what did not change."""
+
+    cursor: dict[str, dict[str, str]]
+    run_requests: list[dg.RunRequest]
+    problems: list[str]
+    notes: list[str]
+
+
+def compare_zenodo_records(
+    fetcher: Fetcher, previous: Mapping[str, Mapping[str, str]]
+) -> ZenodoTick:
+    """Ask each watched record once and compare its files' checksums with the cursor's.
+
+    A record seen for the first time is recorded as its baseline (no runs, as for LightOn);
+    a record that cannot be read keeps its previous entry, so it is compared next tick.
+    """
+    tick = ZenodoTick(dict(previous), [], [], [])
+    for watch in ZENODO_WATCHES:
+        try:
+            listed = zenodo_checksums(fetcher, watch.record)
+        except FetchError as exc:
+            tick.problems.append(f"Zenodo record {watch.record}: {exc}")
+            continue
+        current = {f: listed[f] for f in watch.files.values() if f in listed}
+        summary = f"{len(current)} of {len(watch.files)} files"
+        tick.cursor[watch.record] = current
+        missing = [f for f in watch.files.values() if f not in listed]
+        if missing:
+            tick.problems.append(f"Zenodo record {watch.record} lists no {', '.join(missing)}")
+        if watch.record not in previous:
+            tick.notes.append(f"recorded Zenodo record {watch.record} as baseline ({summary})")
+            continue
+        before = previous[watch.record]
+        changed = {
+            p: f for p, f in watch.files.items() if f in current and current[f] != before.get(f)
+        }
+        tick.run_requests += [
+            dg.RunRequest(
+                run_key=f"{watch.record}/{file}:{current[file]}",
+                job_name=watch.job_name,
+                partition_key=partition,
+                tags={UPSTREAM_REVISION_TAG: current[file], ZENODO_RECORD_TAG: watch.record},
+            )
+            for partition, file in changed.items()
+        ]
+        if not changed:
+            tick.notes.append(f"Zenodo record {watch.record} unchanged ({summary})")
+    return tick
+
+
+@dg.sensor(
+    name="zenodo_upstream_changes",
+    jobs=[hofstaetter_job, rank_distillm_job],
+    minimum_interval_seconds=3600,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description="Ask Zenodo for each record's file checksums once per tick; refresh only the "
+    "partitions whose file changed.",
+)
+def zenodo_upstream_changes(
+    context: dg.SensorEvaluationContext, upstream: UpstreamResource
+) -> dg.SensorResult:
+    previous = json.loads(context.cursor) if context.cursor else {}
+    tick = compare_zenodo_records(upstream.fetcher(), previous)
+    cursor = json.dumps(tick.cursor, sort_keys=True)
+    if tick.run_requests:
+        for problem in tick.problems:  # a tick cannot both request runs and give a reason
+            context.log.warning(problem)
+        return dg.SensorResult(run_requests=tick.run_requests, cursor=cursor)
+    return dg.SensorResult(skip_reason="; ".join(tick.problems + tick.notes), cursor=cursor)
+
+
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "kd_automation",
     target=dg.AssetSelection.all(),
@@ -122,5 +229,5 @@ def definitions() -> dg.Definitions:
     return dg.Definitions(
         jobs=[lighton_raw_job],
         schedules=[build_refresh_schedule()],
-        sensors=[lighton_upstream_changes, automation_sensor],
+        sensors=[lighton_upstream_changes, zenodo_upstream_changes, automation_sensor],
     )

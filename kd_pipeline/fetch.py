@@ -312,10 +312,8 @@ def download_url(
             _download_once(url, partial, timeout)
             break
         except urllib.error.HTTPError as exc:
-            if exc.code in (401, 403):
-                raise FetchError(f"{url}: access refused (HTTP {exc.code})") from None
-            if exc.code == 404:
-                raise FetchError(f"{url}: not found (HTTP 404)") from None
+            if (refused := http_refusal(url, exc.code)) is not None:
+                raise refused from None
             if (exc.code < 500 and exc.code != 429) or attempt == attempts:
                 raise FetchError(f"{url}: HTTP {exc.code} after {attempt} attempt(s)") from None
         except _RETRYABLE as exc:
@@ -330,6 +328,34 @@ def download_url(
     os.replace(partial, dest)
     done_marker.write_text(md5 or "")
     return dest
+
+
+def http_refusal(url: str, status: int) -> FetchError | None:
+    """The error for an answer that retrying cannot change (access refused, not found)."""
+    if status in (401, 403):
+        return FetchError(f"{url}: access refused (HTTP {status})")
+    if status == 404:
+        return FetchError(f"{url}: not found (HTTP 404)")
+    return None
+
+
+def read_url(url: str, *, timeout: float) -> bytes:
+    """The body of one GET of a small document (record metadata): no retry and no cache, as
+    its caller polls (a sensor asks again next tick); every failure is one FetchError."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise FetchError(f"{url!r} is not an http(s) URL")
+    request = urllib.request.Request(
+        url, headers={"User-Agent": "kd-pipeline", "Accept": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        raise http_refusal(url, exc.code) or FetchError(f"{url}: HTTP {exc.code}") from None
+    except _RETRYABLE as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise FetchError(f"{url}: {type(exc).__name__} ({reason})") from None
 
 
 def _download_once(url: str, partial: Path, timeout: float) -> None:

@@ -21,6 +21,8 @@ SOURCE_ENV = "KD_PIPELINE_SOURCE"
 SAMPLE_ROWS_ENV = "KD_PIPELINE_SAMPLE_ROWS"
 MEMORY_LIMIT_ENV = "KD_PIPELINE_DUCKDB_MEMORY"
 THREADS_ENV = "KD_PIPELINE_DUCKDB_THREADS"
+ZENODO_API_ENV = "KD_PIPELINE_ZENODO_API"
+DEFAULT_ZENODO_API = "https://zenodo.org/api"
 
 
 def data_home() -> Path:
@@ -102,9 +104,17 @@ def http_mirror() -> str | None:
     return value or None
 
 
+def zenodo_api() -> str:
+    """`KD_PIPELINE_ZENODO_API=URL`: the Zenodo REST API the upstream sensor asks for record
+    metadata (`URL/records/<id>`), e.g. a local server or a proxy; default Zenodo's own."""
+    value = os.environ.get(ZENODO_API_ENV, "").strip().rstrip("/")
+    return value or DEFAULT_ZENODO_API
+
+
 def hub_timeout() -> float:
-    """Seconds a Hub metadata request may take (`KD_PIPELINE_HUB_TIMEOUT`, default 30);
-    file downloads use huggingface_hub's own `HF_HUB_DOWNLOAD_TIMEOUT`."""
+    """Seconds an upstream metadata request (a Hub listing, a Zenodo record) may take
+    (`KD_PIPELINE_HUB_TIMEOUT`, default 30); file downloads use huggingface_hub's own
+    `HF_HUB_DOWNLOAD_TIMEOUT`."""
     raw = os.environ.get("KD_PIPELINE_HUB_TIMEOUT", "").strip()
     try:
         return float(raw) if raw else 30.0

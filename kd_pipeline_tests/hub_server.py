@@ -16,6 +16,12 @@ Hub endpoints (what huggingface_hub 2.4.0 calls; ``<t>`` is ``datasets`` or ``mo
   -> the file, served directly (no redirect), with ``X-Repo-Commit``, ``ETag``, ``X-Linked-Etag``
   and ``X-Linked-Size`` (LFS files), ``Content-Length``, ``Accept-Ranges`` and Range support.
 
+Zenodo's REST API, for the record files under ``<mirror>/url/zenodo.org/record(s)/<id>/files/``:
+
+* ``GET /api/records/<id>`` -> ``{"id", "files": [{"key", "size", "checksum": "md5:<hex>",
+  "links": {"self"}}], ...}``, the checksums of the files' bytes at the time of the request
+  (a test changes a file and the record changes with it); an unknown record is a 404.
+
 Xet is never used by the client: the server never sends ``X-Xet-Hash`` /
 ``X-Xet-Refresh-Route`` headers, a ``Link: rel="xet-auth"`` header, nor ``xetHash`` in tree
 entries, and huggingface_hub only goes through Xet when one of those is present.
@@ -512,6 +518,10 @@ class HubServer:
             if method not in ("GET", "HEAD"):
                 return _json_response(405, {"error": "Method Not Allowed"})
             return self._serve_url(segs[1:], headers.get("Range"))
+        if len(segs) == 3 and segs[:2] == ["api", "records"]:
+            if method not in ("GET", "HEAD"):
+                return _json_response(405, {"error": "Method Not Allowed"})
+            return self._zenodo_record(segs[2])
         if len(segs) >= 4 and segs[0] == "api" and segs[1] in _REPO_TYPES:
             return self._serve_api(method, segs[1], segs[2:], query, body)
         if len(segs) >= 6 and segs[0] == "datasets" and segs[3] == "resolve":
@@ -673,15 +683,50 @@ class HubServer:
         path = root.joinpath(*safe).resolve() if safe and len(safe) >= 2 else None
         if path is None or not path.is_relative_to(root) or not path.is_file():
             return _json_response(404, {"error": "Not Found"})
-        digest = hashlib.md5(usedforsecurity=False)
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
         headers = [
-            ("ETag", f'"{digest.hexdigest()}"'),
+            ("ETag", f'"{_md5(path)}"'),
             ("Last-Modified", _http_date(path.stat().st_mtime)),
         ]
         return _file_response(path, headers, range_header)
+
+    def _zenodo_record(self, record_id: str) -> _Response:
+        """A record from the files under its current (`records/`) or legacy (`record/`) path."""
+        root = self.mirror / "url" / "zenodo.org"
+        files: dict[str, dict[str, Any]] = {}
+        for form in ("records", "record") if record_id.isdigit() else ():
+            folder = root / form / record_id / "files"
+            for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+                if path.is_file():
+                    files.setdefault(path.name, self._zenodo_file(path))
+        if not files:
+            message = "The persistent identifier does not exist."
+            return _json_response(404, {"status": 404, "message": message})
+        record = {
+            "id": int(record_id),
+            "recid": record_id,
+            "doi": f"10.5281/zenodo.{record_id}",
+            "files": [files[name] for name in sorted(files)],
+            "links": {"self": f"{self.endpoint}/api/records/{record_id}"},
+        }
+        return _json_response(200, record)
+
+    def _zenodo_file(self, path: Path) -> dict[str, Any]:
+        rel = path.relative_to(self.mirror / "url").as_posix()
+        return {
+            "id": hashlib.sha1(rel.encode()).hexdigest(),
+            "key": path.name,
+            "size": path.stat().st_size,
+            "checksum": f"md5:{_md5(path)}",
+            "links": {"self": f"{self.endpoint}/url/{quote(rel)}"},  # served as a plain URL
+        }
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _truthy(values: list[str] | None) -> bool:

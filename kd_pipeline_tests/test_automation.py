@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 
 import dagster as dg
@@ -10,14 +11,27 @@ import pytest
 
 from kd_pipeline.automation import (
     UPSTREAM_REVISION_TAG,
+    ZENODO_RECORD_TAG,
     build_refresh_schedule,
     lighton_upstream_changes,
+    zenodo_upstream_changes,
 )
+from kd_pipeline.families.hofstaetter import HOFSTAETTER_JOB
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
+from kd_pipeline.families.rank_distillm import RANK_DISTILLM_JOB
+from kd_pipeline.families.upstream import (
+    HOFSTAETTER_FILES,
+    HOFSTAETTER_RECORD,
+    RANK_DISTILLM_RECORD,
+    RUN_VARIANTS,
+    zenodo_record_url,
+)
+from kd_pipeline.fetch import file_md5
 from kd_pipeline.resources import UpstreamResource, sample_mirror
 from kd_pipeline_tests.conftest import point_pipeline_at_hub
+from kd_pipeline_tests.family_runs import url_path
 from kd_pipeline_tests.helpers import lighton_repo, pairs, run_lighton_partition, write_pairs
-from kd_pipeline_tests.hub_server import HubServer
+from kd_pipeline_tests.hub_server import Fault, HubServer
 
 
 def test_weekly_refresh_requests_each_raw_partition_once_per_tick(monkeypatch) -> None:
@@ -54,7 +68,7 @@ def hub_copy(tmp_path, monkeypatch, hf_env):
         yield server, mirror
 
 
-def _tick(instance, cursor):
+def _tick(instance, cursor, sensor=lighton_upstream_changes):
     from kd_pipeline.definitions import defs
 
     context = dg.build_sensor_context(
@@ -63,7 +77,7 @@ def _tick(instance, cursor):
         resources={"upstream": UpstreamResource()},
         repository_def=defs.get_repository_def(),
     )
-    return lighton_upstream_changes.evaluate_tick(context)
+    return sensor.evaluate_tick(context)
 
 
 def test_sensor_refreshes_only_the_config_whose_file_changed(hub_copy) -> None:
@@ -83,6 +97,160 @@ def test_sensor_refreshes_only_the_config_whose_file_changed(hub_copy) -> None:
     revision = server.revision(LIGHTON_REPO_ID)
     assert third.run_requests[0].tags[UPSTREAM_REVISION_TAG] == revision
     assert revision not in first.cursor and revision in third.cursor
+
+
+# ---- Zenodo: one request per record per tick, one run per changed file ----------------------
+COLBERT = RUN_VARIANTS["msmarco.colbertv2.annotated"]
+ENSEMBLE = HOFSTAETTER_FILES["ensemble"]
+
+
+@pytest.fixture
+def zenodo(tmp_path, monkeypatch):
+    """The sample's Zenodo files served by the loopback server in Zenodo's API shape."""
+    mirror = tmp_path / "served"
+    shutil.copytree(sample_mirror() / "url" / "zenodo.org", mirror / "url" / "zenodo.org")
+    with HubServer(mirror) as server:
+        monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+        monkeypatch.setenv("KD_PIPELINE_ZENODO_API", server.endpoint + "/api")
+        yield server, mirror
+
+
+def _zenodo_tick(instance, cursor):
+    return _tick(instance, cursor, zenodo_upstream_changes)
+
+
+def _api_calls(server: HubServer) -> list[str]:
+    return sorted(path for _, path, _ in server.requests)
+
+
+def test_zenodo_sensor_is_registered_and_off_by_default() -> None:
+    from kd_pipeline.definitions import defs
+
+    sensor = defs.get_repository_def().get_sensor_def("zenodo_upstream_changes")
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    assert {t.job_name for t in sensor.targets} == {HOFSTAETTER_JOB, RANK_DISTILLM_JOB}
+
+
+def test_zenodo_sensor_refreshes_only_the_partition_whose_file_changed(zenodo) -> None:
+    server, mirror = zenodo
+    records = [f"/api/records/{RANK_DISTILLM_RECORD}", f"/api/records/{HOFSTAETTER_RECORD}"]
+    with dg.instance_for_test() as instance:
+        first = _zenodo_tick(instance, None)
+        assert not first.run_requests and first.skip_message.count("as baseline") == 2
+        assert _api_calls(server) == records
+        server.requests.clear()
+        second = _zenodo_tick(instance, first.cursor)
+        assert not second.run_requests
+        assert f"Zenodo record {HOFSTAETTER_RECORD} unchanged (2 of 2 files)" in second.skip_message
+        assert f"Zenodo record {RANK_DISTILLM_RECORD} unchanged (6 of 6 files)" in (
+            second.skip_message
+        )
+        assert _api_calls(server) == records  # one request per record per tick, no storm
+
+        run = url_path(mirror, COLBERT.url)
+        run.write_bytes(run.read_bytes() + b"1 0 2 31 0.5 colbert\n")
+        third = _zenodo_tick(instance, second.cursor)
+        tsv = url_path(mirror, ENSEMBLE.url)  # the legacy `record/` URL form
+        tsv.write_bytes(tsv.read_bytes()[:-40])
+        fourth = _zenodo_tick(instance, third.cursor)
+        fifth = _zenodo_tick(instance, fourth.cursor)
+
+    (request,) = third.run_requests
+    checksum = f"md5:{file_md5(run)}"
+    assert (request.job_name, request.partition_key) == (RANK_DISTILLM_JOB, COLBERT.variant)
+    assert request.tags[UPSTREAM_REVISION_TAG] == checksum
+    assert request.tags[ZENODO_RECORD_TAG] == RANK_DISTILLM_RECORD
+    assert checksum in request.run_key
+    assert json.loads(third.cursor)[RANK_DISTILLM_RECORD][COLBERT.file] == checksum
+    assert checksum not in second.cursor
+
+    (request,) = fourth.run_requests
+    assert (request.job_name, request.partition_key) == (HOFSTAETTER_JOB, "ensemble")
+    assert request.tags[UPSTREAM_REVISION_TAG] == f"md5:{file_md5(tsv)}"
+    assert request.tags[ZENODO_RECORD_TAG] == HOFSTAETTER_RECORD
+    assert not fifth.run_requests and fifth.skip_message.count("unchanged") == 2
+
+
+def test_zenodo_sensor_skips_naming_the_record_it_cannot_read(zenodo) -> None:
+    server, mirror = zenodo
+    api = f"{server.endpoint}/api/records"
+    with dg.instance_for_test() as instance:
+        baseline = _zenodo_tick(instance, None)
+        server.requests.clear()
+        server.faults += [
+            Fault(f"/api/records/{HOFSTAETTER_RECORD}", "status", status=503),
+            Fault(f"/api/records/{RANK_DISTILLM_RECORD}", "status", status=404),
+        ]
+        failed = _zenodo_tick(instance, baseline.cursor)
+        assert len(server.requests) == 2  # no retries within a tick
+        recovered = _zenodo_tick(instance, failed.cursor)
+
+        url_path(mirror, COLBERT.url).unlink()
+        file_gone = _zenodo_tick(instance, recovered.cursor)
+        server.stop()
+        unreachable = _zenodo_tick(instance, file_gone.cursor)
+
+    assert not failed.run_requests
+    assert f"Zenodo record {HOFSTAETTER_RECORD}: {api}/{HOFSTAETTER_RECORD}: HTTP 503" in (
+        failed.skip_message
+    )
+    assert f"Zenodo record {RANK_DISTILLM_RECORD}: {api}/{RANK_DISTILLM_RECORD}: not found" in (
+        failed.skip_message
+    )
+    assert failed.cursor == baseline.cursor  # compared again next tick, not re-baselined
+    assert not recovered.run_requests and recovered.skip_message.count("unchanged") == 2
+    assert not file_gone.run_requests
+    assert f"Zenodo record {RANK_DISTILLM_RECORD} lists no {COLBERT.file}" in (
+        file_gone.skip_message
+    )
+    assert not unreachable.run_requests
+    assert f"Zenodo record {HOFSTAETTER_RECORD}: {api}/{HOFSTAETTER_RECORD}: URLError" in (
+        unreachable.skip_message
+    )
+    assert unreachable.cursor == file_gone.cursor
+
+
+def test_zenodo_sensor_reads_the_record_from_a_mirror(tmp_path, monkeypatch) -> None:
+    """A mirror holds the record's JSON under the plain-URL rule; without it, a skip reason."""
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
+    record = url_path(mirror, zenodo_record_url(HOFSTAETTER_RECORD))
+    bert = HOFSTAETTER_FILES["bert"].file
+
+    def publish(payload: object) -> None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(payload))
+
+    with dg.instance_for_test() as instance:
+        absent = _zenodo_tick(instance, None)
+        publish(
+            {
+                "files": [
+                    {"key": bert, "checksum": "md5:aa"},
+                    {"key": ENSEMBLE.file, "checksum": "md5:bb"},
+                ]
+            }
+        )
+        first = _zenodo_tick(instance, absent.cursor)
+        entries = {
+            bert: {"key": bert, "checksum": "md5:aa"},
+            ENSEMBLE.file: {"key": ENSEMBLE.file, "checksum": "md5:cc"},
+        }
+        publish({"files": {"enabled": True, "entries": entries}})  # InvenioRDM's shape
+        changed = _zenodo_tick(instance, first.cursor)
+        publish({"metadata": {}})
+        malformed = _zenodo_tick(instance, changed.cursor)
+
+    assert not absent.run_requests and str(record) in absent.skip_message
+    url = zenodo_record_url(HOFSTAETTER_RECORD)
+    assert f"Zenodo record {HOFSTAETTER_RECORD}: {url} is not in the mirror" in absent.skip_message
+    assert f"recorded Zenodo record {HOFSTAETTER_RECORD} as baseline" in first.skip_message
+    assert f"Zenodo record {RANK_DISTILLM_RECORD}: " in first.skip_message  # still absent
+    (request,) = changed.run_requests
+    assert (request.partition_key, request.tags[UPSTREAM_REVISION_TAG]) == ("ensemble", "md5:cc")
+    assert "not a Zenodo record" in malformed.skip_message
+    assert malformed.cursor == changed.cursor
 
 
 def _requested(result) -> set[tuple[str, str | None]]:

@@ -12,7 +12,14 @@ import pytest
 from huggingface_hub import constants
 
 from kd_pipeline.families.lighton_configs import LIGHTON_REPO_ID
-from kd_pipeline.fetch import Fetcher, FetchError, contained, download_url, mirror_path_for_url
+from kd_pipeline.fetch import (
+    Fetcher,
+    FetchError,
+    contained,
+    download_url,
+    mirror_path_for_url,
+    read_url,
+)
 from kd_pipeline.lake import Lake
 from kd_pipeline.resources import sample_mirror
 from kd_pipeline_tests.conftest import point_pipeline_at_hub
@@ -167,3 +174,22 @@ def test_url_stall_and_refusal_are_clear(tmp_path) -> None:
         with pytest.raises(FetchError, match="after 2 attempts"):
             download_url(server.url_for(url), tmp_path / "b", timeout=1, attempts=2, backoff=0.01)
         assert time.monotonic() - started < 10
+
+
+def test_read_url_asks_once_is_time_bounded_and_refuses_other_schemes(tmp_path) -> None:
+    mirror, url = _serve_file(tmp_path, b"payload")
+    with HubServer(mirror) as server:
+        assert read_url(server.url_for(url), timeout=5) == b"payload"
+        server.faults.append(Fault("scores.tsv", "stall", seconds=10))
+        started = time.monotonic()
+        with pytest.raises(FetchError, match=r"TimeoutError|URLError"):
+            read_url(server.url_for(url), timeout=1)
+        assert time.monotonic() - started < 5
+        server.requests.clear()
+        server.faults.append(Fault("scores.tsv", "status", status=503, times=5))
+        with pytest.raises(FetchError, match=r": HTTP 503$"):
+            read_url(server.url_for(url), timeout=5)
+        assert len(server.requests) == 1  # the caller polls: no retry here
+    for other in ("file:///etc/passwd", "ftp://example.org/x"):
+        with pytest.raises(FetchError, match="not an http"):
+            read_url(other, timeout=1)

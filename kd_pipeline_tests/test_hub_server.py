@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
+import json
 import threading
 import time
 import urllib.error
@@ -232,6 +234,28 @@ def test_url_file_head_and_range(server: HubServer) -> None:
         _get(server.url_for("https://zenodo.org/records/1/files/nope.tsv"))
     assert missing.value.code == 404
     missing.value.close()
+
+
+def test_zenodo_record_lists_the_files_with_their_current_md5(
+    server: HubServer, mirror: Path
+) -> None:
+    def record() -> dict:
+        with _get(f"{server.endpoint}/api/records/1") as resp:
+            assert resp.headers["Content-Type"].startswith("application/json")
+            return json.loads(resp.read())
+
+    (entry,) = record()["files"]
+    assert entry["key"] == "x.tsv" and entry["size"] == len(URL_BYTES)
+    assert entry["checksum"] == "md5:" + hashlib.md5(URL_BYTES).hexdigest()
+    with _get(entry["links"]["self"]) as resp:
+        assert resp.read() == URL_BYTES
+    (mirror / "url" / "zenodo.org" / "records" / "1" / "files" / "x.tsv").write_bytes(b"new")
+    assert record()["files"][0]["checksum"] == "md5:" + hashlib.md5(b"new").hexdigest()
+    for missing in ("2", "..", "1x"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            _get(f"{server.endpoint}/api/records/{missing}")
+        assert err.value.code == 404
+        err.value.close()
 
 
 def test_url_paths_cannot_escape_the_mirror(server: HubServer) -> None:

@@ -187,11 +187,13 @@ def hofstaetter_teacher_scores(
         )
 
 
+hofstaetter_job = dg.define_asset_job(
+    HOFSTAETTER_JOB,
+    selection=dg.AssetSelection.assets(TEACHER_SCORES_KEY),
+    description="Hofstaetter teacher scores, one teacher per run "
+    "(needs the MS MARCO texts: job text_collections).",
+)
+
+
 def definitions() -> dg.Definitions:
-    job = dg.define_asset_job(
-        HOFSTAETTER_JOB,
-        selection=dg.AssetSelection.assets(TEACHER_SCORES_KEY),
-        description="Hofstaetter teacher scores, one teacher per run "
-        "(needs the MS MARCO texts: job text_collections).",
-    )
-    return dg.Definitions(assets=[hofstaetter_teacher_scores], jobs=[job])
+    return dg.Definitions(assets=[hofstaetter_teacher_scores], jobs=[hofstaetter_job])

@@ -190,11 +190,13 @@ def rank_distillm_runs(
         )
 
 
+rank_distillm_job = dg.define_asset_job(
+    RANK_DISTILLM_JOB,
+    selection=dg.AssetSelection.assets(RUNS_KEY),
+    description="Rank-DistiLLM runs, one variant per run "
+    "(needs the MS MARCO texts and qrels: job text_collections).",
+)
+
+
 def definitions() -> dg.Definitions:
-    job = dg.define_asset_job(
-        RANK_DISTILLM_JOB,
-        selection=dg.AssetSelection.assets(RUNS_KEY),
-        description="Rank-DistiLLM runs, one variant per run "
-        "(needs the MS MARCO texts and qrels: job text_collections).",
-    )
-    return dg.Definitions(assets=[rank_distillm_runs], jobs=[job])
+    return dg.Definitions(assets=[rank_distillm_runs], jobs=[rank_distillm_job])

@@ -1,5 +1,5 @@
-"""Where the pairwise, listwise, mined and text families' upstream files live, and how each
-file is verified.
+"""Where the pairwise, listwise, mined and text families' upstream files live, how each
+file is verified, and what Zenodo currently says about its records' files.
 
 Plain data and the checksum decision only (no Dagster, no resources), so the sample
 generator can import it without a cycle. Facts come from the project's UPSTREAM notes:
@@ -21,8 +21,10 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kd_pipeline.fetch import Fetcher, file_md5, mirror_path_for_url
+from kd_pipeline.fetch import Fetcher, FetchError, file_md5, mirror_path_for_url, read_url
+from kd_pipeline.settings import DEFAULT_ZENODO_API, hub_timeout, zenodo_api
 
 STAND_IN_CHECKSUMS = "stand-in-md5sums.json"
 
@@ -39,6 +41,9 @@ BEIR_QRELS_HEADER = ("query-id", "corpus-id", "score")
 
 
 # ---- Hofstaetter teacher scores (Zenodo record 4068216) ------------------------------------
+HOFSTAETTER_RECORD = "4068216"
+
+
 @dataclass(frozen=True)
 class TeacherFile:
     """One Hofstaetter teacher-score file: a partition of hofstaetter/teacher_scores."""
@@ -50,7 +55,7 @@ class TeacherFile:
 
     @property
     def url(self) -> str:
-        return f"https://zenodo.org/record/4068216/files/{self.file}?download=1"
+        return f"https://zenodo.org/record/{HOFSTAETTER_RECORD}/files/{self.file}?download=1"
 
 
 HOFSTAETTER_FILES: dict[str, TeacherFile] = {
@@ -73,6 +78,9 @@ HOFSTAETTER_FILES: dict[str, TeacherFile] = {
 
 
 # ---- Rank-DistiLLM runs (Zenodo record 12528410) -------------------------------------------
+RANK_DISTILLM_RECORD = "12528410"
+
+
 @dataclass(frozen=True)
 class RunVariant:
     """One Rank-DistiLLM run file: a partition of rank_distillm/runs."""
@@ -88,7 +96,7 @@ class RunVariant:
 
     @property
     def url(self) -> str:
-        return f"https://zenodo.org/records/12528410/files/{self.file}?download=1"
+        return f"https://zenodo.org/records/{RANK_DISTILLM_RECORD}/files/{self.file}?download=1"
 
     @property
     def annotated(self) -> bool:
@@ -134,6 +142,39 @@ RUN_VARIANTS: dict[str, RunVariant] = {
 FIQA_MINED_REPO_ID = "stefan-jo/fiqa-train-mined-reranker-scores"
 FIQA_MINED_LICENCE = "non-commercial (see dataset card)"
 FIQA_LABELS = ("positive", "hard_negative", "medium_negative", "random_negative")
+
+
+# ---- Zenodo record metadata (what the upstream sensor compares) ----------------------------
+def zenodo_record_url(record: str) -> str:
+    """The record's metadata at Zenodo's REST API; a mirror holds it under this URL's path."""
+    return f"{DEFAULT_ZENODO_API}/records/{record}"
+
+
+def zenodo_checksums(fetcher: Fetcher, record: str) -> dict[str, str]:
+    """file name -> checksum (`md5:<hex>`, as Zenodo states it) of one record: one request to
+    the API (`KD_PIPELINE_ZENODO_API`), or the mirror's copy of the record's JSON."""
+    url = zenodo_record_url(record)
+    if fetcher.mirror is not None:
+        body = fetcher.url_file(url).read_bytes()
+    else:
+        url = f"{zenodo_api()}/records/{record}"
+        body = read_url(url, timeout=hub_timeout())
+    try:
+        return record_checksums(json.loads(body))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise FetchError(f"{url}: not a Zenodo record ({type(exc).__name__}: {exc})") from None
+
+
+def record_checksums(record: Mapping[str, Any]) -> dict[str, str]:
+    """The files of a record's JSON: Zenodo's `files: [{key, checksum, ...}]`, or the
+    InvenioRDM `files: {entries: {name: {key, checksum}}}` (tolerated: the shape is Zenodo's
+    to change)."""
+    files = record["files"]
+    entries = files["entries"].values() if isinstance(files, dict) else files
+    return {
+        str(entry.get("key") or entry["filename"]): str(entry["checksum"]).strip()
+        for entry in entries
+    }
 
 
 # ---- fetching with the right checksum ------------------------------------------------------
