@@ -253,6 +253,7 @@ def run_light_splade_validate(spec: dict[str, Any]) -> dict[str, Any]:
     """light-splade's own TripletDistilDataset: its loaders, dataclasses and _validate."""
     import logging
 
+    os.environ["TQDM_DISABLE"] = "1"  # its progress bars would flood the report
     from light_splade.data import TripletDistilDataset
 
     logging.disable(logging.INFO)

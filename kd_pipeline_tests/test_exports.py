@@ -31,6 +31,7 @@ from kd_pipeline.lake import Lake
 from kd_pipeline.resources import LakeResource
 from kd_pipeline_tests.family_runs import checks
 from kd_pipeline_tests.helpers import failures
+from kd_pipeline_tests.splade_folders import light_splade_data
 
 LIGHTON_CONFIG = "agnews"
 RANKZEPHYR = "rankzephyr.bm25_10000.sampled100"
@@ -136,11 +137,7 @@ def test_splade_exports_pass_validate_splade(
 def test_splade_exports_load_in_light_splade(
     sample: SampleExports, key: str, partition: str | None
 ) -> None:
-    data = pytest.importorskip(
-        "light_splade.data",
-        reason="light-splade not installed (pip install torch==2.13.0 transformers tqdm "
-        "scipy && pip install --no-deps light-splade==0.1.3)",
-    )
+    data = light_splade_data()
     root = sample.path(key, partition)
     layout = resolve_layout(root)
     for split, files in layout.splits.items():

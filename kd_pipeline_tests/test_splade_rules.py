@@ -23,7 +23,13 @@ from kd_pipeline.checks.splade import (
     validate_folder,
 )
 from kd_pipeline.cli import main
-from kd_pipeline_tests.splade_folders import SpladeData, reference_violations, valid_data, write
+from kd_pipeline_tests.splade_folders import (
+    SpladeData,
+    light_splade_data,
+    reference_violations,
+    valid_data,
+    write,
+)
 
 RELATIONAL = [
     "positive_qids_in_query_master",
@@ -148,9 +154,45 @@ def test_a_repeated_id_is_a_warning_only(tmp_path: Path) -> None:
     assert all(o.passed for name, o in result.items() if name != "ids_unique")
 
 
+def sorted_data() -> SpladeData:
+    """valid_data with every file in increasing id order: the rules' one-pass path."""
+    data = valid_data()
+    data.documents.sort(key=lambda row: row["doc_id"])
+    return data
+
+
+def test_sorted_and_shuffled_files_are_judged_alike(tmp_path: Path) -> None:
+    data = sorted_data()
+    assert all(o.passed for o in verdicts(write(data, tmp_path / "sorted")).values())
+    data.positives.reverse()  # no longer line for line with the query master
+    data.scores.reverse()
+    data.documents.reverse()
+    assert all(o.passed for o in verdicts(write(data, tmp_path / "shuffled")).values())
+    del data.positives[0]  # qid 8 (reversed) has no positive list now
+    result = verdicts(write(data, tmp_path / "missing"))
+    assert not result["queries_have_positive_list"].passed
+    assert "qid 8" in result["queries_have_positive_list"].message()
+
+
+@pytest.mark.parametrize(
+    "parts", ["queries", "documents", "positives", "scores", "queries+positives"]
+)
+def test_a_repeated_id_in_sorted_files_is_found(tmp_path: Path, parts: str) -> None:
+    data = sorted_data()
+    for part in parts.split("+"):  # both: still line for line, ids never decrease
+        rows = getattr(data, part)
+        rows.insert(3, dict(rows[2]))
+    key = "doc_id" if parts == "documents" else "qid"
+    result = verdicts(write(data, tmp_path / "splade"))
+    assert not result["ids_unique"].passed
+    assert f"{key} {rows[2][key]}" in result["ids_unique"].message()
+
+
 # ---- malformed lines -----------------------------------------------------------------------
 MALFORMED = {
     "text not a string": ("query_master", '{"qid": 1, "text": 5}', "found"),
+    "text a list": ("doc_master", '{"doc_id": 101, "text": ["x"]}', '"text":["VARCHAR"]'),
+    "text an object": ("query_master", '{"qid":1,"text":{"a":"b"}}', "found"),
     "missing key": ("query_master", '{"qid": 1}', "missing key(s) text"),
     "string id": ("doc_master", '{"doc_id": "101", "text": "x"}', '"VARCHAR"'),
     "float id": ("doc_master", '{"doc_id": 101.0, "text": "x"}', '"DOUBLE"'),
@@ -332,12 +374,7 @@ def test_cli_reads_a_score_file_given_apart_and_one_split(tmp_path: Path) -> Non
 # ---- the real consumer ---------------------------------------------------------------------
 def light_splade_dataset(root: Path, split: str = "train"):
     """light-splade's own dataset over a folder (it validates on construction)."""
-    data = pytest.importorskip(
-        "light_splade.data",
-        reason="light-splade not installed: pip install torch==2.13.0 transformers tqdm scipy "
-        "&& pip install --no-deps light-splade==0.1.3 (its pins would replace pandas/numpy "
-        "and pull a CUDA torch)",
-    )
+    data = light_splade_data()
     layout = resolve_layout(root)
     files = layout.splits[split]
     return data.TripletDistilDataset(
