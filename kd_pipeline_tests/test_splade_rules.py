@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kd_pipeline.checks import splade
 from kd_pipeline.checks.splade import (
     SPLADE_RULES,
     LayoutError,
@@ -271,6 +272,23 @@ def test_an_unreadable_file_is_one_violation_naming_it(tmp_path: Path) -> None:
     found = failing(root)
     assert "cannot be read" in found["rows_well_formed"]
     assert "hard-negatives-cross-encoder-scores.ndjson.gz" in found["rows_well_formed"]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_line_longer_than_the_first_read_allows_is_read_again(tmp_path: Path, gz: bool) -> None:
+    data = valid_data()
+    data.documents[0]["text"] = "long " * (splade.LINE_MIB * 2**20 // 5 + 1)
+    entries = splade.LINE_MIB * 2**20 // len('"1000000":0.25,') + 1  # a score line as long
+    data.scores[0]["scores"].update({str(10**6 + i): 0.25 for i in range(entries)})
+    assert not failing(write(data, tmp_path / "splade", gz_masters=gz))
+
+
+def test_a_line_longer_than_any_read_names_its_file(tmp_path: Path) -> None:
+    data = valid_data()
+    data.queries[0]["text"] = "x" * (splade.LONG_LINE_MIB * 2**20 + 1)
+    found = failing(write(data, tmp_path / "splade"))
+    assert "train/query_master.ndjson" in found["rows_well_formed"]
+    assert "Maximum line size" in found["rows_well_formed"]
 
 
 def test_missing_files_are_a_layout_error(tmp_path: Path) -> None:
