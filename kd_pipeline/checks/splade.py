@@ -344,11 +344,12 @@ def _stage(
     files: Sequence[Path],
     select: str,
     pending: _GzipLines | None = None,
-) -> bool:
+) -> int | None:
     """Create the staging table from select, whose `{lines}` is the files' lines as
-    (file, line); False, with the files recorded as malformed, when DuckDB cannot read
-    them. Gzip files are decompressed into a table first (or were, by pending):
-    decompression is sequential, and the JSON work on the table then runs on every thread."""
+    (file, line), and return how many lines failed the fast check; None, with the files
+    recorded as malformed, when DuckDB cannot read them. Gzip files are decompressed into
+    a table first (or were, by pending): decompression is sequential, and the JSON work on
+    the table then runs on every thread."""
     create = f"CREATE OR REPLACE TEMP TABLE {t.staging} AS "
     try:
         if pending is None and any(p.name.endswith(".gz") for p in files):
@@ -369,12 +370,13 @@ def _stage(
                 f"INSERT INTO {t.malformed} VALUES ($f, $s, '(file)', $p)",
                 {"f": str(path), "s": split, "p": f"cannot be read: {reason}"},
             )
-        return False
+        return None
     con.execute(
         f"INSERT INTO {t.lines} SELECT file, $s, count(*) FROM {t.staging} GROUP BY file",
         {"s": split},
     )
-    return True
+    ((slow,),) = con.execute(f"SELECT count(*) FROM {t.staging} WHERE NOT fast_ok").fetchall()
+    return int(slow)
 
 
 def _plain_lines(files: Sequence[Path], max_line_mib: int) -> str:
@@ -439,7 +441,6 @@ def _load_master(
     keys, that proves the id is an integer and the text a string. Positive lists: a strict
     pattern over the whole line (the element types count)."""
     id_key, value_key = kind.id_key, kind.value_key
-    shapes = _sql_list(_shapes(kind.json_types))
     if kind.value_type:
         fast = f"regexp_full_match(line, {quote_literal(_POSITIVE_LINE)})"
         fast_id = f"TRY_CAST(line ->> '$.{id_key}' AS BIGINT)"
@@ -461,9 +462,27 @@ def _load_master(
         f"(SELECT file, line, prefix_id, coalesce(line IS NOT NULL AND {fast}, false) AS fast_ok "
         f"FROM (SELECT file, line, {prefix_id} AS prefix_id FROM {{lines}}))"
     )
-    if not _stage(con, t, split, files, select):
+    slow = _stage(con, t, split, files, select)
+    if slow is None:
         return
-    # the lines that failed the fast check: their id (if any) and, when well formed, value
+    if slow:
+        _diagnose_master(con, t, kind, split)
+    keep = ", value" if kind.value_type else ""
+    con.execute(
+        f"INSERT INTO {getattr(t, kind.table)} SELECT $s, id{keep} FROM {t.staging} "
+        "WHERE id IS NOT NULL",
+        {"s": split},
+    )
+
+
+def _diagnose_master(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables, kind: _Kind, split: str
+) -> None:
+    """The lines that failed the fast check: their id (if any), their value when well
+    formed, and what is wrong. A line that passed it is well formed with ids of at most
+    18 digits (they fit 64 bits), so a folder without slow lines skips all of this."""
+    id_key, value_key = kind.id_key, kind.value_key
+    shapes = _sql_list(_shapes(kind.json_types))
     exact_ok = f"list_contains({shapes}, try(json_structure(line))::VARCHAR)"
     con.execute(f"UPDATE {t.staging} SET id = {_loose_id(id_key)} WHERE NOT fast_ok")
     if kind.value_type:
@@ -483,12 +502,6 @@ def _load_master(
         "(SELECT file, id, line, coalesce(CASE WHEN NOT fast_ok THEN "
         f"{_problem(list(kind.json_types), kind.expected, exact_ok)} END, CASE {late} END) "
         f"AS problem FROM {t.staging}) WHERE problem IS NOT NULL",
-        {"s": split},
-    )
-    keep = ", value" if kind.value_type else ""
-    con.execute(
-        f"INSERT INTO {getattr(t, kind.table)} SELECT $s, id{keep} FROM {t.staging} "
-        "WHERE id IS NOT NULL",
         {"s": split},
     )
 
@@ -511,8 +524,18 @@ def _load_scores(
         f"(SELECT file, line, coalesce(regexp_full_match(line, {quote_literal(_SCORE_LINE)}), "
         "false) AS fast_ok FROM {lines})"
     )
-    if not _stage(con, t, "-", files, select, pending):
+    slow = _stage(con, t, "-", files, select, pending)
+    if slow is None:
         return
+    if slow:
+        _diagnose_scores(con, t)
+    con.execute(f"INSERT INTO {t.scores} SELECT id, doc_ids FROM {t.staging} WHERE id IS NOT NULL")
+
+
+def _diagnose_scores(con: duckdb.DuckDBPyConnection, t: SpladeTables) -> None:
+    """The score lines that failed the fast check: their qid (if any), what is wrong, and
+    the doc ids of their well-formed entries. A line that passed it is well formed with
+    ids of at most 18 digits (they fit 64 bits), so a folder without slow lines skips this."""
     shape_ok = (
         "list_sort(json_keys(line)) = ['qid', 'scores'] AND "
         f"list_contains({_sql_list(list(_INTEGER_TYPES))}, json_type(line, '$.qid')) AND "
@@ -551,15 +574,6 @@ def _load_scores(
     con.execute(
         f"UPDATE {t.staging} s SET doc_ids = coalesce((SELECT list(doc_id) FROM {entries} e "
         "WHERE e.qid = s.id AND e.problem IS NULL), []) WHERE NOT fast_ok AND id IS NOT NULL"
-    )
-    con.execute(
-        f"INSERT INTO {t.malformed} SELECT file, '-', 'qid ' || coalesce(CAST(id AS VARCHAR), "
-        "'(none)'), 'qid or a doc_id outside the 64-bit integer range' FROM "
-        f"{t.staging} WHERE fast_ok AND (id IS NULL OR list_count(doc_ids) <> len(doc_ids))"
-    )
-    con.execute(
-        f"INSERT INTO {t.scores} SELECT id, list_filter(doc_ids, lambda d: d IS NOT NULL) "
-        f"FROM {t.staging} WHERE id IS NOT NULL"
     )
     con.execute(f"DROP TABLE {entries}")
 
