@@ -8,7 +8,8 @@ declarative automation downstream.
   cursor gets one raw run, tagged with the revision; nothing changed = a skip reason.
 - `zenodo_upstream_changes` (sensor, off by default): the same for the Zenodo families
   (Hofstaetter, Rank-DistiLLM): one request per record per tick for its files' checksums;
-  a partition whose file's checksum changed gets one run, tagged with record and checksum.
+  a partition whose file's checksum changed gets one run, tagged with record and checksum;
+  the run expects that checksum for the file (`families.upstream.fetch_zenodo_file`).
 - Recipes, unions (and exports) carry `AutomationCondition.eager()`: when raw partitions
   change, the automation sensor (`kd_automation`, on by default under the daemon) runs what
   is downstream, bounded by the `duckdb` pool in dagster.yaml.
@@ -31,6 +32,8 @@ from kd_pipeline.families.upstream import (
     HOFSTAETTER_RECORD,
     RANK_DISTILLM_RECORD,
     RUN_VARIANTS,
+    UPSTREAM_REVISION_TAG,
+    ZENODO_RECORD_TAG,
     zenodo_checksums,
 )
 from kd_pipeline.fetch import DatasetSnapshot, Fetcher, FetchError
@@ -39,8 +42,6 @@ from kd_pipeline.resources import UpstreamResource
 LIGHTON_RAW_JOB = "lighton_raw_refresh"
 REFRESH_CRON_ENV = "KD_PIPELINE_REFRESH_CRON"
 DEFAULT_REFRESH_CRON = "0 3 * * 1"  # Mondays, 03:00
-UPSTREAM_REVISION_TAG = "kd-pipeline/upstream_revision"
-ZENODO_RECORD_TAG = "kd-pipeline/zenodo_record"
 
 lighton_raw_job = dg.define_asset_job(
     LIGHTON_RAW_JOB,
@@ -96,8 +97,14 @@ def lighton_upstream_changes(
     context: dg.SensorEvaluationContext, upstream: UpstreamResource
 ) -> dg.SensorResult | dg.SkipReason:
     fetcher = upstream.fetcher()
-    snapshot = fetcher.dataset_snapshot(LIGHTON_REPO_ID)
-    card = fetcher.read_dataset_text(snapshot, "README.md")
+    try:
+        snapshot = fetcher.dataset_snapshot(LIGHTON_REPO_ID)
+        card = fetcher.read_dataset_text(snapshot, "README.md")
+    except FetchError as exc:  # an outage is a skip, not a failed tick; the cursor stays
+        return dg.SensorResult(
+            skip_reason=f"could not list {LIGHTON_REPO_ID}, compared again next tick: {exc}",
+            cursor=context.cursor,
+        )
     current = config_fingerprints(snapshot, card)
     previous = json.loads(context.cursor) if context.cursor else None
     cursor = json.dumps({"revision": snapshot.revision, "configs": current}, sort_keys=True)

@@ -31,11 +31,17 @@ from kd_pipeline.settings import SourceMode, hf_endpoint, http_mirror, hub_timeo
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
+MD5_HEX = re.compile(r"[0-9a-f]{32}")  # an md5 as hex, lower case
 T = TypeVar("T")
 
 
 class FetchError(Exception):
     """An upstream file could not be had; the message names the repo, revision, file or URL."""
+
+
+class ChecksumMismatch(FetchError):
+    """A file's md5 is not the one expected: the message names the file, both md5s, and the
+    caller may add where the expected one came from."""
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,41 @@ class Fetcher:
             if md5:
                 verify_md5_once(path, md5, self.cache_dir / "md5", url)
             return path
-        dest = mirror_path_for_url(self.cache_dir / "url", url)
+        dest = url_cache_path(self.cache_dir, url, md5)
+        if md5:
+            adopt_unkeyed_copy(url_cache_path(self.cache_dir, url, None), dest, md5)
         return download_url(http_mirror_url(url), dest, md5=md5)
+
+
+def url_cache_path(cache_dir: Path, url: str, md5: str | None) -> Path:
+    """Where a download of url is cached: `<cache>/url/<host>/<path>`, with an `md5-<hex>/`
+    folder before the file name when an md5 is expected, so a file expected with a new md5
+    is a new download and never an older verified copy (and the older one stays valid for
+    runs that still expect it)."""
+    unkeyed = mirror_path_for_url(cache_dir / "url", url)
+    if not md5:
+        return unkeyed
+    digest = md5.strip().lower()
+    if not MD5_HEX.fullmatch(digest):
+        raise FetchError(f"{url}: {md5!r} is not an md5 (32 hex digits)")
+    return unkeyed.parent / f"md5-{digest}" / unkeyed.name
+
+
+def adopt_unkeyed_copy(unkeyed: Path, keyed: Path, md5: str) -> None:
+    """Move a copy cached before downloads were keyed by md5 to its keyed place when its
+    marker says it was verified against this md5, so a multi-GB file is not fetched again
+    after an upgrade; any other copy is left alone (and never used for this md5)."""
+    marker = unkeyed.with_name(unkeyed.name + ".verified")
+    if keyed.exists() or not unkeyed.is_file() or not marker.is_file():
+        return
+    if marker.read_text().strip().lower() != md5.strip().lower():
+        return
+    keyed.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(unkeyed, keyed)
+        os.replace(marker, keyed.with_name(keyed.name + ".verified"))
+    except FileNotFoundError:  # a concurrent run adopted it first: fine
+        return
 
 
 def http_mirror_url(url: str) -> str:
@@ -185,7 +224,9 @@ def verify_md5_once(path: Path, md5: str, ledger: Path, what: str) -> None:
         return
     actual = file_md5(path)
     if actual != md5.strip().lower():
-        raise FetchError(f"{what}: md5 mismatch for {path} (expected {md5.strip()}, got {actual})")
+        raise ChecksumMismatch(
+            f"{what}: md5 mismatch for {path} (expected {md5.strip()}, got {actual})"
+        )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
 
@@ -299,11 +340,12 @@ def download_url(
     backoff: float = 1.0,
 ) -> Path:
     """Download url to dest, resuming a partial download, retrying transient faults with
-    exponential backoff, and verifying md5. A finished, verified file is never fetched again.
+    exponential backoff, and verifying md5. A finished file is never fetched again for the md5
+    it was verified against (its marker records it), and never reused for another one.
     """
     md5 = md5.strip().lower() if md5 else None
     done_marker = dest.with_name(dest.name + ".verified")
-    if dest.is_file() and done_marker.exists():
+    if verified_as(dest, done_marker, md5):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
@@ -324,10 +366,18 @@ def download_url(
         actual = file_md5(partial)
         if actual != md5:
             partial.unlink(missing_ok=True)
-            raise FetchError(f"{url}: md5 mismatch (expected {md5}, got {actual}); discarded")
+            raise ChecksumMismatch(f"{url}: md5 mismatch (expected {md5}, got {actual}); discarded")
+    done_marker.unlink(missing_ok=True)  # a copy verified against another md5 ends here
     os.replace(partial, dest)
     done_marker.write_text(md5 or "")
     return dest
+
+
+def verified_as(dest: Path, marker: Path, md5: str | None) -> bool:
+    """Whether dest is a finished download verified against md5 (any, when md5 is None)."""
+    if not dest.is_file() or not marker.is_file():
+        return False
+    return md5 is None or marker.read_text().strip().lower() == md5
 
 
 def http_refusal(url: str, status: int) -> FetchError | None:

@@ -4,7 +4,7 @@ from the sample (so a test may damage a file), and the family jobs run through D
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,19 @@ def edit_lines(path: Path, edit: Callable[[list[str]], list[str]]) -> None:
 
 
 def run_job(
-    name: str, partition: str | None = None, selection: Sequence[dg.AssetKey] | None = None
+    name: str,
+    partition: str | None = None,
+    selection: Sequence[dg.AssetKey] | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """One run of a family job (optionally a subset of its assets), in process."""
+    """One run of a family job (optionally a subset of its assets, with run tags as a
+    sensor or a launch from the UI would set them), in process."""
     return defs.resolve_job_def(name).execute_in_process(
         partition_key=partition,
         asset_selection=list(selection) if selection else None,
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,
+        tags=dict(tags) if tags else None,
     )
 
 

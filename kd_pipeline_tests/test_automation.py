@@ -18,19 +18,33 @@ from kd_pipeline.automation import (
 )
 from kd_pipeline.families.hofstaetter import HOFSTAETTER_JOB
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
-from kd_pipeline.families.rank_distillm import RANK_DISTILLM_JOB
+from kd_pipeline.families.rank_distillm import RANK_DISTILLM_JOB, RUNS_KEY
+from kd_pipeline.families.text import (
+    MSMARCO_COLLECTION_KEY,
+    MSMARCO_QRELS_TRAIN_KEY,
+    MSMARCO_QUERIES_TRAIN_KEY,
+    TEXT_JOB,
+)
 from kd_pipeline.families.upstream import (
     HOFSTAETTER_FILES,
     HOFSTAETTER_RECORD,
     RANK_DISTILLM_RECORD,
+    RUN_TAG,
     RUN_VARIANTS,
     zenodo_record_url,
 )
 from kd_pipeline.fetch import file_md5
+from kd_pipeline.lake import Lake
 from kd_pipeline.resources import UpstreamResource, sample_mirror
 from kd_pipeline_tests.conftest import point_pipeline_at_hub
-from kd_pipeline_tests.family_runs import url_path
-from kd_pipeline_tests.helpers import lighton_repo, pairs, run_lighton_partition, write_pairs
+from kd_pipeline_tests.family_runs import edit_lines, materialized, rows, run_job, url_path
+from kd_pipeline_tests.helpers import (
+    failures,
+    lighton_repo,
+    pairs,
+    run_lighton_partition,
+    write_pairs,
+)
 from kd_pipeline_tests.hub_server import Fault, HubServer
 
 
@@ -97,6 +111,33 @@ def test_sensor_refreshes_only_the_config_whose_file_changed(hub_copy) -> None:
     revision = server.revision(LIGHTON_REPO_ID)
     assert third.run_requests[0].tags[UPSTREAM_REVISION_TAG] == revision
     assert revision not in first.cursor and revision in third.cursor
+
+
+def test_lighton_sensor_skips_naming_the_dataset_when_the_hub_fails(hub_copy, monkeypatch) -> None:
+    """A Hub outage is a skip reason with the error, not a failed tick; the cursor stays, so
+    the next tick compares against the same baseline."""
+    import kd_pipeline.fetch as fetch
+
+    monkeypatch.setattr(fetch, "HUB_BACKOFF", 0.01)
+    server, _ = hub_copy
+    with dg.instance_for_test() as instance:
+        baseline = _tick(instance, None)
+        server.faults.append(Fault(f"/api/datasets/{LIGHTON_REPO_ID}", "status", times=10))
+        failed = _tick(instance, baseline.cursor)
+        server.faults.clear()
+        recovered = _tick(instance, failed.cursor)
+        server.stop()
+        unreachable = _tick(instance, recovered.cursor)
+        first_tick_down = _tick(instance, None)
+
+    skip = f"could not list {LIGHTON_REPO_ID}, compared again next tick: dataset {LIGHTON_REPO_ID}"
+    assert not failed.run_requests
+    assert failed.skip_message == f"{skip}@main: Hub request failed (HTTP 503)"
+    assert failed.cursor == baseline.cursor
+    assert not recovered.run_requests and "unchanged" in recovered.skip_message
+    assert not unreachable.run_requests and unreachable.skip_message.startswith(skip)
+    assert unreachable.cursor == recovered.cursor
+    assert first_tick_down.skip_message.startswith(skip) and first_tick_down.cursor is None
 
 
 # ---- Zenodo: one request per record per tick, one run per changed file ----------------------
@@ -169,6 +210,64 @@ def test_zenodo_sensor_refreshes_only_the_partition_whose_file_changed(zenodo) -
     assert request.tags[UPSTREAM_REVISION_TAG] == f"md5:{file_md5(tsv)}"
     assert request.tags[ZENODO_RECORD_TAG] == HOFSTAETTER_RECORD
     assert not fifth.run_requests and fifth.skip_message.count("unchanged") == 2
+
+
+def test_a_zenodo_sensor_run_publishes_the_changed_file(zenodo, lake_dir, monkeypatch) -> None:
+    """The run the sensor requests expects the checksum it is tagged with, not the pinned
+    md5: the changed file is downloaded anew (the old one is in the cache), published and
+    recorded; the same run with a wrong checksum fails and the published partition stays."""
+    from kd_pipeline.definitions import defs
+
+    server, mirror = zenodo
+    with monkeypatch.context() as env:  # the texts from the sample
+        env.delenv("KD_PIPELINE_SOURCE")
+        texts = [MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY, MSMARCO_QRELS_TRAIN_KEY]
+        assert run_job(TEXT_JOB, selection=texts).success
+    monkeypatch.setenv("KD_PIPELINE_HTTP_MIRROR", server.endpoint + "/url")
+    run = url_path(mirror, COLBERT.url)
+    old_tags = {UPSTREAM_REVISION_TAG: f"md5:{file_md5(run)}"}
+    assert run_job(RANK_DISTILLM_JOB, COLBERT.variant, tags=old_tags).success  # cache warm
+
+    def rescore(lines: list[str]) -> list[str]:
+        fields = lines[0].split("\t")
+        return ["\t".join([*fields[:4], "123.25", *fields[5:]]), *lines[1:]]
+
+    with dg.instance_for_test() as instance:
+        baseline = _zenodo_tick(instance, None)
+        edit_lines(run, rescore)  # upstream re-scores rank 1 of the first query
+        (request,) = _zenodo_tick(instance, baseline.cursor).run_requests
+        server.requests.clear()
+        job = defs.resolve_job_def(request.job_name)
+        result = job.execute_in_process(
+            partition_key=request.partition_key,
+            tags=request.tags,
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert result.success, failures(result)
+        wrong = {**request.tags, UPSTREAM_REVISION_TAG: "md5:" + "f" * 32}
+        refused = job.execute_in_process(
+            partition_key=request.partition_key, tags=wrong, instance=instance, raise_on_error=False
+        )
+
+    new_md5 = file_md5(run)
+    assert request.tags[UPSTREAM_REVISION_TAG] == f"md5:{new_md5}"
+    assert any(COLBERT.file in path for _, path, _ in server.requests)  # fetched anew
+    meta = materialized(result, RUNS_KEY)
+    assert (meta["md5"], meta["checksum_source"], meta["pinned_md5"]) == (
+        new_md5,
+        RUN_TAG,
+        COLBERT.md5,
+    )
+    first_query = run.read_text().split("\t", 1)[0]
+    published_rows = rows(lake_dir, RUNS_KEY, COLBERT.variant, "query_id, rank, score")
+    assert (first_query, 1, 123.25) in published_rows
+    assert not refused.success
+    message = failures(refused)
+    assert f"{COLBERT.file}: md5 mismatch (expected {'f' * 32}, got {new_md5})" in message
+    assert f"(expected md5 source: {RUN_TAG})" in message
+    published = Lake(lake_dir).manifest(RUNS_KEY.path, COLBERT.variant)
+    assert published["lineage"]["md5"] == new_md5 and published["run_id"] == result.run_id
 
 
 def test_zenodo_sensor_skips_naming_the_record_it_cannot_read(zenodo) -> None:

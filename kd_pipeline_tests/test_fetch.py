@@ -13,12 +13,14 @@ from huggingface_hub import constants
 
 from kd_pipeline.families.lighton_configs import LIGHTON_REPO_ID
 from kd_pipeline.fetch import (
+    ChecksumMismatch,
     Fetcher,
     FetchError,
     contained,
     download_url,
     mirror_path_for_url,
     read_url,
+    url_cache_path,
 )
 from kd_pipeline.lake import Lake
 from kd_pipeline.resources import sample_mirror
@@ -105,6 +107,73 @@ def test_download_md5_mismatch_and_404_are_clear(tmp_path) -> None:
         assert not dest.exists() and not dest.with_name("scores.tsv.part").exists()
         with pytest.raises(FetchError, match="not found"):
             download_url(server.url_for(url.replace("scores", "nothing")), dest, backoff=0.01)
+
+
+def _md5(payload: bytes) -> str:
+    return hashlib.md5(payload).hexdigest()
+
+
+def test_download_reuses_a_copy_only_for_the_md5_it_was_verified_against(tmp_path) -> None:
+    mirror, url = _serve_file(tmp_path, b"old\n")
+    with HubServer(mirror) as server:
+        dest = tmp_path / "cache" / "scores.tsv"
+        download_url(server.url_for(url), dest, md5=_md5(b"old\n"))
+        mirror_path_for_url(mirror, url).write_bytes(b"new\n")
+        server.requests.clear()
+        assert download_url(server.url_for(url), dest, md5=_md5(b"new\n")).read_bytes() == (
+            b"new\n"
+        )
+        assert len(server.requests) == 1
+
+
+def test_url_cache_is_keyed_by_md5_so_a_new_md5_is_a_new_download(tmp_path, monkeypatch) -> None:
+    """The copy verified against the old md5 stays for runs that still expect it and is
+    never handed out for the new one; a wrong md5 leaves nothing behind."""
+    old_md5, new_md5, wrong = _md5(b"old\n"), _md5(b"new\n"), "0" * 32
+    mirror, url = _serve_file(tmp_path, b"old\n")
+    cache = tmp_path / "cache"
+    fetcher = Fetcher("hub", None, cache)
+    with HubServer(mirror) as server:
+        monkeypatch.setenv("KD_PIPELINE_HTTP_MIRROR", server.endpoint + "/url")
+        old = fetcher.url_file(url, old_md5)
+        mirror_path_for_url(mirror, url).write_bytes(b"new\n")
+        server.requests.clear()
+        new = fetcher.url_file(url, new_md5)
+        assert len(server.requests) == 1
+        assert (old.read_bytes(), new.read_bytes()) == (b"old\n", b"new\n")
+        assert new == url_cache_path(cache, url, new_md5)
+        assert (new.parent.name, new.name) == (f"md5-{new_md5}", "scores.tsv")
+        server.requests.clear()
+        assert fetcher.url_file(url, old_md5) == old and server.requests == []
+
+        with pytest.raises(ChecksumMismatch, match=f"expected {wrong}, got {new_md5}"):
+            fetcher.url_file(url, wrong)
+        assert not url_cache_path(cache, url, wrong).exists()
+        with pytest.raises(FetchError, match="not an md5"):
+            fetcher.url_file(url, "../../../elsewhere")
+
+
+def test_a_copy_cached_before_md5_keys_is_adopted_only_for_its_own_md5(
+    tmp_path, monkeypatch
+) -> None:
+    """Downloads used to be cached at `<cache>/url/<host>/<path>` with the md5 in a marker: an
+    upgrade moves such a copy to its keyed place instead of fetching it again, and only for
+    the md5 it was verified against."""
+    mirror, url = _serve_file(tmp_path, b"new\n")
+    cache = tmp_path / "cache"
+    legacy = url_cache_path(cache, url, None)
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"old\n")
+    legacy.with_name(legacy.name + ".verified").write_text(_md5(b"old\n"))
+    fetcher = Fetcher("hub", None, cache)
+    with HubServer(mirror) as server:
+        monkeypatch.setenv("KD_PIPELINE_HTTP_MIRROR", server.endpoint + "/url")
+        assert fetcher.url_file(url, _md5(b"new\n")).read_bytes() == b"new\n"
+        assert len(server.requests) == 1 and legacy.is_file()  # not its md5: left alone
+        server.requests.clear()
+        adopted = fetcher.url_file(url, _md5(b"old\n"))
+        assert adopted.read_bytes() == b"old\n" and server.requests == []
+        assert adopted == url_cache_path(cache, url, _md5(b"old\n")) and not legacy.exists()
 
 
 def test_download_gives_up_after_bounded_retries(tmp_path) -> None:

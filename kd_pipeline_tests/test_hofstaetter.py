@@ -3,6 +3,7 @@ columns, bad lines reported by file and line, md5 verification, the unresolved-i
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,17 @@ from kd_pipeline.families.hofstaetter import (
     hofstaetter_partitions,
 )
 from kd_pipeline.families.text import MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY, TEXT_JOB
-from kd_pipeline.families.upstream import HOFSTAETTER_FILES, STAND_IN_CHECKSUMS
+from kd_pipeline.families.upstream import (
+    HOFSTAETTER_FILES,
+    HOFSTAETTER_RECORD,
+    RANK_DISTILLM_RECORD,
+    RUN_TAG,
+    STAND_IN_CHECKSUMS,
+    UPSTREAM_REVISION_TAG,
+    ZENODO_RECORD_TAG,
+    tagged_zenodo_md5,
+)
+from kd_pipeline.fetch import FetchError, file_md5
 from kd_pipeline.lake import Lake
 from kd_pipeline.resources import sample_mirror
 from kd_pipeline_tests.family_runs import (
@@ -32,6 +43,7 @@ from kd_pipeline_tests.hub_server import HubServer
 
 TEXTS = [MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY]
 BERT = HOFSTAETTER_FILES["bert"]
+ENSEMBLE = HOFSTAETTER_FILES["ensemble"]
 RESOLVE = (TEACHER_SCORES_KEY.to_user_string(), "ids_resolve_to_texts")
 
 
@@ -169,3 +181,63 @@ def test_unresolved_ids_above_the_threshold_block_publish(
     assert not failed.passed and failed.metadata["violations"].value == 12
     assert "12 of 300 rows (4.000%; blocking above 1.0%)" in failures(result)
     assert not Lake(lake_dir).is_published(TEACHER_SCORES_KEY.path, "ensemble")
+
+
+def test_a_run_tagged_with_a_new_md5_publishes_the_changed_file(
+    lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run tagged `kd-pipeline/upstream_revision=md5:<hex>` (by the Zenodo sensor, or
+    launched by hand) expects that md5 instead of the pinned one: the changed file is a new
+    download even with the old one cached, and is published and recorded; a wrong md5 fails
+    naming file, expected and actual md5 and leaves the published partition alone."""
+    _texts()
+    served = tmp_path / "served"
+    shutil.copytree(sample_mirror() / "url" / "zenodo.org", served / "url" / "zenodo.org")
+    tsv = url_path(served, ENSEMBLE.url)
+    monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+    with HubServer(served) as server:
+        monkeypatch.setenv("KD_PIPELINE_HTTP_MIRROR", server.endpoint + "/url")
+        old_md5 = file_md5(tsv)
+        old = run_job(HOFSTAETTER_JOB, "ensemble", tags={UPSTREAM_REVISION_TAG: f"md5:{old_md5}"})
+        assert old.success, failures(old)  # the old bytes, now in the download cache
+
+        edit_lines(tsv, lambda lines: lines[:-10])  # upstream publishes a new version
+        new_md5 = file_md5(tsv)
+        server.requests.clear()
+        tags = {UPSTREAM_REVISION_TAG: f"md5:{new_md5}", ZENODO_RECORD_TAG: HOFSTAETTER_RECORD}
+        new = run_job(HOFSTAETTER_JOB, "ensemble", tags=tags)
+        assert new.success, failures(new)
+        assert any(ENSEMBLE.file in path for _, path, _ in server.requests)  # fetched anew
+        meta = materialized(new, TEACHER_SCORES_KEY)
+        assert (meta["md5"], meta["checksum_source"]) == (new_md5, RUN_TAG)
+        assert meta["pinned_md5"] == ENSEMBLE.md5
+        assert meta["dagster/row_count"] == 290
+        assert len(rows(lake_dir, TEACHER_SCORES_KEY, "ensemble")) == 290
+        published = Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "ensemble")
+        assert published["lineage"]["md5"] == new_md5
+
+        wrong = "0" * 32
+        failed = run_job(HOFSTAETTER_JOB, "ensemble", tags={UPSTREAM_REVISION_TAG: f"md5:{wrong}"})
+        assert not failed.success
+        message = failures(failed)
+        assert f"{ENSEMBLE.file}: md5 mismatch (expected {wrong}, got {new_md5})" in message
+        assert f"(expected md5 source: {RUN_TAG})" in message
+        untagged = run_job(HOFSTAETTER_JOB, "ensemble")  # no tag: the pinned md5, as before
+        assert not untagged.success
+        assert f"expected {ENSEMBLE.md5}, got {new_md5}" in failures(untagged)
+    assert Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "ensemble") == published
+    assert len(rows(lake_dir, TEACHER_SCORES_KEY, "ensemble")) == 290
+
+
+def test_the_run_tag_must_be_a_zenodo_md5_for_this_files_record() -> None:
+    md5 = "A2575AF08A19B47C2041E67C9EFCD917"
+    assert tagged_zenodo_md5(BERT, {}) is None
+    assert tagged_zenodo_md5(BERT, {UPSTREAM_REVISION_TAG: f"md5:{md5}"}) == md5.lower()
+    tags = {UPSTREAM_REVISION_TAG: f"md5:{md5}", ZENODO_RECORD_TAG: HOFSTAETTER_RECORD}
+    assert tagged_zenodo_md5(BERT, tags) == md5.lower()
+    with pytest.raises(FetchError, match=f"{BERT.file}: run tag .* is not a Zenodo checksum"):
+        tagged_zenodo_md5(BERT, {UPSTREAM_REVISION_TAG: "0123abc" * 5 + "01234"})  # a Hub sha
+    with pytest.raises(FetchError, match="is not a Zenodo checksum"):
+        tagged_zenodo_md5(BERT, {UPSTREAM_REVISION_TAG: "md5:../../etc"})
+    with pytest.raises(FetchError, match=f"zenodo_record={RANK_DISTILLM_RECORD}, but"):
+        tagged_zenodo_md5(BERT, {**tags, ZENODO_RECORD_TAG: RANK_DISTILLM_RECORD})

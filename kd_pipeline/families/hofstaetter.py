@@ -1,9 +1,10 @@
 """Hofstaetter et al.'s cross-encoder teacher scores for MS MARCO passage train triples.
 
 `hofstaetter/teacher_scores` has one partition per teacher (`bert`: BERT-Base CAT,
-`ensemble`: the mean of three CATs). A partition is the Zenodo TSV (md5-verified), parsed
-with explicit columns into the canonical pairwise table with the MarginMSE target
-`margin = pos_score - neg_score`, and checked against the MS MARCO texts.
+`ensemble`: the mean of three CATs). A partition is the Zenodo TSV (md5-verified: the pinned
+md5, or the one the run is tagged with), parsed with explicit columns into the canonical
+pairwise table with the MarginMSE target `margin = pos_score - neg_score`, and checked
+against the MS MARCO texts.
 """
 
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from kd_pipeline.families.text import (
     published_glob,
     published_versions,
 )
-from kd_pipeline.families.upstream import HOFSTAETTER_FILES, fetch_upstream_file
+from kd_pipeline.families.upstream import HOFSTAETTER_FILES, fetch_zenodo_file
 from kd_pipeline.metadata import preview
 from kd_pipeline.parsers import DelimitedFormat, ParseReport, copy_delimited
 from kd_pipeline.resources import LakeResource, UpstreamResource
@@ -147,8 +148,10 @@ def hofstaetter_teacher_scores(
     texts = [MSMARCO_QUERIES_TRAIN_KEY, MSMARCO_COLLECTION_KEY]
     queries_glob, documents_glob = (published_glob(the_lake, k) for k in texts)
     fetcher = upstream.fetcher()
-    fetched = fetch_upstream_file(fetcher, teacher.url, teacher.md5)
-    context.log.info(f"{teacher.variant}: {fetched.path.name} ({fetched.checksum_source} md5)")
+    fetched = fetch_zenodo_file(fetcher, teacher, context.run.tags)
+    context.log.info(
+        f"{teacher.variant}: {fetched.path.name} (md5 {fetched.md5}: {fetched.checksum_source})"
+    )
     with (
         engine_connection(duckdb, the_lake) as con,
         the_lake.stage(TEACHER_SCORES_KEY.path, teacher.variant) as staged,

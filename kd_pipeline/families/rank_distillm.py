@@ -32,7 +32,7 @@ from kd_pipeline.families.text import (
     published_glob,
     published_versions,
 )
-from kd_pipeline.families.upstream import RUN_VARIANTS, RunVariant, fetch_upstream_file
+from kd_pipeline.families.upstream import RUN_VARIANTS, RunVariant, fetch_zenodo_file
 from kd_pipeline.metadata import preview
 from kd_pipeline.parsers import TREC_RUN, ParseReport, append_parquet, copy_delimited
 from kd_pipeline.resources import LakeResource, UpstreamResource
@@ -145,8 +145,11 @@ def rank_distillm_runs(
         texts.append(MSMARCO_QRELS_TRAIN_KEY)
     globs = [published_glob(the_lake, k) for k in texts]
     fetcher = upstream.fetcher()
-    fetched = fetch_upstream_file(fetcher, variant.url, variant.md5)
-    context.log.info(f"{variant.variant}: {fetched.path.name}, top {variant.top_k}")
+    fetched = fetch_zenodo_file(fetcher, variant, context.run.tags)
+    context.log.info(
+        f"{variant.variant}: {fetched.path.name} (md5 {fetched.md5}: "
+        f"{fetched.checksum_source}), top {variant.top_k}"
+    )
     with (
         engine_connection(duckdb, the_lake) as con,
         the_lake.stage(RUNS_KEY.path, variant.variant) as staged,

@@ -10,7 +10,10 @@ stand-in mirror, e.g. a test fixture) holds different bytes under the same URLs,
 declares its own sums in `stand-in-md5sums.json` at its root. A fetch through a local
 mirror verifies against that declaration when the mirror has one and lists the URL;
 everything else (a mirror without a declaration, the network, an HTTP mirror) verifies
-against the upstream md5. The lineage metadata always says which of the two was used.
+against the md5 pinned here. A run tagged `kd-pipeline/upstream_revision=md5:<hex>` (the
+Zenodo sensor's runs, or a run launched with that tag) expects that md5 for its Zenodo file
+instead: the run was started for those bytes. The lineage metadata always says which md5
+was expected and where it came from.
 """
 
 from __future__ import annotations
@@ -21,12 +24,23 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from kd_pipeline.fetch import Fetcher, FetchError, file_md5, mirror_path_for_url, read_url
+from kd_pipeline.fetch import (
+    MD5_HEX,
+    ChecksumMismatch,
+    Fetcher,
+    FetchError,
+    file_md5,
+    mirror_path_for_url,
+    read_url,
+)
 from kd_pipeline.settings import DEFAULT_ZENODO_API, hub_timeout, zenodo_api
 
 STAND_IN_CHECKSUMS = "stand-in-md5sums.json"
+# Run tags the upstream sensors set; a Zenodo family asset honours the revision tag.
+UPSTREAM_REVISION_TAG = "kd-pipeline/upstream_revision"
+ZENODO_RECORD_TAG = "kd-pipeline/zenodo_record"
 
 # ---- MS MARCO passage and BEIR FiQA texts --------------------------------------------------
 MSMARCO_BASE = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
@@ -52,6 +66,10 @@ class TeacherFile:
     file: str
     md5: str
     teacher: str
+
+    @property
+    def record(self) -> str:
+        return HOFSTAETTER_RECORD
 
     @property
     def url(self) -> str:
@@ -89,6 +107,10 @@ class RunVariant:
     stem: str
     top_k: int
     md5: str
+
+    @property
+    def record(self) -> str:
+        return RANK_DISTILLM_RECORD
 
     @property
     def file(self) -> str:
@@ -184,6 +206,20 @@ def url_key(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
+PINNED = "pinned in kd_pipeline/families/upstream.py"
+RUN_TAG = f"run tag {UPSTREAM_REVISION_TAG}"
+STAND_IN = f"stand-in mirror ({STAND_IN_CHECKSUMS})"
+NONE_PUBLISHED = "none published upstream"
+
+
+@dataclass(frozen=True)
+class ExpectedMd5:
+    """The md5 a fetched file must have (None: none is known) and where it comes from."""
+
+    md5: str | None
+    source: str
+
+
 @dataclass(frozen=True)
 class FetchedFile:
     """A local copy of an upstream file and how it was verified, for lineage."""
@@ -192,12 +228,15 @@ class FetchedFile:
     path: Path
     md5: str | None
     checksum_source: str
+    pinned_md5: str | None = None
 
     def metadata(self) -> dict[str, object]:
+        drifted = self.pinned_md5 is not None and self.pinned_md5 != self.md5
         return {
             "url": self.url,
             "md5": self.md5 or "none",
             "checksum_source": self.checksum_source,
+            **({"pinned_md5": self.pinned_md5} if drifted else {}),
             "bytes": self.path.stat().st_size,
         }
 
@@ -210,17 +249,80 @@ def declared_stand_in_md5s(mirror: Path) -> dict[str, str]:
     return dict(json.loads(path.read_text(encoding="utf-8"))["md5"])
 
 
-def fetch_upstream_file(fetcher: Fetcher, url: str, upstream_md5: str | None) -> FetchedFile:
-    """The local file behind url, verified against the stand-in mirror's declared md5 when
-    there is one, else against the upstream md5 (a mismatch raises FetchError)."""
+def expected_md5(
+    fetcher: Fetcher, url: str, pinned_md5: str | None, tagged_md5: str | None = None
+) -> ExpectedMd5:
+    """Which md5 the file behind url must have: the run tag's (the run was launched for
+    those bytes), else a stand-in mirror's declaration (its bytes are not upstream's), else
+    the one pinned here."""
+    if tagged_md5:
+        return ExpectedMd5(tagged_md5.strip().lower(), RUN_TAG)
     if fetcher.mirror is not None:
         declared = declared_stand_in_md5s(fetcher.mirror).get(url_key(url))
         if declared is not None:
-            path = fetcher.url_file(url, declared)
-            return FetchedFile(url, path, declared, f"stand-in mirror ({STAND_IN_CHECKSUMS})")
-    md5 = upstream_md5.strip().lower() if upstream_md5 else None
-    path = fetcher.url_file(url, md5)
-    return FetchedFile(url, path, md5, "upstream" if md5 else "none published upstream")
+            return ExpectedMd5(declared.strip().lower(), STAND_IN)
+    if pinned_md5:
+        return ExpectedMd5(pinned_md5.strip().lower(), PINNED)
+    return ExpectedMd5(None, NONE_PUBLISHED)
+
+
+def fetch_upstream_file(
+    fetcher: Fetcher, url: str, pinned_md5: str | None, tagged_md5: str | None = None
+) -> FetchedFile:
+    """The local file behind url, verified against `expected_md5` (a mismatch raises
+    ChecksumMismatch naming the file, both md5s and where the expected one came from)."""
+    expected = expected_md5(fetcher, url, pinned_md5, tagged_md5)
+    try:
+        path = fetcher.url_file(url, expected.md5)
+    except ChecksumMismatch as exc:
+        raise ChecksumMismatch(f"{exc} (expected md5 source: {expected.source})") from None
+    pinned = pinned_md5.strip().lower() if pinned_md5 else None
+    return FetchedFile(url, path, expected.md5, expected.source, pinned)
+
+
+# ---- Zenodo files: the pinned md5, or the one a run is tagged with -------------------------
+class ZenodoFile(Protocol):
+    """A partition's file in a Zenodo record (a TeacherFile or a RunVariant)."""
+
+    @property
+    def record(self) -> str: ...
+    @property
+    def file(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def md5(self) -> str: ...
+
+
+def tagged_zenodo_md5(zenodo_file: ZenodoFile, run_tags: Mapping[str, str]) -> str | None:
+    """The md5 a run's `kd-pipeline/upstream_revision=md5:<hex>` tag expects for this file
+    (None without the tag). A tag that is not an md5, or a run tagged for another record,
+    fails the run: one launched for a revision must never quietly read another."""
+    value = run_tags.get(UPSTREAM_REVISION_TAG)
+    if value is None:
+        return None
+    record = run_tags.get(ZENODO_RECORD_TAG, zenodo_file.record).strip()
+    if record != zenodo_file.record:
+        raise FetchError(
+            f"{zenodo_file.file}: the run is tagged {ZENODO_RECORD_TAG}={record}, but this file "
+            f"is in Zenodo record {zenodo_file.record}"
+        )
+    algorithm, _, digest = value.strip().partition(":")
+    if algorithm.lower() != "md5" or not MD5_HEX.fullmatch(digest.lower()):
+        raise FetchError(
+            f"{zenodo_file.file}: run tag {UPSTREAM_REVISION_TAG}={value!r} is not a Zenodo "
+            "checksum (md5:<32 hex digits>)"
+        )
+    return digest.lower()
+
+
+def fetch_zenodo_file(
+    fetcher: Fetcher, zenodo_file: ZenodoFile, run_tags: Mapping[str, str]
+) -> FetchedFile:
+    """A Zenodo family's file, verified against the md5 its run is tagged with, else the
+    pinned one: what both Zenodo families fetch through."""
+    tagged = tagged_zenodo_md5(zenodo_file, run_tags)
+    return fetch_upstream_file(fetcher, zenodo_file.url, zenodo_file.md5, tagged)
 
 
 def declare_stand_in_checksums(
