@@ -51,5 +51,5 @@ def copy_parquet(
         "ROW_GROUP_SIZE 100000, FILE_SIZE_BYTES '512MB', "
         f"FILENAME_PATTERN '{filename_prefix}part-{{i}}', OVERWRITE_OR_IGNORE true)",
         params or {},
-    ).fetchone()
+    ).fetchall()[0]
     return int(rows)

@@ -325,7 +325,7 @@ def copy_delimited(
         recovered_lines = 0
         if fmt.any_whitespace:
             resplit = _resplit_sql(fmt, lines)
-            (recovered_lines,) = con.execute(f"SELECT count(*) FROM {resplit}").fetchone()
+            (recovered_lines,) = con.execute(f"SELECT count(*) FROM {resplit}").fetchall()[0]
             if recovered_lines:
                 rows += append_parquet(
                     con, select.replace("{rows}", resplit), out_dir, "resplit", params
@@ -335,7 +335,7 @@ def copy_delimited(
             bad = "true"
         (malformed,) = con.execute(
             f"SELECT count(DISTINCT line) FROM {rejects}_errors WHERE {bad}"
-        ).fetchone()
+        ).fetchall()[0]
         examples = con.execute(
             f"SELECT line, arg_min(error_message, column_idx) FROM {rejects}_errors "
             f"WHERE {bad} GROUP BY line ORDER BY line LIMIT {REPORTED_LINES}"

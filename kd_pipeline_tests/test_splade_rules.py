@@ -250,6 +250,7 @@ def test_spacing_key_order_gzip_and_folders_are_all_accepted(tmp_path: Path) -> 
     data.queries = [{"text": r["text"], "qid": r["qid"]} for r in data.queries]  # key order
     for kwargs in (
         {"spaced": True},
+        {"gz_scores": False},  # nothing gzipped
         {"gz_masters": True, "gz_scores": False},
         {"parts": 3},
         {"parts": 2, "gz_masters": True},
@@ -437,3 +438,12 @@ def test_evaluate_splade_reports_every_rule(tmp_path: Path) -> None:
     tables = load_splade(con, resolve_layout(write(valid_data(), tmp_path / "s")))
     names = [rule.name for rule, _ in evaluate_splade(con, tables)]
     assert names == [r.name for r in SPLADE_RULES]
+
+
+@pytest.mark.parametrize("gz_scores", [False, True])
+def test_loading_leaves_the_connection_free_for_relations(tmp_path: Path, gz_scores: bool) -> None:
+    """The export's audit runs the rules as relations right after loading: a half-read
+    result left on the connection would block them."""
+    con = duckdb.connect()
+    load_splade(con, resolve_layout(write(valid_data(), tmp_path / "s", gz_scores=gz_scores)))
+    assert con.sql("SELECT 42").fetchall() == [(42,)]

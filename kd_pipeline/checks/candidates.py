@@ -39,7 +39,7 @@ def groups_where(rule: str, group_by: str, having: str, detail: str, where: str 
             f"SELECT CAST(concat_ws(' ', {group_by}) AS VARCHAR) AS k FROM {{table}} "
             f"WHERE {where} GROUP BY {group_by} HAVING {having}"
         )
-        (count,) = table.query(con, f"SELECT count(*) FROM ({groups})").fetchone()
+        (count,) = table.query(con, f"SELECT count(*) FROM ({groups})").fetchall()[0]
         examples: tuple[str, ...] = ()
         if count:
             rows = table.query(con, f"SELECT k FROM ({groups}) ORDER BY k LIMIT {EXAMPLES}")
@@ -55,7 +55,7 @@ def within_share(inner: RuleFn, max_share: float) -> RuleFn:
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         outcome = inner(con, table)
-        (total,) = table.query(con, "SELECT count(*) FROM {table}").fetchone()
+        (total,) = table.query(con, "SELECT count(*) FROM {table}").fetchall()[0]
         share = outcome.violations / total if total else 0.0
         return replace(
             outcome,

@@ -78,7 +78,7 @@ def rows_where(
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         (count,) = table.query(
             con, f"SELECT count(*) FROM {{table}} WHERE {condition}", params
-        ).fetchone()
+        ).fetchall()[0]
         examples: tuple[str, ...] = ()
         if count:
             rows = table.query(
@@ -127,7 +127,7 @@ def row_count_is(rule: str, expected: int) -> RuleFn:
     """The table has exactly expected rows (nothing lost or invented on the way)."""
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
-        (count,) = table.query(con, "SELECT count(*) FROM {table}").fetchone()
+        (count,) = table.query(con, "SELECT count(*) FROM {table}").fetchall()[0]
         return RuleOutcome(
             rule, count == expected, abs(count - expected), (), f"{count} rows, expected {expected}"
         )
@@ -139,7 +139,7 @@ def not_empty(rule: str) -> RuleFn:
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         (count,) = table.query(
             con, "SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"
-        ).fetchone()
+        ).fetchall()[0]
         return RuleOutcome(rule, count > 0, 0 if count else 1, (), "the table has no rows")
 
     return evaluate

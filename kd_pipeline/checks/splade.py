@@ -329,9 +329,10 @@ def load_splade(
     con.execute(f"DROP TABLE IF EXISTS {t.staging}")
     for derived in _DERIVED_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {t.prefix}{derived}")
-    if con.execute(
+    ((attached,),) = con.execute(  # fetchall: a half-read result blocks the connection
         "SELECT count(*) FROM duckdb_databases() WHERE database_name = $db", {"db": SCRATCH_DB}
-    ).fetchone()[0]:
+    ).fetchall()
+    if attached:
         for lines in ("gz_lines", "score_lines"):
             con.execute(f"DROP TABLE IF EXISTS {SCRATCH_DB}.{t.prefix}{lines}")
     return t

@@ -211,7 +211,7 @@ def write_canonical(
     upstream_rows = sum(
         con.execute(
             "SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata($p)", {"p": str(p)}
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         for p in paths
     )
     select = canonical_select(paths, has_index, (t["duplicate"] for t in per_file.values()))

@@ -109,7 +109,7 @@ def top_percentile_threshold(
 ) -> tuple[float | None, int]:
     """The exact threshold t and the eligible row count n (t is None when n = 0)."""
     eligible = eligible_predicate(knobs)
-    (n,) = table.query(con, f"SELECT count(*) FROM {{table}} WHERE {eligible}").fetchone()
+    (n,) = table.query(con, f"SELECT count(*) FROM {{table}} WHERE {eligible}").fetchall()[0]
     if n == 0 or knobs.top_percentile is None:
         return None, n
     k = top_k(n, knobs.top_percentile)
@@ -118,7 +118,7 @@ def top_percentile_threshold(
         f"SELECT similarity FROM {{table}} WHERE {eligible} "
         "ORDER BY similarity DESC LIMIT 1 OFFSET $offset",
         {"offset": k - 1},
-    ).fetchone()
+    ).fetchall()[0]
     return float(t), n
 
 
@@ -147,7 +147,7 @@ def rows_removed_by_rule(
         f"count(*) FILTER (WHERE {passed_dup}), count(*) FILTER (WHERE {passed_top}), "
         f"count(*) FILTER (WHERE {passed_min}) FROM {{table}}",
         used,
-    ).fetchone()
+    ).fetchall()[0]
     return {
         "rows_in": total,
         "removed_by_drop": total - a,

@@ -246,7 +246,7 @@ def build_union(
         kept = [
             con.execute(
                 f"SELECT count(*) FROM {KEEP_TABLE} WHERE source_index = $i", {"i": p.index}
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             for p in plans
         ]
     else:
