@@ -15,7 +15,7 @@ from kd_pipeline.fetch import Fetcher, ensure_generated
 from kd_pipeline.lake import Lake
 from kd_pipeline.sample import write_sample_mirror
 
-SAMPLE_LAYOUT_VERSION = 2  # bump when the generated sample changes shape
+SAMPLE_LAYOUT_VERSION = 3  # bump when the generated sample changes shape
 
 
 class LakeResource(dg.ConfigurableResource):

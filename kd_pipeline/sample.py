@@ -46,7 +46,8 @@ def write_sample_mirror(out: Path, rows_per_config: int = DEFAULT_ROWS_PER_CONFI
     """Write the sample mirror under out; return out. rows_per_config sizes the LightOn
     configs; the other families are small and fixed (hundreds of rows), with a
     `stand-in-md5sums.json` declaring the md5 of every plain-URL file (they are not the
-    upstream files, so the upstream md5s cannot match them).
+    upstream files, so the upstream md5s cannot match them) and the Zenodo records'
+    metadata listing those md5s (for the change sensor).
 
     Byte-identical output for the same arguments. Atomicity of the whole tree is the
     caller's job; each single file is written under a temporary name and renamed.
@@ -64,6 +65,7 @@ def write_sample_mirror(out: Path, rows_per_config: int = DEFAULT_ROWS_PER_CONFI
     upstream.declare_stand_in_checksums(
         out, upstream.all_upstream_urls(), "kd-pipeline synthetic sample"
     )
+    upstream.declare_stand_in_records(out)
     return out
 
 

@@ -352,6 +352,21 @@ def test_zenodo_sensor_reads_the_record_from_a_mirror(tmp_path, monkeypatch) -> 
     assert malformed.cursor == changed.cursor
 
 
+def test_zenodo_sensor_works_on_the_sample(tmp_path) -> None:
+    """The sample declares its stand-in records: baseline, then unchanged, and the md5s a
+    run would be tagged with are the sample files' own (so such a run verifies)."""
+    with dg.instance_for_test() as instance:
+        first = _zenodo_tick(instance, None)
+        second = _zenodo_tick(instance, first.cursor)
+    for record in (HOFSTAETTER_RECORD, RANK_DISTILLM_RECORD):
+        assert f"recorded Zenodo record {record} as baseline" in first.skip_message
+        assert f"Zenodo record {record} unchanged" in second.skip_message
+    cursor = json.loads(second.cursor)
+    for zenodo_file in (*HOFSTAETTER_FILES.values(), *RUN_VARIANTS.values()):
+        md5 = file_md5(url_path(sample_mirror(), zenodo_file.url))
+        assert cursor[zenodo_file.record][zenodo_file.file] == f"md5:{md5}"
+
+
 def _requested(result) -> set[tuple[str, str | None]]:
     return {
         (r.key.to_user_string(), pk)

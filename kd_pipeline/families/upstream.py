@@ -335,11 +335,39 @@ def declare_stand_in_checksums(
         "so the pipeline verifies them without pretending they match upstream",
         "md5": dict(sorted(sums.items())),
     }
-    target = mirror / STAND_IN_CHECKSUMS
+    _write_json(mirror / STAND_IN_CHECKSUMS, payload)
+    return sums
+
+
+def declare_stand_in_records(mirror: Path) -> list[Path]:
+    """Write each Zenodo record's metadata where a mirror keeps it
+    (`url/zenodo.org/api/records/<id>`), in Zenodo's shape, listing the md5s of the
+    mirror's own files: the change sensor then reads a stand-in mirror (the sample) as it
+    reads Zenodo, and a file changed in the mirror is a changed checksum."""
+    by_record: dict[str, list[ZenodoFile]] = {}
+    for zenodo_file in (*HOFSTAETTER_FILES.values(), *RUN_VARIANTS.values()):
+        by_record.setdefault(zenodo_file.record, []).append(zenodo_file)
+    written = []
+    for record, files in sorted(by_record.items()):
+        entries = []
+        for zenodo_file in files:
+            path = mirror_path_for_url(mirror, zenodo_file.url)
+            checksum = f"md5:{file_md5(path)}"
+            entries.append(
+                {"key": zenodo_file.file, "checksum": checksum, "size": path.stat().st_size}
+            )
+        target = mirror_path_for_url(mirror, zenodo_record_url(record))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(target, {"id": int(record), "note": "stand-in record", "files": entries})
+        written.append(target)
+    return written
+
+
+def _write_json(target: Path, payload: Mapping[str, Any]) -> None:
+    """Under a temporary name, then renamed: a reader never sees half a file."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, target)
-    return sums
 
 
 def all_upstream_urls() -> list[str]:
