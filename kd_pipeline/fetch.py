@@ -12,6 +12,7 @@ Every resolution records what was read (revision or fingerprint, bytes) for line
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -366,6 +367,9 @@ def download_url(
         actual = file_md5(partial)
         if actual != md5:
             partial.unlink(missing_ok=True)
+            if dest.parent.name == f"md5-{md5}":  # its md5-keyed folder, now empty
+                with contextlib.suppress(OSError):
+                    dest.parent.rmdir()
             raise ChecksumMismatch(f"{url}: md5 mismatch (expected {md5}, got {actual}); discarded")
     done_marker.unlink(missing_ok=True)  # a copy verified against another md5 ends here
     os.replace(partial, dest)

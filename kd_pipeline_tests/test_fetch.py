@@ -105,6 +105,10 @@ def test_download_md5_mismatch_and_404_are_clear(tmp_path) -> None:
         with pytest.raises(FetchError, match="md5 mismatch"):
             download_url(server.url_for(url), dest, md5="0" * 32, backoff=0.01)
         assert not dest.exists() and not dest.with_name("scores.tsv.part").exists()
+        keyed = url_cache_path(tmp_path / "cache", server.url_for(url), "0" * 32)
+        with pytest.raises(FetchError, match="md5 mismatch"):
+            download_url(server.url_for(url), keyed, md5="0" * 32, backoff=0.01)
+        assert not keyed.parent.exists()  # no empty md5-<hex>/ folder left behind
         with pytest.raises(FetchError, match="not found"):
             download_url(server.url_for(url.replace("scores", "nothing")), dest, backoff=0.01)
 
