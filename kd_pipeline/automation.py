@@ -96,7 +96,7 @@ def config_fingerprints(snapshot: DatasetSnapshot, card: str | None) -> dict[str
 def lighton_upstream_changes(
     context: dg.SensorEvaluationContext, upstream: UpstreamResource
 ) -> dg.SensorResult | dg.SkipReason:
-    fetcher = upstream.fetcher()
+    fetcher = upstream.fetcher(hub_attempts=1)  # the next tick is the retry
     try:
         snapshot = fetcher.dataset_snapshot(LIGHTON_REPO_ID)
         card = fetcher.read_dataset_text(snapshot, "README.md")

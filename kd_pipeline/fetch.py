@@ -105,12 +105,22 @@ def contained(root: Path, rel: str) -> Path:
 class Fetcher:
     """Hands out local paths for upstream files, from a mirror folder or the network."""
 
-    def __init__(self, mode: SourceMode, mirror: Path | None, cache_dir: Path) -> None:
+    def __init__(
+        self,
+        mode: SourceMode,
+        mirror: Path | None,
+        cache_dir: Path,
+        hub_attempts: int | None = None,
+    ) -> None:
+        """hub_attempts: how often a Hub request is tried (default HUB_ATTEMPTS); a sensor
+        asks once, as its next tick is its retry and a tick must end within Dagster's
+        sensor timeout."""
         if mode in ("sample", "mirror") and mirror is None:
             raise FetchError(f"source {mode!r} needs a mirror folder")
         self.mode = mode
         self.mirror = mirror.resolve() if mirror is not None else None
         self.cache_dir = cache_dir
+        self.hub_attempts = hub_attempts or HUB_ATTEMPTS
 
     def describe(self) -> str:
         return "hub" if self.mirror is None else f"{self.mode}:{self.mirror}"
@@ -124,7 +134,7 @@ class Fetcher:
         """List a dataset's files at a revision (the Hub resolves it to a commit sha)."""
         check_repo_id(repo_id)
         if self.mirror is None:
-            return _hub_snapshot(repo_id, revision)
+            return _hub_snapshot(repo_id, revision, self.hub_attempts)
         root = self._mirror_repo_root(repo_id)
         if not root.is_dir():
             raise FetchError(f"dataset {repo_id} is not in the mirror: {root} does not exist")
@@ -150,7 +160,7 @@ class Fetcher:
             )
         if self.mirror is not None:
             return contained(self._mirror_repo_root(snapshot.repo_id), path)
-        return _hub_download(snapshot.repo_id, path, snapshot.revision)
+        return _hub_download(snapshot.repo_id, path, snapshot.revision, self.hub_attempts)
 
     def read_dataset_text(self, snapshot: DatasetSnapshot, path: str) -> str | None:
         """A small text file of the repository (the dataset card), or None if absent."""
@@ -280,20 +290,20 @@ def _hub_transient(exc: Exception) -> bool:
     return isinstance(exc, OSError | TimeoutError) and not isinstance(exc, errors.HfHubHTTPError)
 
 
-def _with_hub_retries(what: str, call: Callable[[], T]) -> T:
+def _with_hub_retries(what: str, call: Callable[[], T], attempts: int = HUB_ATTEMPTS) -> T:
     """call(), retried with exponential backoff on transient Hub faults, a bounded number of
     times; every failure ends as one FetchError naming what was asked for."""
-    for attempt in range(1, HUB_ATTEMPTS + 1):
+    for attempt in range(1, attempts + 1):
         try:
             return call()
         except Exception as exc:
-            if attempt == HUB_ATTEMPTS or not _hub_transient(exc):
+            if attempt == attempts or not _hub_transient(exc):
                 raise _hub_errors(what)(exc) from None
             time.sleep(HUB_BACKOFF * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
 
-def _hub_snapshot(repo_id: str, revision: str) -> DatasetSnapshot:
+def _hub_snapshot(repo_id: str, revision: str, attempts: int) -> DatasetSnapshot:
     from huggingface_hub import HfApi
 
     info = _with_hub_retries(
@@ -301,6 +311,7 @@ def _hub_snapshot(repo_id: str, revision: str) -> DatasetSnapshot:
         lambda: HfApi(endpoint=hf_endpoint()).dataset_info(
             repo_id, revision=revision, files_metadata=True, timeout=hub_timeout()
         ),
+        attempts,
     )
     files = {
         s.rfilename: RepoFile(s.rfilename, s.size or 0, s.lfs.sha256 if s.lfs else None)
@@ -309,7 +320,7 @@ def _hub_snapshot(repo_id: str, revision: str) -> DatasetSnapshot:
     return DatasetSnapshot(repo_id, info.sha or revision, "hub", files)
 
 
-def _hub_download(repo_id: str, path: str, revision: str) -> Path:
+def _hub_download(repo_id: str, path: str, revision: str, attempts: int) -> Path:
     from huggingface_hub import hf_hub_download
 
     return Path(
@@ -318,6 +329,7 @@ def _hub_download(repo_id: str, path: str, revision: str) -> Path:
             lambda: hf_hub_download(
                 repo_id, path, repo_type="dataset", revision=revision, endpoint=hf_endpoint()
             ),
+            attempts,
         )
     )
 

@@ -34,7 +34,7 @@ class UpstreamResource(dg.ConfigurableResource):
     mirror: str | None = None
     sample_rows_per_config: int | None = None
 
-    def fetcher(self) -> Fetcher:
+    def fetcher(self, hub_attempts: int | None = None) -> Fetcher:
         choice = settings.source_choice()
         mode = self.mode or ("mirror" if self.mirror else choice.mode)
         mirror = Path(self.mirror) if self.mirror else choice.mirror
@@ -42,7 +42,12 @@ class UpstreamResource(dg.ConfigurableResource):
             mirror = sample_mirror(self.sample_rows_per_config)
         if mode not in ("sample", "mirror", "hub"):
             raise ValueError(f"upstream mode {mode!r}: expected sample, mirror or hub")
-        return Fetcher(mode, None if mode == "hub" else mirror, settings.data_home() / "cache")  # type: ignore[arg-type]
+        return Fetcher(
+            mode,  # type: ignore[arg-type]
+            None if mode == "hub" else mirror,
+            settings.data_home() / "cache",
+            hub_attempts,
+        )
 
 
 def sample_mirror(rows_per_config: int | None = None) -> Path:

@@ -125,6 +125,10 @@ def test_lighton_sensor_skips_naming_the_dataset_when_the_hub_fails(hub_copy, mo
         server.faults.append(Fault(f"/api/datasets/{LIGHTON_REPO_ID}", "status", times=10))
         failed = _tick(instance, baseline.cursor)
         server.faults.clear()
+        server.faults.append(Fault(f"/api/datasets/{LIGHTON_REPO_ID}", "status", times=1))
+        server.requests.clear()
+        once = _tick(instance, failed.cursor)  # one 503, then the Hub would answer
+        listings = [p for _, p, _ in server.requests if p.startswith("/api/datasets/")]
         recovered = _tick(instance, failed.cursor)
         server.stop()
         unreachable = _tick(instance, recovered.cursor)
@@ -134,6 +138,9 @@ def test_lighton_sensor_skips_naming_the_dataset_when_the_hub_fails(hub_copy, mo
     assert not failed.run_requests
     assert failed.skip_message == f"{skip}@main: Hub request failed (HTTP 503)"
     assert failed.cursor == baseline.cursor
+    # a tick asks once (the next tick is its retry), so a slow failing Hub keeps it short
+    assert len(listings) == 1 and once.skip_message.startswith(skip)
+    assert once.cursor == baseline.cursor
     assert not recovered.run_requests and "unchanged" in recovered.skip_message
     assert not unreachable.run_requests and unreachable.skip_message.startswith(skip)
     assert unreachable.cursor == recovered.cursor
