@@ -22,7 +22,7 @@ class Table:
 
     source: str
     params: Mapping[str, Any] = field(default_factory=dict)
-    addressed: str | None = None  # the same rows plus `filename`, `file_row_number` columns
+    addressed: str | None = None  # the same rows with `file_index`, `file_row_number` columns
 
     @classmethod
     def parquet(cls, glob: str) -> Table:
@@ -30,7 +30,7 @@ class Table:
         return cls(
             "read_parquet($glob)",
             {"glob": glob},
-            "read_parquet($glob, filename = true, file_row_number = true)",
+            "(SELECT *, file_index FROM read_parquet($glob, file_row_number = true))",
         )
 
     def query(self, con: duckdb.DuckDBPyConnection, select: str, extra: Mapping[str, Any] = {}):

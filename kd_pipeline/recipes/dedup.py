@@ -6,9 +6,10 @@ copies, the row kept is the one with the highest similarity, then the first sour
 order, then the first row in file order.
 
 It streams: the first pass keeps only a 128-bit hash of the normalised pair and a row's
-address (source, file, row number) for every candidate row, never the text, so memory is
-bounded by that hash set; the second pass re-reads the rows and keeps those whose address
-won.
+address (source, file index in the glob's sorted order, row number: 40 bytes a row with
+the hash and similarity, never the text nor the file's path) for every candidate row, so
+memory is bounded by that hash set; the second pass re-reads the rows and keeps those
+whose address won.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def pair_key_sql(casefold: bool, query: str = "query", document: str = "document
 @dataclass(frozen=True)
 class DedupSource:
     """One input of a dedup: an index (its rank in spec order), a label and the SQL that
-    yields its candidate rows with `filename` and `file_row_number` columns."""
+    yields its candidate rows with `file_index` and `file_row_number` columns."""
 
     index: int
     label: str
@@ -60,27 +61,27 @@ class DedupSource:
 def build_keep_table(
     con: duckdb.DuckDBPyConnection, sources: Sequence[DedupSource], casefold: bool
 ) -> dict[str, dict[str, int]]:
-    """Create the temp table `dedup_keep(source_index, filename, file_row_number)` of the
+    """Create the temp table `dedup_keep(source_index, file_index, file_row_number)` of the
     winning rows; return how many rows each source lost to which source."""
     con.execute("DROP TABLE IF EXISTS dedup_candidates")
     con.execute(
         "CREATE TEMP TABLE dedup_candidates (pair_key UHUGEINT, similarity DOUBLE, "
-        "source_index INTEGER, filename VARCHAR, file_row_number BIGINT)"
+        "source_index INTEGER, file_index UINTEGER, file_row_number BIGINT)"
     )
     for source in sources:
         con.execute(
             f"INSERT INTO dedup_candidates SELECT {pair_key_sql(casefold)}, similarity, "
-            f"$source_index, filename, file_row_number FROM ({source.select})",
+            f"$source_index, file_index, file_row_number FROM ({source.select})",
             {**source.params, "source_index": source.index},
         )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE dedup_ranked AS SELECT *, row_number() OVER ("
-        "PARTITION BY pair_key ORDER BY similarity DESC, source_index, filename, "
+        "PARTITION BY pair_key ORDER BY similarity DESC, source_index, file_index, "
         "file_row_number) AS copy_rank FROM dedup_candidates"
     )
     con.execute("DROP TABLE dedup_candidates")
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE {KEEP_TABLE} AS SELECT source_index, filename, "
+        f"CREATE OR REPLACE TEMP TABLE {KEEP_TABLE} AS SELECT source_index, file_index, "
         "file_row_number FROM dedup_ranked WHERE copy_rank = 1"
     )
     losses = con.execute(
@@ -100,7 +101,7 @@ def kept_by_dedup_select(addressed_select: str, source_index: int) -> str:
     """Rows of an addressed SELECT that won the dedup (after build_keep_table), without
     their address columns."""
     return (
-        f"SELECT * EXCLUDE (filename, file_row_number) FROM ({addressed_select}) AS src "
+        f"SELECT * EXCLUDE (file_index, file_row_number) FROM ({addressed_select}) AS src "
         f"WHERE EXISTS (SELECT 1 FROM {KEEP_TABLE} k WHERE k.source_index = {int(source_index)} "
-        "AND k.filename = src.filename AND k.file_row_number = src.file_row_number)"
+        "AND k.file_index = src.file_index AND k.file_row_number = src.file_row_number)"
     )

@@ -235,7 +235,7 @@ def kept_rows_select(
     source: Table, knobs: FilterKnobs, threshold: float | None, *, addressed: bool = False
 ) -> tuple[str, dict[str, Any]]:
     """The SELECT of the rows the filters keep (before dedup), and its parameters; with
-    `addressed`, rows also carry `filename` and `file_row_number` (for dedup)."""
+    `addressed`, rows also carry `file_index` and `file_row_number` (for dedup)."""
     keep = (
         keep_predicate(knobs) if threshold is not None or knobs.top_percentile is None else "FALSE"
     )
