@@ -188,17 +188,24 @@ def test_uniform_mixing_picks_sources_uniformly_until_exhausted() -> None:
     assert np.flatnonzero(proportional == 0).max() > 2_000
 
 
-def _write_raw(lake: Lake, config: str, rows: list[dict]) -> None:
+def _write_raw(lake: Lake, config: str, rows: list[dict], *more_parts: list[dict]) -> None:
+    """Publish a raw partition: rows as part-0.parquet, each of more_parts as part-N, written
+    last to first (file order is the names' order, not the order of writing)."""
+    parts = [rows, *more_parts]
     with lake.stage(("lighton", "raw"), config) as staged:
-        con = duckdb.connect()
-        con.execute("CREATE TABLE t (query VARCHAR, document VARCHAR, similarity DOUBLE)")
-        con.executemany("INSERT INTO t VALUES (?, ?, ?)", [(r["q"], r["d"], r["s"]) for r in rows])
-        con.execute(
-            "COPY (SELECT md5(query) query_id, md5(document) doc_id, query, document, similarity,"
-            ' false AS "drop", CAST(NULL AS BIGINT) duplicate, CAST(NULL AS BIGINT) "index" '
-            f"FROM t) TO '{staged.path / 'part-0.parquet'}'"
-        )
-        lake.publish(staged, {"rows": len(rows)})
+        for number in reversed(range(len(parts))):
+            con = duckdb.connect()
+            con.execute("CREATE TABLE t (query VARCHAR, document VARCHAR, similarity DOUBLE)")
+            con.executemany(
+                "INSERT INTO t VALUES (?, ?, ?)", [(r["q"], r["d"], r["s"]) for r in parts[number]]
+            )
+            target = staged.path / f"part-{number}.parquet"
+            con.execute(
+                "COPY (SELECT md5(query) query_id, md5(document) doc_id, query, document, "
+                'similarity, false AS "drop", CAST(NULL AS BIGINT) duplicate, '
+                f"CAST(NULL AS BIGINT) \"index\" FROM t) TO '{target}'"
+            )
+        lake.publish(staged, {"rows": sum(len(p) for p in parts)})
 
 
 @pytest.mark.parametrize("casefold", [False, True])
@@ -280,6 +287,30 @@ def test_filter_dedup_within_a_partition(lake_dir, tmp_path) -> None:
             "SELECT query, similarity FROM read_parquet($g)", {"g": str(out / "*.parquet")}
         ).fetchall()
     ) == [("a ", 2.0), ("b", 1.0)]
+
+
+def test_dedup_ties_keep_the_first_file_then_the_first_row(lake_dir, tmp_path) -> None:
+    from kd_pipeline.recipes.filters import apply_filter
+
+    lake = Lake(lake_dir)
+    _write_raw(
+        lake,
+        "agnews",
+        [{"q": "other", "d": "y", "s": 1.0}, {"q": "a", "d": "x", "s": 2.0}],  # part-0
+        [{"q": "a ", "d": "x", "s": 2.0}, {"q": " a", "d": "x", "s": 2.0}],  # part-1
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    apply_filter(
+        duckdb.connect(),
+        Table.parquet(lake.parquet_glob(("lighton", "raw"), "agnews")),
+        FilterKnobs(dedup=True),
+        out,
+    )
+    kept = duckdb.execute(
+        "SELECT query FROM read_parquet($g)", {"g": str(out / "*.parquet")}
+    ).fetchall()
+    assert sorted(kept) == [("a",), ("other",)]  # part-0's row 1 beats part-1's row 0
 
 
 def test_prepare_reuses_what_is_published(shared: dict) -> None:
