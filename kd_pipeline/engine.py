@@ -35,6 +35,15 @@ def default_duckdb_resource() -> DuckDBResource:
     return DuckDBResource(database=":memory:")
 
 
+def parquet_options() -> str:
+    """The COPY options of every Parquet file the pipeline writes: zstd at the configured
+    level, row groups of 100k rows."""
+    return (
+        f"FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL {settings.zstd_level()}, "
+        "ROW_GROUP_SIZE 100000"
+    )
+
+
 def copy_parquet(
     con: duckdb.DuckDBPyConnection,
     select: str,
@@ -47,8 +56,8 @@ def copy_parquet(
     if not re.fullmatch(r"[A-Za-z0-9_-]*", filename_prefix):
         raise ValueError(f"unsafe file name prefix {filename_prefix!r}")
     (rows,) = con.execute(
-        f"COPY ({select}) TO {quote_literal(str(out_dir))} (FORMAT parquet, COMPRESSION zstd, "
-        "ROW_GROUP_SIZE 100000, FILE_SIZE_BYTES '512MB', "
+        f"COPY ({select}) TO {quote_literal(str(out_dir))} ({parquet_options()}, "
+        "FILE_SIZE_BYTES '512MB', "
         f"FILENAME_PATTERN '{filename_prefix}part-{{i}}', OVERWRITE_OR_IGNORE true)",
         params or {},
     ).fetchall()[0]

@@ -21,6 +21,8 @@ SOURCE_ENV = "KD_PIPELINE_SOURCE"
 SAMPLE_ROWS_ENV = "KD_PIPELINE_SAMPLE_ROWS"
 MEMORY_LIMIT_ENV = "KD_PIPELINE_DUCKDB_MEMORY"
 THREADS_ENV = "KD_PIPELINE_DUCKDB_THREADS"
+ZSTD_LEVEL_ENV = "KD_PIPELINE_ZSTD_LEVEL"
+DEFAULT_ZSTD_LEVEL = 3  # DuckDB's own default
 ZENODO_API_ENV = "KD_PIPELINE_ZENODO_API"
 DEFAULT_ZENODO_API = "https://zenodo.org/api"
 
@@ -90,6 +92,17 @@ def duckdb_threads() -> int:
     """Per-step DuckDB threads (default: all cores)."""
     raw = os.environ.get(THREADS_ENV, "").strip()
     return int(raw) if raw.isdigit() and int(raw) > 0 else (os.cpu_count() or 1)
+
+
+def zstd_level() -> int:
+    """The zstd level of every Parquet file the pipeline writes (`KD_PIPELINE_ZSTD_LEVEL`,
+    1-22, default 3): 1 writes about a third faster for files about a sixth larger."""
+    raw = os.environ.get(ZSTD_LEVEL_ENV, "").strip()
+    if not raw:
+        return DEFAULT_ZSTD_LEVEL
+    if not raw.isdigit() or not 1 <= int(raw) <= 22:
+        raise ValueError(f"{ZSTD_LEVEL_ENV}={raw!r}: expected a zstd level from 1 to 22")
+    return int(raw)
 
 
 def hf_endpoint() -> str | None:

@@ -474,3 +474,28 @@ def test_a_reader_holding_the_old_catalog_does_not_block_a_rebuild(lake_dir: Pat
         if reader.poll() is None:
             reader.kill()
             reader.wait()
+
+
+def test_zstd_level_is_a_knob_and_a_bad_one_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from kd_pipeline.engine import copy_parquet
+
+    con = duckdb.connect()
+    texts = (
+        "SELECT 'doc ' || (i % 977) || ' ' || repeat(md5((i % 131)::VARCHAR), 4) AS t "
+        "FROM range(50000) r(i)"
+    )
+    sizes = {}
+    for level in ("1", "19"):
+        monkeypatch.setenv("KD_PIPELINE_ZSTD_LEVEL", level)
+        out = tmp_path / level
+        out.mkdir()
+        assert copy_parquet(con, texts, out) == 50_000
+        sizes[level] = sum(p.stat().st_size for p in out.glob("*.parquet"))
+        codecs = con.execute(
+            "SELECT DISTINCT compression FROM parquet_metadata($g)", {"g": str(out / "*.parquet")}
+        ).fetchall()
+        assert codecs == [("ZSTD",)]
+    assert sizes["19"] < sizes["1"]
+    monkeypatch.setenv("KD_PIPELINE_ZSTD_LEVEL", "fast")
+    with pytest.raises(ValueError, match="KD_PIPELINE_ZSTD_LEVEL='fast'"):
+        copy_parquet(con, texts, tmp_path / "bad")

@@ -27,6 +27,7 @@ from kd_pipeline.checks.rules import (
     not_empty,
     schema_is,
 )
+from kd_pipeline.engine import parquet_options
 from kd_pipeline.exports.candidates import CANDIDATES
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
 from kd_pipeline.lake import quote_literal
@@ -93,8 +94,7 @@ def write_run(run: ExportRun) -> Written:
     )
     parquet = run.out / f"{stem}.parquet"
     ((rows,),) = run.con.execute(
-        f"COPY ({select}) TO {quote_literal(str(parquet))} "
-        "(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000)"
+        f"COPY ({select}) TO {quote_literal(str(parquet))} ({parquet_options()})"
     ).fetchall()
     files = {parquet.name: int(rows)}
     if knobs.trec:
