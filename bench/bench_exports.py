@@ -35,13 +35,13 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -104,13 +104,13 @@ def run_ours_export(spec: dict[str, Any]) -> dict[str, Any]:
     from kd_pipeline.exports.sources import ExportSource
     from kd_pipeline.exports.splade import SpladeKnobs, write_splade
 
-    con = _duckdb_connection(spec)
+    con = harness.duckdb_connection(spec)
     out, scratch = Path(spec["out"]), Path(spec["out"] + "-scratch")
     out.mkdir(parents=True)
     scratch.mkdir(parents=True)
     source = ExportSource(dg.AssetKey(["bench", "listwise"]), "listwise", None)
     texts = TextGlobs(spec["inputs"]["queries"], spec["inputs"]["documents"], True)
-    began = _mark()
+    began = harness.mark()
     counts = prepare_candidates(
         con, source, spec["inputs"]["candidates"], texts, Selection(), needs_positives=True
     )
@@ -126,7 +126,7 @@ def run_ours_export(spec: dict[str, Any]) -> dict[str, Any]:
         "listwise",
     )
     written = write_splade(run)
-    result = _done(began, queries=counts["queries"], files=written.files)
+    result = harness.done(began, queries=counts["queries"], files=written.files)
     result["audit_seconds"] = written.counts["audit_seconds"]
     result["json_seconds"] = written.counts.get("json_seconds", 0.0)
     result["gzip_seconds"] = written.counts.get("gzip_seconds", 0.0)
@@ -149,7 +149,7 @@ def run_python_export(spec: dict[str, Any]) -> dict[str, Any]:
         for path in sorted(Path(glob).parent.glob("*.parquet")):
             yield from pq.ParquetFile(path).iter_batches(batch_size=65536, columns=columns)
 
-    began = _mark()
+    began = harness.mark()
     positives: dict[str, list[str]] = {}
     scores: dict[str, list[tuple[str, float]]] = {}
     for batch in batches(
@@ -192,17 +192,17 @@ def run_python_export(spec: dict[str, Any]) -> dict[str, Any]:
             ranked = sorted(scores[q], key=lambda pair: (-pair[1], pair[0]))
             row = {"qid": int(q), "scores": {d: s for d, s in ranked if d in doc_text}}
             f.write(json.dumps(row) + "\n")
-    return _done(began, queries=len(kept))
+    return harness.done(began, queries=len(kept))
 
 
 def run_ours_validate(spec: dict[str, Any]) -> dict[str, Any]:
     from kd_pipeline.checks.splade import validate_folder
 
-    con = _duckdb_connection(spec)
-    began = _mark()
+    con = harness.duckdb_connection(spec)
+    began = harness.mark()
     verdicts = validate_folder(con, Path(spec["folder"]))
     failed = sorted(r.name for r, o in verdicts if not o.passed)
-    return _done(began, failed=failed)
+    return harness.done(began, failed=failed)
 
 
 def run_python_validate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +219,7 @@ def run_python_validate(spec: dict[str, Any]) -> dict[str, Any]:
     def entry(stem: str) -> Path:
         return next(p for p in (root / f"{stem}.ndjson", root / f"{stem}.ndjson.gz") if p.exists())
 
-    began = _mark()
+    began = harness.mark()
     queries = {r["qid"]: r["text"] for r in rows(entry("train/query_master"))}
     docs = {r["doc_id"]: r["text"] for r in rows(entry("train/doc_master"))}
     positives = {r["qid"]: r["positive_doc_ids"] for r in rows(entry("train/positive_lists"))}
@@ -246,7 +246,7 @@ def run_python_validate(spec: dict[str, Any]) -> dict[str, Any]:
             failed.add("queries_have_negative")
         if any(d not in scores[q] for d in ds):
             failed.add("positive_pairs_scored")
-    return _done(began, failed=sorted(failed))
+    return harness.done(began, failed=sorted(failed))
 
 
 def run_light_splade_validate(spec: dict[str, Any]) -> dict[str, Any]:
@@ -258,53 +258,14 @@ def run_light_splade_validate(spec: dict[str, Any]) -> dict[str, Any]:
 
     logging.disable(logging.INFO)
     root = Path(spec["folder"])
-    began = _mark()
+    began = harness.mark()
     TripletDistilDataset(
         root / "train" / "query_master.ndjson",
         root / "train" / "doc_master.ndjson",
         root / "train" / "positive_lists.ndjson",
         next(root.glob("hard-negatives-cross-encoder-scores.ndjson*")),
     )
-    return _done(began, failed=[])
-
-
-def _duckdb_connection(spec: dict[str, Any]):
-    """A connection with the same settings as kd_pipeline.engine.engine_connection."""
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET memory_limit = ?", [spec["memory_limit"]])
-    con.execute("SET threads = ?", [spec["threads"]])
-    con.execute("SET temp_directory = ?", [spec["temp_dir"]])
-    con.execute("SET preserve_insertion_order = true")
-    return con
-
-
-def _peak_mib() -> float:
-    """VmHWM (ru_maxrss is inherited from the parent through fork + exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _mark() -> tuple[float, float, float]:
-    return time.perf_counter(), _peak_mib(), _cpu()
-
-
-def _done(began: tuple[float, float, float], **fields: Any) -> dict[str, Any]:
-    return {
-        "seconds": time.perf_counter() - began[0],
-        "cpu_seconds": _cpu() - began[2],
-        "base_mib": began[1],
-        "peak_mib": _peak_mib(),
-        **fields,
-    }
+    return harness.done(began, failed=[])
 
 
 CHILD_RUNNERS = {
@@ -316,31 +277,9 @@ CHILD_RUNNERS = {
 }
 
 
-def child_main(spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    result = CHILD_RUNNERS[spec["kind"]](spec)
-    Path(spec["result"]).write_text(json.dumps(result, default=str))
-
-
 # ---- the parent ----------------------------------------------------------------------------
 def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    result_path = workdir / "child-result.json"
-    result_path.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    began = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps({**spec, "result": str(result_path)})],
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"variant {spec['name']} failed (exit {proc.returncode})")
-    result = json.loads(result_path.read_text())
-    result["child_wall_seconds"] = time.perf_counter() - began
-    return result
+    return harness.run_child(__file__, spec, workdir)
 
 
 def content_digest(folder: Path) -> dict[str, str]:
@@ -375,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child)
+        harness.child_main(args.child, CHILD_RUNNERS)
         return 0
 
     workdir = args.workdir.resolve()

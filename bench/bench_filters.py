@@ -30,14 +30,14 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
-import subprocess
 import sys
 import time
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -183,18 +183,6 @@ def warm_page_cache(folder: Path) -> int:
 
 
 # ---- the variants (each runs in a child process) -----------------------------------------
-def _duckdb_connection(spec: dict[str, Any]):
-    """A connection with the same settings as kd_pipeline.engine.engine_connection."""
-    import duckdb
-
-    con = duckdb.connect()
-    con.execute("SET memory_limit = ?", [spec["memory_limit"]])
-    con.execute("SET threads = ?", [spec["threads"]])
-    con.execute("SET temp_directory = ?", [spec["temp_dir"]])
-    con.execute("SET preserve_insertion_order = true")
-    return con
-
-
 def _sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -203,19 +191,19 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from kd_pipeline.checks.rules import Table
     from kd_pipeline.recipes.filters import FilterKnobs, apply_filter
 
-    con = _duckdb_connection(spec)
+    con = harness.duckdb_connection(spec)
     knobs = FilterKnobs(top_percentile=spec["top"])
     source = Table("read_parquet($g)", {"g": spec["glob"]})
-    began = _mark()
+    began = harness.mark()
     result = apply_filter(con, source, knobs, Path(spec["out"]))
-    return _done(began, rows_out=result.counts["rows_out"], threshold=result.threshold)
+    return harness.done(began, rows_out=result.counts["rows_out"], threshold=result.threshold)
 
 
 def run_duckdb_copy(spec: dict[str, Any]) -> dict[str, Any]:
-    con = _duckdb_connection(spec)
+    con = harness.duckdb_connection(spec)
     source = f"read_parquet({_sql_literal(spec['glob'])})"
     eligible = 'NOT "drop" AND duplicate IS NULL'
-    began = _mark()
+    began = harness.mark()
     where, threshold = eligible, None
     if spec["top"] is not None:
         (n,) = con.execute(f"SELECT count(*) FROM {source} WHERE {eligible}").fetchone()
@@ -229,7 +217,7 @@ def run_duckdb_copy(spec: dict[str, Any]) -> dict[str, Any]:
         f"COPY (SELECT * FROM {source} WHERE {where}) TO {_sql_literal(spec['out'])} "
         "(FORMAT parquet, COMPRESSION zstd)"
     ).fetchone()
-    return _done(began, rows_out=rows_out, threshold=threshold)
+    return harness.done(began, rows_out=rows_out, threshold=threshold)
 
 
 def run_python(spec: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +242,7 @@ def run_python(spec: dict[str, Any]) -> dict[str, Any]:
     def eligible(row) -> bool:
         return not row["drop"] and row["duplicate"] is None
 
-    began = _mark()
+    began = harness.mark()
     threshold = None
     if spec["top"] is not None:
         # pass 1 (reads only the three small columns, which favours this baseline)
@@ -284,75 +272,18 @@ def run_python(spec: dict[str, Any]) -> dict[str, Any]:
         if pending:
             writer.write_table(pa.Table.from_pylist(pending, schema))
             kept += len(pending)
-    return _done(began, rows_out=kept, threshold=threshold)
-
-
-def _peak_mib() -> float:
-    """Peak RSS of this process image. VmHWM, not ru_maxrss: Linux carries ru_maxrss over
-    from the parent through fork + exec, so a child would report the parent's peak."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _mark() -> tuple[float, float]:
-    return time.perf_counter(), _peak_mib()
-
-
-def _done(began: tuple[float, float], **fields: Any) -> dict[str, Any]:
-    seconds = time.perf_counter() - began[0]
-    return {"seconds": seconds, "base_mib": began[1], "peak_mib": _peak_mib(), **fields}
+    return harness.done(began, rows_out=kept, threshold=threshold)
 
 
 CHILD_RUNNERS = {"ours": run_ours, "duckdb-copy": run_duckdb_copy, "python": run_python}
 
 
-def child_main(spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    result = CHILD_RUNNERS[spec["kind"]](spec)
-    Path(spec["result"]).write_text(json.dumps(result))
-
-
 # ---- the parent: run children, check, report ---------------------------------------------
 def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
-    remove(Path(spec["out"]))
-    result_path = workdir / "child-result.json"
-    result_path.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    began = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps({**spec, "result": str(result_path)})],
-        env=env,
-        check=False,
-    )
-    wall = time.perf_counter() - began
-    if proc.returncode != 0:
-        raise SystemExit(f"variant {spec['name']} failed (exit {proc.returncode})")
-    result = json.loads(result_path.read_text())
-    result["child_wall_seconds"] = wall
-    result["rows_written"] = count_rows(Path(spec["out"]))
+    harness.remove(Path(spec["out"]))
+    result = harness.run_child(__file__, spec, workdir)
+    result["rows_written"] = harness.count_rows(Path(spec["out"]))
     return result
-
-
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-def count_rows(out: Path) -> int:
-    import pyarrow.parquet as pq
-
-    files = [out] if out.is_file() else sorted(out.rglob("*.parquet"))
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def expected_subset(folder: Path, limit: int, top: float | None) -> tuple[int, float | None]:
@@ -403,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child)
+        harness.child_main(args.child, CHILD_RUNNERS)
         return 0
 
     workdir = args.workdir.resolve()
@@ -482,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             run["load_before"] = load
             runs[name].append(run)
             if not args.keep:
-                remove(Path(spec["out"]))
+                harness.remove(Path(spec["out"]))
     for name, _spec, rows, _repeats in plan:
         best = dict(min(runs[name], key=lambda r: r["seconds"]))
         best.update(

@@ -35,12 +35,12 @@ import json
 import os
 import platform
 import resource
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import harness
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -257,45 +257,14 @@ CHILD_RUNNERS = {
 }
 
 
-def child_main(spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    result = CHILD_RUNNERS[spec["kind"]](spec)
-    out = Path(spec["out"])
-    if out.exists():  # counted after the peak was taken: the check costs no measured memory
-        import duckdb
-
-        glob = str(out / "*.parquet") if out.is_dir() else str(out)
-        (result["rows_written"],) = duckdb.execute(
-            "SELECT count(*) FROM read_parquet($g)", {"g": glob}
-        ).fetchone()
-    Path(spec["result"]).write_text(json.dumps(result))
-
-
 # ---- the parent: run children, check, report ---------------------------------------------
-def remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     out = Path(spec["out"])
-    remove(out)
-    result_path = workdir / "child-result.json"
-    result_path.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps({**spec, "result": str(result_path)})],
-        env=env,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"variant {spec['name']} failed (exit {proc.returncode})")
-    return json.loads(result_path.read_text())
+    harness.remove(out)
+    result = harness.run_child(__file__, spec, workdir)
+    if out.exists():  # counted by the parent: the check costs the child no memory
+        result["rows_written"] = harness.count_rows(out)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -312,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child)
+        harness.child_main(args.child, CHILD_RUNNERS)
         return 0
 
     workdir = args.workdir.resolve()
@@ -352,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             run["load_before"] = load
             runs[name].append(run)
             if not args.keep:
-                remove(out)
+                harness.remove(out)
 
     results: dict[str, dict[str, Any]] = {}
     for name, _spec, lines, _repeats in plan:

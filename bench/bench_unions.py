@@ -55,7 +55,6 @@ import platform
 import random
 import re
 import shutil
-import subprocess
 import sys
 import time
 import unicodedata
@@ -64,16 +63,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from bench_filters import (
-    ZSTD_LEVEL,
-    _corpus,
-    _done,
-    _duckdb_connection,
-    _mark,
-    _slices,
-    remove,
-    warm_page_cache,
-)
+import harness
+from bench_filters import ZSTD_LEVEL, _corpus, _slices, warm_page_cache
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -251,16 +242,16 @@ def union_spec(variant: str):
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from kd_pipeline.recipes.unions import build_union, plan_sources
 
-    con = _duckdb_connection(spec)
+    con = harness.duckdb_connection(spec)
     union = union_spec(spec["variant"])
     out, scratch = Path(spec["out"]), Path(spec["scratch"])
     out.mkdir(parents=True)
     scratch.mkdir(parents=True)
-    began = _mark()
+    began = harness.mark()
     plans = plan_sources(con, union, spec["globs"])
     planned = time.perf_counter()
     built = build_union(con, union, plans, out, scratch)
-    return _done(
+    return harness.done(
         began,
         rows_in=sum(p.counts["rows_in"] for p in plans),
         rows_out=built["rows"],
@@ -358,7 +349,7 @@ class _Writer:
 def run_python_concat(spec: dict[str, Any]) -> dict[str, Any]:
     union = union_spec(spec["variant"])
     sources = [(c, g, _files(spec["globs"][c])) for c, g in union.sources()]
-    began = _mark()
+    began = harness.mark()
     writer = _Writer(Path(spec["out"]), sources[0][2][0])
     rows_in = 0
     for config, group, files in sources:
@@ -370,7 +361,7 @@ def run_python_concat(spec: dict[str, Any]) -> dict[str, Any]:
                 row["position"] = writer.rows + len(writer.pending)
                 writer.write(row)
     rows_out = writer.close()
-    return _done(began, rows_in=rows_in, rows_out=rows_out)
+    return harness.done(began, rows_in=rows_in, rows_out=rows_out)
 
 
 def _shuffled(rows: Iterator[dict], rng: random.Random, buffer: int) -> Iterator[dict]:
@@ -395,7 +386,7 @@ def _shuffled(rows: Iterator[dict], rng: random.Random, buffer: int) -> Iterator
 def run_python_seeded(spec: dict[str, Any]) -> dict[str, Any]:
     union = union_spec(spec["variant"])
     sources = [(c, g, _files(spec["globs"][c])) for c, g in union.sources()]
-    began = _mark()
+    began = harness.mark()
     counted = {"rows_in": 0}
 
     def kept(config: str, group, files: list[str], threshold) -> Iterator[dict]:
@@ -427,7 +418,7 @@ def run_python_seeded(spec: dict[str, Any]) -> dict[str, Any]:
         row["position"] = writer.rows + len(writer.pending)
         writer.write(row)
     rows_out = writer.close()
-    return _done(began, rows_in=counted["rows_in"], rows_out=rows_out)
+    return harness.done(began, rows_in=counted["rows_in"], rows_out=rows_out)
 
 
 _WHITESPACE = re.compile(r"[\t\n\f\r ]+")
@@ -440,7 +431,7 @@ def _normalised(text: str) -> str:
 def run_python_dedup(spec: dict[str, Any]) -> dict[str, Any]:
     union = union_spec(spec["variant"])
     sources = [(c, g, _files(spec["globs"][c])) for c, g in union.sources()]
-    began = _mark()
+    began = harness.mark()
     # pass 1: key -> (similarity, source, row) of the best copy so far; sources and rows come
     # in order, so only a strictly higher similarity replaces the kept copy
     best: dict[bytes, tuple[float, int, int]] = {}
@@ -470,7 +461,7 @@ def run_python_dedup(spec: dict[str, Any]) -> dict[str, Any]:
                 row["position"] = writer.rows + len(writer.pending)
                 writer.write(row)
     rows_out = writer.close()
-    return _done(began, rows_in=rows_in, rows_out=rows_out, pass1_seconds=pass1)
+    return harness.done(began, rows_in=rows_in, rows_out=rows_out, pass1_seconds=pass1)
 
 
 CHILD_RUNNERS = {
@@ -481,34 +472,12 @@ CHILD_RUNNERS = {
 }
 
 
-def child_main(spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    result = CHILD_RUNNERS[spec["kind"]](spec)
-    Path(spec["result"]).write_text(json.dumps(result))
-
-
 # ---- the parent: run children, check, report ---------------------------------------------
 def run_child(spec: dict[str, Any], workdir: Path) -> dict[str, Any]:
     for key in ("out", "scratch"):
         if key in spec:
-            remove(Path(spec[key]))
-    result_path = workdir / "child-result.json"
-    result_path.unlink(missing_ok=True)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    began = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps({**spec, "result": str(result_path)})],
-        env=env,
-        check=False,
-    )
-    wall = time.perf_counter() - began
-    if proc.returncode != 0:
-        raise SystemExit(f"variant {spec['name']} failed (exit {proc.returncode})")
-    result = json.loads(result_path.read_text())
-    result["child_wall_seconds"] = wall
+            harness.remove(Path(spec[key]))
+    result = harness.run_child(__file__, spec, workdir)
     result["output"] = summarise(Path(spec["out"]))
     return result
 
@@ -557,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child_main(args.child)
+        harness.child_main(args.child, CHILD_RUNNERS)
         return 0
 
     workdir = args.workdir.resolve()
@@ -628,9 +597,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             runs_of[name].append(run)
             if not args.keep:
-                remove(Path(spec["out"]))
+                harness.remove(Path(spec["out"]))
             if "scratch" in spec:
-                remove(Path(spec["scratch"]))
+                harness.remove(Path(spec["scratch"]))
     results: dict[str, dict[str, Any]] = {}
     for name, *_ in plan:
         best = dict(min(runs_of[name], key=lambda r: r["seconds"]))
