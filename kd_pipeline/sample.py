@@ -62,10 +62,10 @@ def write_sample_mirror(out: Path, rows_per_config: int = DEFAULT_ROWS_PER_CONFI
     _write_rank_distillm(out)
     _write_beir_fiqa(out)
     _write_fiqa(out)
-    upstream.declare_stand_in_checksums(
+    declared = upstream.declare_stand_in_checksums(
         out, upstream.all_upstream_urls(), "kd-pipeline synthetic sample"
     )
-    upstream.declare_stand_in_records(out)
+    upstream.declare_stand_in_records(out, declared)
     return out
 
 

@@ -329,12 +329,6 @@ def load_splade(
     con.execute(f"DROP TABLE IF EXISTS {t.staging}")
     for derived in _DERIVED_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {t.prefix}{derived}")
-    ((attached,),) = con.execute(  # fetchall: a half-read result blocks the connection
-        "SELECT count(*) FROM duckdb_databases() WHERE database_name = $db", {"db": SCRATCH_DB}
-    ).fetchall()
-    if attached:
-        for lines in ("gz_lines", "score_lines"):
-            con.execute(f"DROP TABLE IF EXISTS {SCRATCH_DB}.{t.prefix}{lines}")
     return t
 
 
@@ -356,7 +350,10 @@ def _stage(
         if pending is None and any(p.name.endswith(".gz") for p in files):
             pending = _GzipLines(con, f"{t.prefix}gz_lines", files)
         if pending is not None:
-            con.execute(create + select.replace("{lines}", pending.wait()))
+            try:
+                con.execute(create + select.replace("{lines}", pending.wait()))
+            finally:  # the decompressed text is not needed once staged
+                con.execute(f"DROP TABLE IF EXISTS {pending.table}")
         else:
             _with_long_lines(
                 lambda mib: con.execute(
@@ -372,12 +369,14 @@ def _stage(
                 {"f": str(path), "s": split, "p": f"cannot be read: {reason}"},
             )
         return None
-    con.execute(
-        f"INSERT INTO {t.lines} SELECT file, $s, count(*) FROM {t.staging} GROUP BY file",
-        {"s": split},
-    )
-    ((slow,),) = con.execute(f"SELECT count(*) FROM {t.staging} WHERE NOT fast_ok").fetchall()
-    return int(slow)
+    per_file = con.execute(
+        f"SELECT file, count(*), count_if(NOT fast_ok) FROM {t.staging} GROUP BY file"
+    ).fetchall()
+    if per_file:  # none for empty files
+        con.executemany(
+            f"INSERT INTO {t.lines} VALUES (?, ?, ?)", [(f, split, n) for f, n, _ in per_file]
+        )
+    return sum(int(slow) for _, _, slow in per_file)
 
 
 def _plain_lines(files: Sequence[Path], max_line_mib: int) -> str:

@@ -339,11 +339,11 @@ def declare_stand_in_checksums(
     return sums
 
 
-def declare_stand_in_records(mirror: Path) -> list[Path]:
+def declare_stand_in_records(mirror: Path, declared: Mapping[str, str]) -> list[Path]:
     """Write each Zenodo record's metadata where a mirror keeps it
     (`url/zenodo.org/api/records/<id>`), in Zenodo's shape, listing the md5s of the
     mirror's own files: the change sensor then reads a stand-in mirror (the sample) as it
-    reads Zenodo, and a file changed in the mirror is a changed checksum."""
+    reads Zenodo. declared: url -> md5, as declare_stand_in_checksums returns."""
     by_record: dict[str, list[ZenodoFile]] = {}
     for zenodo_file in (*HOFSTAETTER_FILES.values(), *RUN_VARIANTS.values()):
         by_record.setdefault(zenodo_file.record, []).append(zenodo_file)
@@ -352,7 +352,7 @@ def declare_stand_in_records(mirror: Path) -> list[Path]:
         entries = []
         for zenodo_file in files:
             path = mirror_path_for_url(mirror, zenodo_file.url)
-            checksum = f"md5:{file_md5(path)}"
+            checksum = f"md5:{declared[url_key(zenodo_file.url)]}"
             entries.append(
                 {"key": zenodo_file.file, "checksum": checksum, "size": path.stat().st_size}
             )
