@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+import datasets  # a test dependency: the consumer of the Parquet and JSONL exports
 import duckdb
 import pytest
 
@@ -226,7 +227,6 @@ def test_selection_counts_what_was_dropped(sample: SampleExports) -> None:
 
 # ---- Parquet formats in `datasets` ---------------------------------------------------------
 def load_parquet(folder: Path, pattern: str = "*.parquet"):
-    datasets = pytest.importorskip("datasets")
     return datasets.load_dataset(
         "parquet", data_files=str(folder.resolve() / pattern), split="train"
     )
@@ -324,7 +324,6 @@ def test_pointwise_lighton_pairs(sample: SampleExports) -> None:
 
 
 def test_tevatron_jsonl_loads_with_a_score_on_every_passage(sample: SampleExports) -> None:
-    datasets = pytest.importorskip("datasets")
     root = sample.path("exports/tevatron/fiqa")
     rows = datasets.load_dataset(
         "json", data_files=str(root.resolve() / "train.jsonl"), split="train"
