@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import secrets
 import shutil
 import stat
 import tarfile
+import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +36,7 @@ import duckdb
 
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.lake import quote_literal
+from kd_pipeline.lines import LineCensus, take_census, write_clean_copy
 
 REPORTED_LINES = 5
 _WHITESPACE = quote_literal(" \t\x0b\x0c\r")
@@ -297,6 +300,76 @@ def append_parquet(
     return rows
 
 
+MAX_LINE_BYTES = 8 << 20  # longer lines are rejected by the census (no upstream row nears it)
+
+
+def max_fields(fmt: DelimitedFormat) -> int:
+    """The most fields a line of fmt may have before the census rejects it unparsed: far
+    more than any padded line, far fewer than makes the engine's reject table blow up."""
+    return 4 * len(fmt.columns) + 16
+
+
+def _census(path: Path, label: str, delimiters: bytes, runs: bool, fields: int) -> LineCensus:
+    try:
+        return take_census(
+            path, delimiters=delimiters, max_bytes=MAX_LINE_BYTES, max_fields=fields, runs=runs
+        )
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ParseError(f"{label}: cannot be read ({type(exc).__name__}: {exc})") from None
+
+
+@contextlib.contextmanager
+def engine_input(
+    path: Path, census: LineCensus, scratch: Path, *, force: bool = False
+) -> Iterator[Path]:
+    """path itself, or (when the census found lines to keep from the engine, or mixed line
+    ends, or force) a cleaned copy in scratch, removed on exit."""
+    if not (force or census.needs_clean_copy()):
+        yield path
+        return
+    folder = Path(tempfile.mkdtemp(prefix=".clean-", dir=scratch))
+    try:
+        target = folder / path.name
+        write_clean_copy(path, census, target)
+        yield target
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _census_report(
+    label: str, fmt_name: str, census: LineCensus, extra: dict[str, Any]
+) -> ParseReport:
+    """A file refused unparsed: too many lines the census rejected to blank them all."""
+    return ParseReport(
+        file=label,
+        format=fmt_name,
+        rows=0,
+        malformed_lines=census.rejected,
+        examples=tuple(f"{label}:{n}: {why}" for n, why in census.examples),
+        extra={**census_metadata(census), **extra},
+    )
+
+
+def census_metadata(census: LineCensus) -> dict[str, Any]:
+    """What a census adds to a parse report's metadata."""
+    return {
+        "lines_in_file": census.lines,
+        "blank_lines": census.blank_lines,
+        "first_blank_lines": census.first_blank,
+        "crlf_lines": census.crlf_lines,
+    }
+
+
+def _unaccounted(label: str, census: LineCensus, expected: int, read: int) -> list[str]:
+    """The reconciliation of lines and rows, as a report line when they disagree."""
+    if read == expected:
+        return []
+    return [
+        f"{label}: {census.lines} lines, of which {expected} should be rows or rejects, but "
+        f"the reader returned {read}: {abs(expected - read)} line(s) unaccounted for"
+    ]
+
+
 def copy_delimited(
     con: duckdb.DuckDBPyConnection,
     path: Path,
@@ -306,55 +379,138 @@ def copy_delimited(
     *,
     label: str | None = None,
     params: Mapping[str, Any] | None = None,
+    filtered: bool = False,
 ) -> ParseReport:
     """Parse path as fmt and stream `select` (SQL reading the parsed rows as `{rows}`) into
-    out_dir as Parquet. Returns what was read, including every line that did not parse."""
+    out_dir as Parquet. Returns what was read, including every line that did not parse.
+
+    Every line of the file ends up as a row, a blank line (counted), or a malformed line
+    (counted, the first few named `<file>:<line>: <reason>`): the census rejects lines too
+    long or too wide for the engine, the engine's rejects table holds the rest, and the
+    rows read are reconciled with the file's line count (a difference is a malformed entry).
+    filtered: select drops rows (a WHERE), so the rows read are counted separately.
+    Line ends may be LF, CRLF or a mix of both.
+    """
     label = label or path.name
     delimiter = fmt.delimiter or detect_delimiter(path)
     skip = 1 if _has_header(path, fmt) else 0
+    separators = b"\t " if fmt.any_whitespace else delimiter.encode()
+    census = _census(path, label, separators, fmt.any_whitespace, max_fields(fmt))
+    extra = {"delimiter": "tab" if delimiter == "\t" else "space", "header_skipped": bool(skip)}
+    if census.rejected > len(census.rejected_numbers):
+        return _census_report(label, fmt.name, census, extra)
     rejects = f"kd_rejects_{secrets.token_hex(4)}"
-    source = read_csv_sql(path, fmt, delimiter, skip, rejects)
-    if fmt.any_whitespace:  # fields hold no whitespace: padding around a separator is one
-        fields = ", ".join(_unpadded(n) if t == "VARCHAR" else n for n, t in fmt.columns)
-        source = f"(SELECT {fields} FROM {source})"
-    try:
-        rows = copy_parquet(con, select.replace("{rows}", source), out_dir, params)
-        lines = (
-            f"(SELECT line, any_value(csv_line) AS csv_line FROM {rejects}_errors GROUP BY line)"
-        )
-        recovered_lines = 0
-        if fmt.any_whitespace:
-            resplit = _resplit_sql(fmt, lines)
-            (recovered_lines,) = con.execute(f"SELECT count(*) FROM {resplit}").fetchall()[0]
-            if recovered_lines:
-                rows += append_parquet(
-                    con, select.replace("{rows}", resplit), out_dir, "resplit", params
+    with engine_input(path, census, out_dir.parent) as readable:
+        source = read_csv_sql(readable, fmt, delimiter, skip, rejects)
+        if fmt.any_whitespace:  # fields hold no whitespace: padding around a separator is one
+            fields = ", ".join(_unpadded(n) if t == "VARCHAR" else n for n, t in fmt.columns)
+            source = f"(SELECT {fields} FROM {source})"
+        try:
+            rows = _run_engine(
+                con,
+                copy_parquet,
+                select.replace("{rows}", source),
+                out_dir,
+                params,
+                label,
+                readable,
+            )
+            first_pass = rows
+            if filtered:
+                every = ", ".join(n for n, _ in fmt.columns)
+                (first_pass,) = _run_engine(
+                    con,
+                    _fetch_one,
+                    f"SELECT count(hash({every})) FROM {source}",
+                    None,
+                    None,
+                    label,
+                    readable,
                 )
-            bad = f"line NOT IN (SELECT line FROM {resplit})"
-        else:
-            bad = "true"
-        (malformed,) = con.execute(
-            f"SELECT count(DISTINCT line) FROM {rejects}_errors WHERE {bad}"
-        ).fetchall()[0]
-        examples = con.execute(
-            f"SELECT line, arg_min(error_message, column_idx) FROM {rejects}_errors "
-            f"WHERE {bad} GROUP BY line ORDER BY line LIMIT {REPORTED_LINES}"
-        ).fetchall()
-    finally:
-        con.execute(f"DROP TABLE IF EXISTS {rejects}_errors")
-        con.execute(f"DROP TABLE IF EXISTS {rejects}_scans")
+            lines = (
+                f"(SELECT line, any_value(csv_line) AS csv_line FROM {rejects}_errors "
+                "GROUP BY line)"
+            )
+            recovered_lines = 0
+            if fmt.any_whitespace:
+                resplit = _resplit_sql(fmt, lines)
+                (recovered_lines,) = con.execute(f"SELECT count(*) FROM {resplit}").fetchall()[0]
+                if recovered_lines:
+                    rows += append_parquet(
+                        con, select.replace("{rows}", resplit), out_dir, "resplit", params
+                    )
+                bad = f"line NOT IN (SELECT line FROM {resplit})"
+            else:
+                bad = "true"
+            (malformed,) = con.execute(
+                f"SELECT count(DISTINCT line) FROM {rejects}_errors WHERE {bad}"
+            ).fetchall()[0]
+            examples = con.execute(
+                f"SELECT line, arg_min(error_message, column_idx) FROM {rejects}_errors "
+                f"WHERE {bad} GROUP BY line ORDER BY line LIMIT {REPORTED_LINES}"
+            ).fetchall()
+        finally:
+            con.execute(f"DROP TABLE IF EXISTS {rejects}_errors")
+            con.execute(f"DROP TABLE IF EXISTS {rejects}_scans")
+    expected = census.lines - census.blank_lines - census.rejected - skip
+    unaccounted = _unaccounted(
+        label, census, expected, int(first_pass) + int(recovered_lines) + int(malformed)
+    )
+    named = sorted(
+        [(n, why) for n, why in census.examples]
+        + [(int(line), message.strip()) for line, message in examples]
+    )[:REPORTED_LINES]
     return ParseReport(
         file=label,
         format=fmt.name,
         rows=int(rows),
         recovered_lines=int(recovered_lines),
-        malformed_lines=int(malformed),
-        examples=tuple(f"{label}:{line}: {message.strip()}" for line, message in examples),
-        extra={"delimiter": "tab" if delimiter == "\t" else "space", "header_skipped": bool(skip)},
+        malformed_lines=int(malformed) + census.rejected + len(unaccounted),
+        examples=tuple(unaccounted) + tuple(f"{label}:{n}: {why}" for n, why in named),
+        extra={**extra, **census_metadata(census)},
     )
 
 
+def _fetch_one(
+    con: duckdb.DuckDBPyConnection, sql: str, _out: None, params: Mapping[str, Any] | None
+) -> tuple[Any, ...]:
+    return con.execute(sql, params or {}).fetchall()[0]
+
+
+def _run_engine(
+    con: duckdb.DuckDBPyConnection,
+    run: Callable[..., Any],
+    sql: str,
+    out_dir: Path | None,
+    params: Mapping[str, Any] | None,
+    label: str,
+    readable: Path,
+) -> Any:
+    """run(con, sql, out_dir, params), with an engine error that the census could not
+    foresee turned into a ParseError naming the file (never a raw engine exception)."""
+    try:
+        return run(con, sql, out_dir, params)
+    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+        message = str(exc).replace(str(readable), label).strip().splitlines()[0]
+        raise ParseError(f"{label}: cannot be parsed: {message}") from None
+
+
 # ---- JSON lines ------------------------------------------------------------------------------
+def first_invalid_json_line(path: Path) -> int | None:
+    """The number of the first non-blank line that is not a JSON object (None if none).
+    Used once the engine has refused the file: its own line numbers are off by one."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                if not isinstance(json.loads(line), dict):
+                    return number
+            except ValueError:
+                return number
+    return None
+
+
 def copy_json_lines(
     con: duckdb.DuckDBPyConnection,
     path: Path,
@@ -365,15 +521,36 @@ def copy_json_lines(
     label: str | None = None,
 ) -> ParseReport:
     """Stream a JSON-lines file (explicit columns; extra keys ignored) through `select`
-    (reading `{rows}`) into out_dir. A malformed line fails the read, naming file and line."""
+    (reading `{rows}`) into out_dir. Line ends may be LF, CRLF or mixed (the engine reads
+    an LF copy when any line ends in CRLF, so its line numbers are the file's); a line
+    longer than MAX_LINE_BYTES is rejected by the census; the first malformed line stops
+    the read and is the report's malformed line, named `<file>:<line>: <reason>`; rows
+    read are reconciled with the file's non-blank lines."""
     label = label or path.name
-    source = (
-        f"read_json({quote_literal(str(path))}, format='newline_delimited', "
-        f"columns={_struct_literal(columns)})"
+    census = _census(path, label, b"\n", False, 1 << 62)
+    if census.rejected > len(census.rejected_numbers):
+        return _census_report(label, "JSON lines", census, {})
+    forced = census.crlf_lines > 0  # DuckDB's JSON reader counts a CRLF as two lines
+    with engine_input(path, census, out_dir.parent, force=forced) as readable:
+        source = (
+            f"read_json({quote_literal(str(readable))}, format='newline_delimited', "
+            f"columns={_struct_literal(columns)}, maximum_object_size={MAX_LINE_BYTES + 2})"
+        )
+        try:
+            rows = copy_parquet(con, select.replace("{rows}", source), out_dir)
+            failure: list[str] = []
+        except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
+            rows = 0
+            message = str(exc).replace(str(readable), label).strip().splitlines()[0]
+            failure = [f"{label}:{first_invalid_json_line(readable) or '?'}: {message}"]
+    expected = census.lines - census.blank_lines - census.rejected
+    unaccounted = [] if failure else _unaccounted(label, census, expected, int(rows))
+    named = [f"{label}:{n}: {why}" for n, why in census.examples]
+    return ParseReport(
+        file=label,
+        format="JSON lines",
+        rows=int(rows),
+        malformed_lines=census.rejected + len(failure) + len(unaccounted),
+        examples=tuple(unaccounted + failure + named)[:REPORTED_LINES],
+        extra=census_metadata(census),
     )
-    try:
-        rows = copy_parquet(con, select.replace("{rows}", source), out_dir)
-    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        message = str(exc).replace(str(path), label)
-        raise ParseError(f"{label}: not valid JSON lines: {message}") from None
-    return ParseReport(file=label, format="JSON lines", rows=int(rows))

@@ -69,7 +69,14 @@ def write_run(
             "FROM {rows} WHERE rank <= $top_k"
         )
         return copy_delimited(
-            con, path, TREC_RUN, select, out_dir, label=label, params={"top_k": top_k}
+            con,
+            path,
+            TREC_RUN,
+            select,
+            out_dir,
+            label=label,
+            params={"top_k": top_k},
+            filtered=True,
         )
     select = (
         "SELECT r.query_id, r.doc_id, r.rank, r.score, p.doc_id IS NOT NULL AS is_positive "
@@ -77,7 +84,9 @@ def write_run(
         "ON r.query_id = p.query_id AND r.doc_id = p.doc_id WHERE r.rank <= $top_k"
     )
     params = {"top_k": top_k, "qrels": qrels_glob}
-    report = copy_delimited(con, path, TREC_RUN, select, out_dir, label=label, params=params)
+    report = copy_delimited(
+        con, path, TREC_RUN, select, out_dir, label=label, params=params, filtered=True
+    )
     kept = "read_parquet($kept)"
     unretrieved = append_parquet(
         con,
