@@ -118,7 +118,15 @@ def test_write_run_with_qrels_marks_positives_and_adds_the_missed_ones(tmp_path:
         ("q1", "d9", None, None, True),  # relevant but not in the list
         ("q2", "d5", 1, 4.0, True),
     ]  # q3 is judged but not in the run: not added
-    assert report.extra == {"delimiter": "tab", "header_skipped": False, "unretrieved_positives": 1}
+    assert report.extra == {
+        "delimiter": "tab",
+        "header_skipped": False,
+        "unretrieved_positives": 1,
+        "lines_in_file": 3,
+        "blank_lines": 0,
+        "first_blank_lines": [],
+        "crlf_lines": 0,
+    }
 
 
 def test_every_variant_on_the_sample(lake_dir: Path) -> None:

@@ -19,6 +19,7 @@ from kd_pipeline.families.text import (
     MSMARCO_QUERIES_TRAIN_KEY,
     TEXT_JOB,
     TEXT_TABLES,
+    read_msmarco_collection,
     repair_mojibake,
 )
 from kd_pipeline.families.upstream import (
@@ -74,6 +75,32 @@ def test_sample_holds_every_upstream_file_with_declared_md5s() -> None:
 
 
 # ---- mojibake ------------------------------------------------------------------------------
+GENUINE_PHRASES = (
+    (Path(__file__).parent / "data" / "genuine_multilingual.txt")
+    .read_text(encoding="utf-8")
+    .splitlines()
+)
+# typographic quotes, dashes, x, euro, trademark, registered, no-break spaces around them
+FRAMES = ("{}", "„{}“", "“{}”", "«\u00a0{}\u00a0»", "‘{}’ – ok", "{} — 2×\u00a03 = 6 €…", "{}™ ®")
+ISSUE_CASES = ("„Fuß“", "NESCAFÉ®", "2×\u00a03", "café…”")  # damaged by the old repair
+GENUINE = [frame.format(p) for p in GENUINE_PHRASES for frame in FRAMES] + list(ISSUE_CASES)
+
+
+def test_genuine_multilingual_text_is_never_changed() -> None:
+    assert len(GENUINE) > 300
+    changed = [(g, repair_mojibake(g)) for g in GENUINE if repair_mojibake(g) != g]
+    assert changed == []
+
+
+@pytest.mark.parametrize("codec", ["cp1252", "latin-1"])
+def test_real_mojibake_of_the_same_texts_is_fixed(codec: str) -> None:
+    damaged = [(g, _baked(g, codec)) for g in GENUINE]
+    assert all(d != g for g, d in damaged)
+    assert [g for g, d in damaged if repair_mojibake(d) != g] == []
+    twice = [(g, _baked(_baked(g))) for g in GENUINE[:: len(FRAMES)]]  # damaged twice
+    assert [g for g, d in twice if repair_mojibake(d) != g] == []
+
+
 @pytest.mark.parametrize(
     ("damaged", "expected"),
     [
@@ -82,15 +109,31 @@ def test_sample_holds_every_upstream_file_with_declared_md5s() -> None:
         (_baked("Ángel ¿qué?", "latin-1"), "Ángel ¿qué?"),  # C1 controls from latin-1
         (_baked(_baked("résumé")), "résumé"),  # damaged twice
         (_baked("東京 😀"), "東京 😀"),  # 3- and 4-byte sequences
-        ("naïve " + _baked("café") + " Zürich", "naïve café Zürich"),  # genuine text kept
         ("naïve café, 東京, Â alone, ü", "naïve café, 東京, Â alone, ü"),  # nothing to repair
     ],
 )
 def test_repair_mojibake(damaged: str, expected: str) -> None:
     assert repair_mojibake(damaged) == expected
-    # DuckDB's pre-filter selects exactly the texts the repair changes
+    # DuckDB's pre-filter passes every text the repair changes (and may pass more)
     (matches,) = duckdb.execute("SELECT regexp_matches($1, $2)", [damaged, MOJIBAKE_RE2]).fetchone()
-    assert matches == (damaged != expected)
+    assert matches or damaged == expected
+
+
+def test_collection_counts_repairs_with_examples(tmp_path: Path) -> None:
+    genuine = GENUINE[:40]
+    damaged = [_baked(g) for g in GENUINE[40:45]]
+    lines = [f"{i}\t{t}" for i, t in enumerate(genuine + damaged)]
+    path = tmp_path / "collection.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    con = duckdb.connect()
+    report = read_msmarco_collection(con, path, out, "collection.tsv")
+    assert report.rows == 45
+    assert report.extra["mojibake_repaired"] == 5
+    assert len(report.extra["mojibake_examples"]) == 3
+    texts = con.execute(f"SELECT text FROM read_parquet('{out}/*.parquet') ORDER BY doc_id::INT")
+    assert [t for (t,) in texts.fetchall()] == genuine + GENUINE[40:45]
 
 
 # ---- archives --------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ audit, publish. The teacher-score families check their ids against these tables.
 """
 
 import contextlib
-import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import ftfy
+import ftfy.badness
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
@@ -67,77 +68,31 @@ BEIR_QRELS = DelimitedFormat(
 
 
 # ---- MS MARCO mojibake ---------------------------------------------------------------------
-def _cp1252_char(byte: int) -> str:
-    """The character Windows-1252 shows for a byte; the five bytes it leaves undefined come
-    out as latin-1 C1 controls, which is what a latin-1 decoder produced."""
-    try:
-        return bytes([byte]).decode("cp1252")
-    except UnicodeDecodeError:
-        return chr(byte)
-
-
-# A byte 0x80-0x9F reads as a cp1252 symbol (`€`, `’`) or, through latin-1, as a C1 control:
-# both spellings of each byte are accepted.
-_BYTE_OF = {chr(b): b for b in range(0x80, 0x100)} | {
-    _cp1252_char(b): b for b in range(0x80, 0x100)
-}
-_CONTINUATION = sorted({c for c, b in _BYTE_OF.items() if b < 0xC0})
-_LEADS = {
-    2: [chr(b) for b in range(0xC2, 0xE0)],  # cp1252 and latin-1 agree from 0xA0 up
-    3: [chr(b) for b in range(0xE0, 0xF0)],
-    4: [chr(b) for b in range(0xF0, 0xF5)],
-}
-
-
-def _char_class(chars: list[str], re2: bool) -> str:
-    if re2:
-        return "[" + "".join(f"\\x{{{ord(c):X}}}" for c in chars) + "]"
-    return "[" + "".join(re.escape(c) for c in chars) + "]"
-
-
-def _mojibake_pattern(re2: bool) -> str:
-    """A UTF-8 byte sequence (lead + 1-3 continuation bytes) as cp1252 characters."""
-    cont = _char_class(_CONTINUATION, re2)
-    return "|".join(
-        _char_class(lead, re2) + cont + (f"{{{n - 1}}}" if n > 2 else "")
-        for n, lead in _LEADS.items()
-    )
-
-
-MOJIBAKE_RE2 = _mojibake_pattern(re2=True)  # DuckDB's regexp_matches pre-filter
-_MOJIBAKE = re.compile(_mojibake_pattern(re2=False))
-_REPAIR_ROUNDS = 3  # text that went through the wrong decoding twice needs two rounds
-
-
-def _decode_sequence(match: re.Match[str]) -> str:
-    raw = bytes(_BYTE_OF[c] for c in match.group())
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:  # not a UTF-8 sequence after all: leave it as it is
-        return match.group()
+# UTF-8 text decoded as Windows-1252 or latin-1 spells each multi-byte character starting
+# with its lead byte 0xC2-0xF4, shown as one of `Â`..`ô`. A text without any such character
+# holds no mojibake of that kind, so DuckDB passes only the others (a few percent of MS
+# MARCO) to Python, where ftfy decides.
+MOJIBAKE_RE2 = "[\\x{C2}-\\x{F4}]"  # DuckDB's regexp_matches pre-filter
 
 
 def repair_mojibake(text: str) -> str:
-    """Undo UTF-8 text that was decoded as Windows-1252 or latin-1 and re-encoded.
+    """text with its mojibake undone, or text itself when ftfy does not flag it.
 
     MS MARCO's collection.tsv has passages such as `donâ€™t` for `don’t` and `cafÃ©` for
-    `café`. Each run of characters that spells a UTF-8 byte sequence in cp1252 (a lead byte
-    0xC2-0xF4, then its continuation bytes) is mapped back to those bytes and decoded; the
-    repair applies only when that decodes, so it round-trips exactly (re-encoding the
-    result gives the original characters) and genuine accented text (`naïve`, `日本`) is
-    never a match. Repeated for text that was double-encoded.
+    `café`. ftfy (`ftfy.badness.is_bad`) judges whether a text looks like mojibake, with
+    heuristics built to leave genuine text alone (`„Fuß“`, `NESCAFÉ®`, `2×\u00a03`); only a
+    flagged text is repaired, by `ftfy.fix_encoding` (encoding fixes only: no quote, width
+    or line-break normalisation), which also undoes double damage.
     """
-    for _ in range(_REPAIR_ROUNDS):
-        fixed = _MOJIBAKE.sub(_decode_sequence, text)
-        if fixed == text:
-            break
-        text = fixed
-    return text
+    if not ftfy.badness.is_bad(text):
+        return text
+    return ftfy.fix_encoding(text)
 
 
 @dataclass
 class RepairTally:
-    """How many texts the repair changed, and a few (before, after) examples."""
+    """How many texts the repair changed, and a few (before, after) examples (metadata
+    `mojibake_repaired`, `mojibake_examples`)."""
 
     count: int = 0
     examples: list[tuple[str, str]] = field(default_factory=list)
