@@ -16,9 +16,11 @@
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
 import json
+import lzma
 import os
 import secrets
 import shutil
@@ -30,7 +32,7 @@ import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 
@@ -87,51 +89,92 @@ def _copy_stream(source: Any, target: Path) -> None:
         shutil.copyfileobj(source, out, _COPY_CHUNK)
 
 
+def _decompressed(archive: Path) -> BinaryIO:
+    """archive's bytes decompressed by the standard library's readers, chosen by magic
+    bytes: they read every gzip member (parallel gzip tools write several) and check each
+    member's CRC-32 and length trailer (bz2 and xz their own checks) when read to the end."""
+    with open(archive, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(archive, "rb")  # type: ignore[return-value]
+    if magic.startswith(b"BZh"):
+        return bz2.open(archive, "rb")  # type: ignore[return-value]
+    if magic.startswith(b"\xfd7zXZ\x00"):
+        return lzma.open(archive, "rb")  # type: ignore[return-value]
+    return open(archive, "rb")
+
+
+def _read_to_end(stream: BinaryIO) -> None:
+    """Decompress what is left of stream, so its trailers (CRC, length) are checked."""
+    while stream.read(_COPY_CHUNK):
+        pass
+
+
 def _unpack_tar(archive: Path, wanted: Sequence[str], dest: Path) -> dict[str, Path]:
     """Stream the tar (any compression) once, copying the wanted members as they pass; stop
-    as soon as all are out, so a member at the front of a large archive is quick. (A stream
-    cannot look ahead: the first member matching a wanted name wins.)"""
+    parsing the tar as soon as all are out, so a member at the front of a large archive is
+    quick, but decompress the rest: only the end of the stream proves (CRC and length
+    trailers) that no byte was damaged. (A stream cannot look ahead: the first member
+    matching a wanted name wins.)"""
     out: dict[str, Path] = {}
     seen: list[str] = []
-    with tarfile.open(archive, mode="r|*") as tar:
-        for member in tar:
-            name = safe_member_name(member.name, archive.name)
-            if not (member.isfile() or member.isdir()):
-                kind = "link" if member.issym() or member.islnk() else "special file"
-                raise ArchiveError(f"{archive.name}: member {member.name!r} is a {kind}; refusing")
-            if member.isdir():
-                continue
-            seen.append(name)
-            match = [w for w in wanted if name == w or name.endswith("/" + w)]
-            if match and match[0] not in out:
-                target = dest / f"{len(out)}-{PurePosixPath(name).name}"
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file always has data
-                _copy_stream(source, target)
-                out[match[0]] = target
-                if len(out) == len(wanted):
-                    break
+    with _decompressed(archive) as stream:
+        with tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                name = safe_member_name(member.name, archive.name)
+                if not (member.isfile() or member.isdir()):
+                    kind = "link" if member.issym() or member.islnk() else "special file"
+                    raise ArchiveError(
+                        f"{archive.name}: member {member.name!r} is a {kind}; refusing"
+                    )
+                if member.isdir():
+                    continue
+                seen.append(name)
+                match = [w for w in wanted if name == w or name.endswith("/" + w)]
+                if match and match[0] not in out:
+                    target = dest / f"{len(out)}-{PurePosixPath(name).name}"
+                    source = tar.extractfile(member)
+                    assert source is not None  # a regular file always has data
+                    _copy_stream(source, target)
+                    out[match[0]] = target
+                    if len(out) == len(wanted):
+                        break
+        _read_to_end(stream)
     missing = [w for w in wanted if w not in out]
     if missing:
         _match_members(seen, missing, archive.name)  # raises, naming what the archive holds
     return out
 
 
+def _special_zip_entry(info: zipfile.ZipInfo) -> bool:
+    """A zip entry that is a link, device, FIFO or socket. Only entries written on Unix
+    carry a file mode, and many writers (`zipfile.writestr`) store permission bits alone:
+    no file-type bits means a regular file."""
+    if info.create_system != 3:  # not Unix: the attributes are DOS flags, never a link
+        return False
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    return kind not in (0, stat.S_IFREG, stat.S_IFDIR)
+
+
 def _unpack_zip(archive: Path, wanted: Sequence[str], dest: Path) -> dict[str, Path]:
+    """Copy the wanted members out, after every entry's CRC-32 was checked (testzip reads
+    them all), so a damaged byte anywhere in the archive refuses it."""
     out: dict[str, Path] = {}
     with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
         names: dict[str, zipfile.ZipInfo] = {}
-        for info in infos:
+        for info in zf.infolist():
             name = safe_member_name(info.filename, archive.name)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode) or (mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+            if _special_zip_entry(info):
                 raise ArchiveError(
                     f"{archive.name}: member {info.filename!r} is a link or special file; refusing"
                 )
             if not info.is_dir():
                 names[name] = info
-        for member, want in _match_members(list(names), wanted, archive.name).items():
+        matched = _match_members(list(names), wanted, archive.name)
+        damaged = zf.testzip()
+        if damaged is not None:
+            raise ArchiveError(f"{archive.name}: member {damaged!r} fails its CRC check")
+        for member, want in matched.items():
             target = dest / f"{len(out)}-{PurePosixPath(member).name}"
             with zf.open(names[member]) as source:
                 _copy_stream(source, target)
@@ -155,7 +198,11 @@ def unpacked(archive: Path, wanted: Sequence[str], scratch: Path) -> Iterator[di
             EOFError,
             zlib.error,
             gzip.BadGzipFile,
+            lzma.LZMAError,
+            OSError,
         ) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # the disk or the file system, not the archive (disk full, EIO)
             raise ArchiveError(
                 f"{archive.name}: truncated or corrupt archive ({type(exc).__name__}: {exc})"
             ) from exc

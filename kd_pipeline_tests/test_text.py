@@ -3,7 +3,10 @@ read, and every table published through Dagster with blocking checks."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import itertools
+import stat
 import tarfile
 import zipfile
 from pathlib import Path
@@ -193,6 +196,106 @@ def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
         link.external_attr = 0o120777 << 16
         zf.writestr(link, "/etc/passwd")
     with pytest.raises(ArchiveError, match="is a link"):
+        _unpack(archive, ["fiqa/corpus.jsonl"], tmp_path / "scratch")
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _unpacked_bytes(archive: Path, wanted: str, scratch: Path) -> bytes:
+    with unpacked(archive, [wanted], scratch) as members:
+        return members[wanted].read_bytes()
+
+
+QUERIES = b"".join(b"%d\tquery number %d\n" % (i, i) for i in range(300))
+
+
+@pytest.mark.parametrize("cuts", [[0.5], [0.1, 0.2, 0.9], [0.999]])
+def test_multi_member_gzip_archives_are_read_whole(tmp_path: Path, cuts: list[float]) -> None:
+    """What pigz, `cat a.gz b.gz` and parallel exporters write: several gzip members."""
+    raw = _tar_bytes({"queries.train.tsv": QUERIES, "queries.dev.tsv": QUERIES[:100]})
+    bounds = [0, *(int(len(raw) * c) for c in cuts), len(raw)]
+    archive = tmp_path / "queries.tar.gz"
+    archive.write_bytes(b"".join(gzip.compress(raw[a:b]) for a, b in itertools.pairwise(bounds)))
+    for member, data in (("queries.train.tsv", QUERIES), ("queries.dev.tsv", QUERIES[:100])):
+        assert _unpacked_bytes(archive, member, tmp_path / "s") == data
+
+
+@pytest.mark.parametrize("where", [-8, -5, -4, -1], ids=["crc", "crc-high", "size", "size-high"])
+def test_gzip_trailer_is_checked_even_when_the_wanted_member_comes_first(
+    tmp_path: Path, where: int
+) -> None:
+    raw = _tar_bytes({"queries.train.tsv": QUERIES, "other.tsv": b"x" * 50_000})
+    data = bytearray(gzip.compress(raw))
+    data[where] ^= 0x01
+    archive = tmp_path / "queries.tar.gz"
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match="truncated or corrupt"):
+        _unpacked_bytes(archive, "queries.train.tsv", tmp_path / "s")
+
+
+def test_no_single_byte_flip_changes_text_silently(tmp_path: Path) -> None:
+    """Every byte of a small queries.tar.gz flipped in turn: the archive is refused, or
+    (a flip in a header field such as the gzip mtime) the text read is unchanged."""
+    good = gzip.compress(_tar_bytes({"queries.train.tsv": QUERIES[:600]}), mtime=0)
+    silent = []
+    for position in range(len(good)):
+        data = bytearray(good)
+        data[position] ^= 0x10
+        archive = tmp_path / f"flip{position}.tar.gz"
+        archive.write_bytes(bytes(data))
+        try:
+            text = _unpacked_bytes(archive, "queries.train.tsv", tmp_path / "s")
+        except ArchiveError:
+            continue
+        if text != QUERIES[:600]:
+            silent.append(position)
+    assert silent == []
+
+
+def test_zip_entries_with_permission_only_modes_are_files(tmp_path: Path) -> None:
+    archive = tmp_path / "fiqa.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("fiqa/corpus.jsonl", '{"_id": "1"}\n')  # external_attr 0o600 << 16
+        plain = zipfile.ZipInfo("fiqa/queries.jsonl")
+        plain.external_attr = 0o644 << 16  # permission bits, no type bits
+        zf.writestr(plain, '{"_id": "q"}\n')
+        regular = zipfile.ZipInfo("fiqa/qrels/train.tsv")
+        regular.external_attr = (stat.S_IFREG | 0o644) << 16
+        zf.writestr(regular, "query-id\tcorpus-id\tscore\n")
+    assert _unpacked_bytes(archive, "fiqa/corpus.jsonl", tmp_path / "s") == b'{"_id": "1"}\n'
+    assert _unpacked_bytes(archive, "fiqa/queries.jsonl", tmp_path / "s") == b'{"_id": "q"}\n'
+    assert _unpacked_bytes(archive, "fiqa/qrels/train.tsv", tmp_path / "s").startswith(b"query")
+
+
+@pytest.mark.parametrize("kind", [stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK])
+def test_zip_device_and_fifo_entries_are_refused(tmp_path: Path, kind: int) -> None:
+    archive = tmp_path / "fiqa.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        special = zipfile.ZipInfo("fiqa/corpus.jsonl")
+        special.external_attr = (kind | 0o644) << 16
+        zf.writestr(special, "")
+    with pytest.raises(ArchiveError, match="is a link or special file"):
+        _unpack(archive, ["fiqa/corpus.jsonl"], tmp_path / "scratch")
+
+
+def test_zip_crc_of_every_entry_is_checked(tmp_path: Path) -> None:
+    archive = tmp_path / "fiqa.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("fiqa/corpus.jsonl", '{"_id": "1"}\n')
+        zf.writestr("fiqa/qrels/test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"q1\td1")
+    data[at] ^= 0x01  # a byte of another entry than the one wanted
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ArchiveError, match=r"'fiqa/qrels/test\.tsv' fails its CRC check"):
         _unpack(archive, ["fiqa/corpus.jsonl"], tmp_path / "scratch")
 
 
