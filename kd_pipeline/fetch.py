@@ -206,7 +206,7 @@ def adopt_unkeyed_copy(unkeyed: Path, keyed: Path, md5: str) -> None:
     marker = unkeyed.with_name(unkeyed.name + ".verified")
     if keyed.exists() or not unkeyed.is_file() or not marker.is_file():
         return
-    if marker.read_text().strip().lower() != md5.strip().lower():
+    if marker_md5(marker) != md5.strip().lower():
         return
     keyed.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -225,21 +225,80 @@ def http_mirror_url(url: str) -> str:
     return f"{base}/{parsed.hostname}{parsed.path}"
 
 
+# ---- remembering what was verified ------------------------------------------------------
+# A passing md5 is remembered so that a multi-GB file is not hashed on every run. What the
+# memory is keyed by must change whenever the bytes can have changed:
+# - (path, size, mtime) does not: `cp -p`, rsync, `touch -d` and an in-place rewrite all set
+#   the mtime back, and a same-size change then passed (issue 13 item 4);
+# - the inode's ctime does: the kernel sets it on every write, truncate, chmod, utime and
+#   rename of the file, and no user-space call can set it back; with the device and inode
+#   number it also tells a replaced file (same name, new inode) from the verified one.
+# Corruption below the file system (bit rot on the medium) changes no metadata at all, so
+# files up to REHASH_BELOW_BYTES are hashed again on every read (cheap, and all MS MARCO
+# queries/qrels files are that small); larger ones rely on the fingerprint.
+REHASH_BELOW_BYTES = 64 << 20
+
+
+def file_fingerprint(path: Path) -> str:
+    """`dev:inode:size:mtime_ns:ctime_ns` of path: changes with any change of its bytes
+    made through the file system (see above)."""
+    st = path.stat()
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _trust_fingerprint(path: Path) -> bool:
+    return path.stat().st_size >= REHASH_BELOW_BYTES
+
+
 def verify_md5_once(path: Path, md5: str, ledger: Path, what: str) -> None:
-    """Check path's md5, remembering a success by (path, size, mtime) so that a large mirror
-    file is hashed once, not on every run."""
-    stat = path.stat()
-    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
-    marker = ledger / key[:2] / f"{key}.{md5.strip().lower()}"
-    if marker.exists():
+    """Check path's md5, remembering a success by the file's fingerprint (device, inode,
+    size, mtime, ctime) so that a large mirror file is hashed once, not on every run; a
+    small file is hashed on every call. Raises ChecksumMismatch naming the file."""
+    expected = md5.strip().lower()
+    key = hashlib.sha256(f"{path}\0{file_fingerprint(path)}".encode()).hexdigest()
+    marker = ledger / key[:2] / f"{key}.{expected}"
+    if marker.exists() and _trust_fingerprint(path):
         return
     actual = file_md5(path)
-    if actual != md5.strip().lower():
+    if actual != expected:
         raise ChecksumMismatch(
             f"{what}: md5 mismatch for {path} (expected {md5.strip()}, got {actual})"
         )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
+
+
+def write_verified_marker(marker: Path, path: Path, expected: str | None, actual: str) -> None:
+    """Record that path (its fingerprint now) holds bytes of md5 `actual`, downloaded for
+    the `expected` md5 (empty when none was known): three lines."""
+    marker.write_text(f"{expected or ''}\n{actual}\n{file_fingerprint(path)}\n")
+
+
+def marker_md5(marker: Path) -> str:
+    """The md5 a download was verified against (first line of its marker; "" if none)."""
+    lines = marker.read_text().splitlines()
+    return lines[0].strip().lower() if lines else ""
+
+
+def verified_as(dest: Path, marker: Path, md5: str | None) -> bool:
+    """Whether dest is a finished download verified against md5 (any, when md5 is None)
+    whose bytes are still the ones verified: the marker's fingerprint still matches (large
+    files), or the bytes hash to what was recorded (small files, a changed fingerprint, a
+    marker from before fingerprints). A copy whose bytes changed is not verified."""
+    if not dest.is_file() or not marker.is_file():
+        return False
+    lines = [*marker.read_text().splitlines(), "", "", ""]
+    expected, actual, fingerprint = (line.strip().lower() for line in lines[:3])
+    if md5 is not None and expected != md5:
+        return False
+    if fingerprint == file_fingerprint(dest).lower() and _trust_fingerprint(dest):
+        return True
+    recorded = actual or expected  # a marker from before fingerprints holds the md5 only
+    now = file_md5(dest)
+    if recorded and now != recorded:
+        return False
+    write_verified_marker(marker, dest, expected, now)
+    return True
 
 
 # ---- Hub access through huggingface_hub --------------------------------------------------
@@ -354,7 +413,9 @@ def download_url(
 ) -> Path:
     """Download url to dest, resuming a partial download, retrying transient faults with
     exponential backoff, and verifying md5. A finished file is never fetched again for the md5
-    it was verified against (its marker records it), and never reused for another one.
+    it was verified against (its marker records it) while its bytes are unchanged
+    (`verified_as`), and never reused for another one; a cached copy whose bytes changed
+    is fetched again.
     """
     md5 = md5.strip().lower() if md5 else None
     done_marker = dest.with_name(dest.name + ".verified")
@@ -362,6 +423,10 @@ def download_url(
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
+    if dest.is_file() and done_marker.is_file() and marker_md5(done_marker) == (md5 or ""):
+        dest.unlink()  # its bytes changed since they were verified: fetched again whole
+        done_marker.unlink()
+        partial.unlink(missing_ok=True)
     for attempt in range(1, attempts + 1):
         try:
             _download_once(url, partial, timeout)
@@ -375,25 +440,17 @@ def download_url(
             if attempt == attempts:
                 raise FetchError(f"{url}: {type(exc).__name__} after {attempt} attempts") from None
         time.sleep(backoff * 2 ** (attempt - 1))
-    if md5 is not None:
-        actual = file_md5(partial)
-        if actual != md5:
-            partial.unlink(missing_ok=True)
-            if dest.parent.name == f"md5-{md5}":  # its md5-keyed folder, now empty
-                with contextlib.suppress(OSError):
-                    dest.parent.rmdir()
-            raise ChecksumMismatch(f"{url}: md5 mismatch (expected {md5}, got {actual}); discarded")
+    actual = file_md5(partial)
+    if md5 is not None and actual != md5:
+        partial.unlink(missing_ok=True)
+        if dest.parent.name == f"md5-{md5}":  # its md5-keyed folder, now empty
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()
+        raise ChecksumMismatch(f"{url}: md5 mismatch (expected {md5}, got {actual}); discarded")
     done_marker.unlink(missing_ok=True)  # a copy verified against another md5 ends here
     os.replace(partial, dest)
-    done_marker.write_text(md5 or "")
+    write_verified_marker(done_marker, dest, md5, actual)
     return dest
-
-
-def verified_as(dest: Path, marker: Path, md5: str | None) -> bool:
-    """Whether dest is a finished download verified against md5 (any, when md5 is None)."""
-    if not dest.is_file() or not marker.is_file():
-        return False
-    return md5 is None or marker.read_text().strip().lower() == md5
 
 
 def http_refusal(url: str, status: int) -> FetchError | None:

@@ -18,6 +18,7 @@ from kd_pipeline.fetch import (
     FetchError,
     contained,
     download_url,
+    file_md5,
     mirror_path_for_url,
     read_url,
     url_cache_path,
@@ -266,3 +267,50 @@ def test_read_url_asks_once_is_time_bounded_and_refuses_other_schemes(tmp_path) 
     for other in ("file:///etc/passwd", "ftp://example.org/x"):
         with pytest.raises(FetchError, match="not an http"):
             read_url(other, timeout=1)
+
+
+def _tamper_keeping_mtime(path: Path, at: int = 0) -> None:
+    """Change one byte in place, same size, and set the mtime back (as `cp -p` or rsync
+    onto an existing file, or a careless repair, would leave it)."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0x01
+    with open(path, "r+b") as handle:  # in place: the same inode
+        handle.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+
+
+@pytest.mark.parametrize("size", [4_000, 70 << 20], ids=["small-rehashed", "large-fingerprint"])
+def test_a_same_size_tamper_with_mtime_kept_is_caught_in_the_mirror(tmp_path, size) -> None:
+    mirror, url = _serve_file(tmp_path, b"1.5\t0.5\tq1\tp1\tn1\n" * (size // 18))
+    path = mirror_path_for_url(mirror, url)
+    md5 = file_md5(path)
+    fetcher = Fetcher("mirror", mirror, tmp_path / "cache")
+    assert fetcher.url_file(url, md5) == path.resolve()
+    assert fetcher.url_file(url, md5) == path.resolve()  # verified, remembered
+    _tamper_keeping_mtime(path)
+    with pytest.raises(ChecksumMismatch, match="md5 mismatch"):
+        fetcher.url_file(url, md5)
+
+
+@pytest.mark.parametrize("size", [4_000, 70 << 20], ids=["small-rehashed", "large-fingerprint"])
+def test_a_tampered_cached_download_is_fetched_again(tmp_path, size) -> None:
+    payload = b"1.5\t0.5\tq1\tp1\tn1\n" * (size // 18)
+    mirror, url = _serve_file(tmp_path, payload)
+    with HubServer(mirror) as server:
+        dest = tmp_path / "cache" / "scores.tsv"
+        download_url(server.url_for(url), dest, md5=_md5(payload))
+        server.requests.clear()
+        download_url(server.url_for(url), dest, md5=_md5(payload))
+        assert server.requests == []  # unchanged: not fetched again
+        _tamper_keeping_mtime(dest, at=5)
+        assert download_url(server.url_for(url), dest, md5=_md5(payload)).read_bytes() == payload
+        assert len(server.requests) == 1  # the changed copy was not trusted
+        _tamper_keeping_mtime(dest, at=7)  # and a download without an md5 too
+        assert download_url(server.url_for(url), dest).read_bytes() == payload
