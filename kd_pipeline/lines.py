@@ -100,18 +100,22 @@ def _scan(
         for chunk in _chunks(handle):
             a = np.frombuffer(chunk, np.uint8)
             ends = np.flatnonzero(a == _LF)
-            is_delim = a == delim_values[0]
-            for value in delim_values[1:]:
-                is_delim |= a == value
-            if runs:  # count a run of delimiters once (whitespace-separated formats)
-                starts = is_delim.copy()
-                starts[1:] &= ~is_delim[:-1]
-                if carry.last_delimiter and len(a):
-                    starts[0] = False
-                positions = np.flatnonzero(starts)
-            else:
-                positions = np.flatnonzero(is_delim)
-            per_line = np.bincount(np.searchsorted(ends, positions), minlength=len(ends) + 1)
+            if len(delim_values):
+                is_delim = a == delim_values[0]
+                for value in delim_values[1:]:
+                    is_delim |= a == value
+                if runs:  # count a run of delimiters once (whitespace-separated formats)
+                    starts = is_delim.copy()
+                    starts[1:] &= ~is_delim[:-1]
+                    if carry.last_delimiter and len(a):
+                        starts[0] = False
+                    positions = np.flatnonzero(starts)
+                else:
+                    positions = np.flatnonzero(is_delim)
+                per_line = np.bincount(np.searchsorted(ends, positions), minlength=len(ends) + 1)
+            else:  # lengths only
+                is_delim = np.zeros(1, bool)
+                per_line = np.zeros(len(ends) + 1, np.int64)
             if len(ends):
                 begins = np.empty(len(ends), np.int64)
                 begins[0] = 0
@@ -192,7 +196,8 @@ def take_census(
 ) -> LineCensus:
     """Scan path once (gunzipped when it ends in .gz) and count its lines.
 
-    delimiters: the bytes that separate fields (b"\\t", or b"\\t " for whitespace formats);
+    delimiters: the bytes that separate fields (b"\\t", or b"\\t " for whitespace formats;
+    b"" to check lengths only);
     runs: count a run of delimiters as one separator. A line is rejected when its content
     (without CR/LF) is longer than max_bytes or it has more than max_fields fields.
     Raises OSError / gzip.BadGzipFile / EOFError for an unreadable or corrupt file.
@@ -231,4 +236,4 @@ def write_clean_copy(path: Path, census: LineCensus, target: Path) -> None:
                 keep[:] = False
             out.write(a[keep].tobytes())
 
-        _scan(path, b"\n", False, 1 << 62, 1 << 62, visit)
+        _scan(path, b"", False, 1 << 62, 1 << 62, visit)

@@ -284,12 +284,79 @@ def test_a_line_longer_than_the_first_read_allows_is_read_again(tmp_path: Path, 
     assert not failing(write(data, tmp_path / "splade", gz_masters=gz))
 
 
-def test_a_line_longer_than_any_read_names_its_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mib", "gz"), [(60, False), (100, False), (100, True)], ids=["60MB", "100MB", "100MB-gz"]
+)
+def test_a_line_longer_than_any_read_fails_naming_its_file(
+    tmp_path: Path, mib: int, gz: bool
+) -> None:
+    """Past the reader's limit a line is never skipped: its file is named and refused (a
+    100 MB line used to vanish, the folder judged valid)."""
     data = valid_data()
-    data.queries[0]["text"] = "x" * (splade.LONG_LINE_MIB * 2**20 + 1)
+    data.documents[3]["text"] = "x" * (mib * 2**20)
+    root = write(data, tmp_path / "splade", gz_masters=gz)
+    found = failing(root)
+    message = found["rows_well_formed"]
+    assert f"train/doc_master.ndjson{'.gz' if gz else ''}" in message
+    assert "line 4: line of" in message and "the file is refused" in message
+    assert main(["validate-splade", str(root)]) == 1
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mixed_line_ends_are_read(tmp_path: Path, gz: bool) -> None:
+    root = write(valid_data(), tmp_path / "splade", gz_masters=gz, gz_scores=gz)
+    suffix = ".ndjson.gz" if gz else ".ndjson"
+    for path in [*root.rglob(f"*{suffix}")]:
+        raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+        lines = raw.splitlines()
+        mixed = b"".join(line + (b"\r\n" if i % 2 else b"\n") for i, line in enumerate(lines))
+        path.write_bytes(gzip.compress(mixed) if gz else mixed)
+    assert not failing(root)
+
+
+def test_a_corrupt_gzip_trailer_names_the_file(tmp_path: Path) -> None:
+    root = write(valid_data(), tmp_path / "splade")
+    scores = root / "hard-negatives-cross-encoder-scores.ndjson.gz"
+    data = bytearray(scores.read_bytes())
+    data[-6] ^= 0x01  # the CRC-32: only reading the whole member finds it
+    scores.write_bytes(bytes(data))
+    message = failing(root)["rows_well_formed"]
+    assert "hard-negatives-cross-encoder-scores.ndjson.gz" in message
+    assert "cannot be read" in message and "CRC" in message
+
+
+@pytest.mark.parametrize("value", ["NaN", '"9.5"', "1e400", "null"])
+def test_a_bad_teacher_score_is_one_message(tmp_path: Path, value: str) -> None:
+    """A positive's score that is not a finite number: rows_well_formed says so, and the
+    pair is not reported a second time as having no teacher score."""
+    data = valid_data()
+    data.scores = data.scores[1:]
+    data.raw["scores"] = [f'{{"qid": 1, "scores": {{"101": {value}, "201": 1.0}}}}']
     found = failing(write(data, tmp_path / "splade"))
-    assert "train/query_master.ndjson" in found["rows_well_formed"]
-    assert "Maximum line size" in found["rows_well_formed"]
+    assert list(found) == ["rows_well_formed"], found
+    assert "score of doc 101" in found["rows_well_formed"]
+
+
+def test_validate_one_split_applies_the_rules_to_that_split(tmp_path: Path, capsys) -> None:
+    data = valid_data(4)
+    val = valid_data(8)
+    val.queries, val.positives = val.queries[4:], val.positives[4:]
+    data.validation = val
+    data.scores = valid_data(8).scores
+    root = write(data, tmp_path / "splade")
+    assert main(["validate-splade", str(root), "--split", "validation"]) == 0
+    assert "no queries" not in capsys.readouterr().out
+    val.queries, val.positives = [], []  # an empty validation split is refused, by name
+    root = write(data, tmp_path / "empty-validation")
+    found = failing_split(root, "validation")
+    assert list(found) == ["has_training_queries"]
+    assert "validation/query_master" in found["has_training_queries"]
+    assert "no queries in the validation split" in found["has_training_queries"]
+    assert not failing_split(root, "train")
+
+
+def failing_split(root: Path, split: str) -> dict[str, str]:
+    return {name: o.message() for name, o in verdicts(root, splits=[split]).items() if not o.passed}
 
 
 def test_missing_files_are_a_layout_error(tmp_path: Path) -> None:

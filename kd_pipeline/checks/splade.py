@@ -18,7 +18,10 @@ Layout (a path may be a file or a folder of `.ndjson` / `.ndjson.gz` files)::
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 import threading
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ import duckdb
 
 from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
 from kd_pipeline.lake import quote_literal
+from kd_pipeline.lines import LineCensus, take_census, write_clean_copy
 
 SCORES_FILE = "hard-negatives-cross-encoder-scores"
 MASTER_FILES = {"queries": "query_master", "documents": "doc_master", "positives": "positive_lists"}
@@ -304,7 +308,11 @@ def load_splade(
     JSON types for a master row, a strict pattern for a score row), and only the lines
     that fail it are parsed again to say exactly what is wrong (a differently ordered or
     spaced row is still well formed). A file DuckDB cannot read at all (not UTF-8, not
-    gzip) is one malformed entry naming the file, not an exception.
+    gzip) is one malformed entry naming the file, not an exception. Before any of that,
+    every file gets a line census (`ReadPlan`): gzip files are decompressed whole (CRC and
+    length checked), a line longer than LONG_LINE_MIB refuses its file (no line is ever
+    skipped), mixed LF/CRLF line ends are read from an LF copy, and the lines each file
+    yields are reconciled with the lines it has.
     """
     t = SpladeTables(prefix, tuple(layout.splits), str(layout.root))
     con.execute(
@@ -314,8 +322,26 @@ def load_splade(
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {t.lines} (file VARCHAR, split VARCHAR, rows BIGINT)"
     )
-    gzipped = [p for p in layout.scores if p.name.endswith(".gz")]
-    pending = _GzipLines(con, f"{prefix}score_lines", layout.scores) if gzipped else None
+    scores = ReadPlan.make(layout.scores)
+    gzipped = [p for p in scores.readable if p.name.endswith(".gz")]
+    pending = _GzipLines(con, f"{prefix}score_lines", scores) if gzipped else None
+    try:
+        _load_all(con, t, layout, scores, pending)
+    finally:
+        scores.close()
+    con.execute(f"DROP TABLE IF EXISTS {t.staging}")
+    for derived in _DERIVED_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {t.prefix}{derived}")
+    return t
+
+
+def _load_all(
+    con: duckdb.DuckDBPyConnection,
+    t: SpladeTables,
+    layout: SpladeLayout,
+    scores: ReadPlan,
+    pending: _GzipLines | None,
+) -> None:
     for kind in _MASTERS:
         value = f", {kind.value_key} {kind.value_type}" if kind.value_type else ""
         con.execute(
@@ -325,30 +351,135 @@ def load_splade(
         for split, parts in layout.splits.items():
             _load_master(con, t, kind, split, parts[kind.table])
     con.execute(f"CREATE OR REPLACE TEMP TABLE {t.scores} (qid BIGINT, doc_ids BIGINT[])")
-    _load_scores(con, t, layout.scores, pending)
-    con.execute(f"DROP TABLE IF EXISTS {t.staging}")
-    for derived in _DERIVED_TABLES:
-        con.execute(f"DROP TABLE IF EXISTS {t.prefix}{derived}")
-    return t
+    _load_scores(con, t, scores, pending)
+
+
+@dataclass
+class ReadPlan:
+    """What DuckDB reads for some files, after a line census of each (kd_pipeline.lines):
+    the file itself, or an LF copy of a file with mixed line ends; a file that cannot be
+    read whole (corrupt gzip) or holds a line longer than LONG_LINE_MIB is refused, named,
+    and not read at all, since reading it would skip a line."""
+
+    readable: list[Path]
+    names: dict[str, str]  # path read -> the file's own path (for copies)
+    census: dict[str, LineCensus]  # the file's own path -> its census
+    refused: list[tuple[Path, str]]
+    scratch: Path | None = None
+
+    @classmethod
+    def make(cls, files: Sequence[Path]) -> ReadPlan:
+        plan = cls([], {}, {}, [])
+        for path in files:
+            try:
+                census = take_census(
+                    path, delimiters=b"", max_bytes=LONG_LINE_MIB << 20, max_fields=1 << 62
+                )
+            except (OSError, EOFError, zlib.error) as exc:
+                plan.refused.append((path, f"cannot be read: {type(exc).__name__}: {exc}"))
+                continue
+            if census.rejected:
+                number, why = census.examples[0]
+                plan.refused.append(
+                    (path, f"line {number}: {why}; the file is refused, as no line is skipped")
+                )
+                continue
+            plan.census[str(path)] = census
+            if census.mixed_line_ends:
+                if plan.scratch is None:
+                    plan.scratch = Path(tempfile.mkdtemp(prefix="kd-splade-"))
+                copy = plan.scratch / f"{len(plan.readable)}-{path.name.removesuffix('.gz')}"
+                write_clean_copy(path, census, copy)
+                plan.names[str(copy)] = str(path)
+                plan.readable.append(copy)
+            else:
+                plan.readable.append(path)
+        return plan
+
+    def file_column(self) -> str:
+        """SQL: the file's own path from DuckDB's `filename` column."""
+        if not self.names:
+            return "filename"
+        cases = " ".join(
+            f"WHEN {quote_literal(a)} THEN {quote_literal(b)}" for a, b in self.names.items()
+        )
+        return f"CASE filename {cases} ELSE filename END"
+
+    def close(self) -> None:
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 def _stage(
     con: duckdb.DuckDBPyConnection,
     t: SpladeTables,
     split: str,
-    files: Sequence[Path],
+    files: Sequence[Path] | ReadPlan,
     select: str,
     pending: _GzipLines | None = None,
 ) -> int | None:
     """Create the staging table from select, whose `{lines}` is the files' lines as
-    (file, line), and return how many lines failed the fast check; None, with the files
-    recorded as malformed, when DuckDB cannot read them. Gzip files are decompressed into
-    a table first (or were, by pending): decompression is sequential, and the JSON work on
-    the table then runs on every thread."""
+    (file, line), and return how many lines failed the fast check; None when no file could
+    be read (each recorded as malformed). Gzip files are decompressed into a table first
+    (or were, by pending): decompression is sequential, and the JSON work on the table then
+    runs on every thread. The lines read per file must be the lines the census counted."""
+    plan = files if isinstance(files, ReadPlan) else ReadPlan.make(files)
+    try:
+        for path, problem in plan.refused:
+            _file_malformed(con, t, path, split, problem)
+        if not plan.readable:
+            if pending is not None:
+                pending.discard()
+            return None
+        per_file = _stage_lines(con, t, split, plan, select, pending)
+    finally:
+        if plan is not files:
+            plan.close()
+    if per_file is None:
+        return None
+    if per_file:  # none for empty files
+        con.executemany(
+            f"INSERT INTO {t.lines} VALUES (?, ?, ?)", [(f, split, n) for f, n, _ in per_file]
+        )
+    read = {f: int(n) for f, n, _ in per_file}
+    for name, census in plan.census.items():
+        if read.get(name, 0) != census.lines:
+            _file_malformed(
+                con,
+                t,
+                Path(name),
+                split,
+                f"{census.lines} lines, but the reader returned {read.get(name, 0)}: "
+                "lines unaccounted for",
+            )
+    return sum(int(slow) for _, _, slow in per_file)
+
+
+def _file_malformed(
+    con: duckdb.DuckDBPyConnection, t: SpladeTables, path: Path, split: str, problem: str
+) -> None:
+    con.execute(
+        f"INSERT INTO {t.malformed} VALUES ($f, $s, '(file)', $p)",
+        {"f": str(path), "s": split, "p": problem},
+    )
+
+
+def _stage_lines(
+    con: duckdb.DuckDBPyConnection,
+    t: SpladeTables,
+    split: str,
+    plan: ReadPlan,
+    select: str,
+    pending: _GzipLines | None,
+) -> list[tuple[str, int, int]] | None:
+    """(file, lines, lines failing the fast check) per file read, or None when DuckDB
+    cannot read them (each file recorded as malformed)."""
     create = f"CREATE OR REPLACE TEMP TABLE {t.staging} AS "
+    files = plan.readable
     try:
         if pending is None and any(p.name.endswith(".gz") for p in files):
-            pending = _GzipLines(con, f"{t.prefix}gz_lines", files)
+            pending = _GzipLines(con, f"{t.prefix}gz_lines", plan)
         if pending is not None:
             try:
                 con.execute(create + select.replace("{lines}", pending.wait()))
@@ -356,31 +487,28 @@ def _stage(
                 con.execute(f"DROP TABLE IF EXISTS {pending.table}")
         else:
             _with_long_lines(
-                lambda mib: con.execute(
-                    create + select.replace("{lines}", _plain_lines(files, mib))
-                )
+                lambda mib: con.execute(create + select.replace("{lines}", _plain_lines(plan, mib)))
             )
     except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException) as exc:
         messages = str(exc).strip().splitlines()
         reason = next((m for m in messages if m.startswith("Maximum line size")), messages[0])
         for path in files:
-            con.execute(
-                f"INSERT INTO {t.malformed} VALUES ($f, $s, '(file)', $p)",
-                {"f": str(path), "s": split, "p": f"cannot be read: {reason}"},
+            _file_malformed(
+                con,
+                t,
+                Path(plan.names.get(str(path), str(path))),
+                split,
+                f"cannot be read: {reason}",
             )
         return None
-    per_file = con.execute(
+    return con.execute(
         f"SELECT file, count(*), count_if(NOT fast_ok) FROM {t.staging} GROUP BY file"
     ).fetchall()
-    if per_file:  # none for empty files
-        con.executemany(
-            f"INSERT INTO {t.lines} VALUES (?, ?, ?)", [(f, split, n) for f, n, _ in per_file]
-        )
-    return sum(int(slow) for _, _, slow in per_file)
 
 
-def _plain_lines(files: Sequence[Path], max_line_mib: int) -> str:
-    return f"(SELECT filename AS file, line FROM {_lines_source(files, max_line_mib)})"
+def _plain_lines(plan: ReadPlan, max_line_mib: int) -> str:
+    source = _lines_source(plan.readable, max_line_mib)
+    return f"(SELECT {plan.file_column()} AS file, line FROM {source})"
 
 
 def _with_long_lines(read: Callable[[int], object]) -> None:
@@ -399,20 +527,21 @@ class _GzipLines:
     before the masters) it overlaps with the masters' work on the other threads. The
     table lives in an attached in-memory database: temp tables are per connection."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, name: str, files: Sequence[Path]) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, name: str, plan: ReadPlan) -> None:
         con.execute(f"ATTACH IF NOT EXISTS ':memory:' AS {SCRATCH_DB}")
         self.table = f"{SCRATCH_DB}.{name}"
+        self._con = con
         self._error: duckdb.Error | None = None
         self._thread = threading.Thread(
-            target=self._read, args=(con.cursor(), files), name=f"gunzip {name}", daemon=True
+            target=self._read, args=(con.cursor(), plan), name=f"gunzip {name}", daemon=True
         )
         self._thread.start()
 
-    def _read(self, cursor: duckdb.DuckDBPyConnection, files: Sequence[Path]) -> None:
+    def _read(self, cursor: duckdb.DuckDBPyConnection, plan: ReadPlan) -> None:
         try:
             _with_long_lines(
                 lambda mib: cursor.execute(
-                    f"CREATE OR REPLACE TABLE {self.table} AS {_plain_lines(files, mib)}"
+                    f"CREATE OR REPLACE TABLE {self.table} AS {_plain_lines(plan, mib)}"
                 )
             )
         except duckdb.Error as exc:  # raised again by wait(), in the caller's thread
@@ -426,6 +555,11 @@ class _GzipLines:
         if self._error is not None:
             raise self._error
         return self.table
+
+    def discard(self) -> None:
+        """Wait for the thread and drop what it read (nothing of it is wanted)."""
+        self._thread.join()
+        self._con.execute(f"DROP TABLE IF EXISTS {self.table}")
 
 
 def _load_master(
@@ -509,12 +643,14 @@ def _diagnose_master(
 def _load_scores(
     con: duckdb.DuckDBPyConnection,
     t: SpladeTables,
-    files: Sequence[Path],
+    files: Sequence[Path] | ReadPlan,
     pending: _GzipLines | None = None,
 ) -> None:
     """Score rows: exactly `qid` and `scores`; every key an integer doc id (the consumer
     calls int() on it), every value a finite number. A row with a bad entry is malformed;
-    its good entries still count (so the bad one is reported once)."""
+    every entry keyed by a doc id still counts as that doc's score entry, so a NaN or
+    non-numeric score is reported once, by rows_well_formed, and not again as a pair
+    without a teacher score (issue 12 item 7)."""
     select = (
         f"SELECT file, fast_ok, "
         f"CASE WHEN fast_ok THEN TRY_CAST(regexp_extract(line, {quote_literal(_SCORE_QID)}, 1) "
@@ -552,6 +688,8 @@ def _diagnose_scores(con: duckdb.DuckDBPyConnection, t: SpladeTables) -> None:
     entry_problem = (
         "CASE WHEN NOT regexp_full_match(key, '[+-]?[0-9]+') OR doc_id IS NULL THEN "
         "'score key ' || to_json(key)::VARCHAR || ' is not an integer doc id' "
+        "WHEN value IS NULL OR json_type(value) = 'NULL' THEN "
+        "'score of doc ' || key || ' is null, not a number' "
         f"WHEN NOT list_contains({_sql_list(list(_NUMBER_TYPES))}, json_type(value)) THEN "
         "'score of doc ' || key || ' is ' || value || ', not a number' "
         "WHEN NOT isfinite(score) THEN 'score of doc ' || key || ' is not finite' END"
@@ -571,9 +709,9 @@ def _diagnose_scores(con: duckdb.DuckDBPyConnection, t: SpladeTables) -> None:
         f"INSERT INTO {t.malformed} SELECT file, '-', 'qid ' || qid, min(problem) "
         f"FROM {entries} WHERE problem IS NOT NULL GROUP BY file, qid"
     )
-    con.execute(
+    con.execute(  # a doc whose score is bad still has an entry: one fault, one message
         f"UPDATE {t.staging} s SET doc_ids = coalesce((SELECT list(doc_id) FROM {entries} e "
-        "WHERE e.qid = s.id AND e.problem IS NULL), []) WHERE NOT fast_ok AND id IS NOT NULL"
+        "WHERE e.qid = s.id AND e.doc_id IS NOT NULL), []) WHERE NOT fast_ok AND id IS NOT NULL"
     )
     con.execute(f"DROP TABLE {entries}")
 
@@ -827,12 +965,16 @@ def queries_have_score_row(
 def has_training_queries(
     con: duckdb.DuckDBPyConnection, t: SpladeTables
 ) -> duckdb.DuckDBPyRelation:
-    """The train query master has rows (an empty dataset is a crash at the first epoch)."""
+    """Every split read has queries in its query master (an empty training set is a crash
+    at the first epoch; an empty validation set one at the first evaluation). The rule
+    applies to the splits asked for: `--split validation` judges the validation master."""
+    splits = ", ".join(quote_literal(s) for s in t.splits)
     return _violations(
         con,
         "has_training_queries",
-        f"SELECT 'train/query_master' AS id, 'no queries to train on' AS detail "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {t.queries} WHERE split = 'train')",
+        "SELECT s || '/query_master' AS id, 'no queries in the ' || s || ' split' AS detail "
+        f"FROM (SELECT unnest([{splits}]) AS s) WHERE s NOT IN "
+        f"(SELECT DISTINCT CAST(split AS VARCHAR) FROM {t.queries})",
     )
 
 
@@ -918,7 +1060,7 @@ SPLADE_RULES: tuple[SpladeRule, ...] = (
     ),
     SpladeRule(
         "has_training_queries",
-        "The training query master is not empty.",
+        "The query master of each split read is not empty.",
         has_training_queries,
     ),
     SpladeRule(
