@@ -79,9 +79,19 @@ class _Carry:
     """The line a chunk ends in the middle of."""
 
     length: int = 0
-    fields: int = 0
-    last_delimiter: bool = False  # the previous chunk ended in a delimiter (runs mode)
+    fields: int = 0  # separators seen in it so far
     cr_before: bool = False  # the previous chunk ended in a CR
+
+
+def _separators(chunk: bytes, start: int, stop: int, delimiters: bytes, runs: bool) -> int:
+    """How many separators chunk[start:stop] holds: delimiter bytes, or runs of them."""
+    if not delimiters or stop <= start:
+        return 0
+    if not runs:
+        return sum(chunk.count(delimiters[i : i + 1], start, stop) for i in range(len(delimiters)))
+    a = np.frombuffer(chunk, np.uint8, count=stop - start, offset=start)
+    is_delim = np.isin(a, np.frombuffer(delimiters, np.uint8))
+    return int(is_delim[0]) + int(np.count_nonzero(is_delim[1:] & ~is_delim[:-1]))
 
 
 def _scan(
@@ -92,55 +102,44 @@ def _scan(
     max_fields: int,
     visit: Callable[[bytes, np.ndarray, np.ndarray, int, _Carry], None] | None = None,
 ) -> LineCensus:
+    """One pass over path in chunks. Fields are counted only in lines at least max_fields
+    bytes long (a line with more fields cannot be shorter), so ordinary lines cost a few
+    vectorised operations per chunk, not a count each."""
     census = LineCensus()
     carry = _Carry()
     base = 0  # lines finished before this chunk
-    delim_values = np.frombuffer(delimiters, np.uint8)
     with open_text_bytes(path) as handle:
         for chunk in _chunks(handle):
             a = np.frombuffer(chunk, np.uint8)
             ends = np.flatnonzero(a == _LF)
-            if len(delim_values):
-                is_delim = a == delim_values[0]
-                for value in delim_values[1:]:
-                    is_delim |= a == value
-                if runs:  # count a run of delimiters once (whitespace-separated formats)
-                    starts = is_delim.copy()
-                    starts[1:] &= ~is_delim[:-1]
-                    if carry.last_delimiter and len(a):
-                        starts[0] = False
-                    positions = np.flatnonzero(starts)
-                else:
-                    positions = np.flatnonzero(is_delim)
-                per_line = np.bincount(np.searchsorted(ends, positions), minlength=len(ends) + 1)
-            else:  # lengths only
-                is_delim = np.zeros(1, bool)
-                per_line = np.zeros(len(ends) + 1, np.int64)
             if len(ends):
                 begins = np.empty(len(ends), np.int64)
                 begins[0] = 0
                 begins[1:] = ends[:-1] + 1
                 lengths = ends - begins
                 lengths[0] += carry.length
-                fields = per_line[:-1].astype(np.int64) + 1
-                fields[0] += carry.fields
                 crs = np.zeros(len(ends), bool)
                 inside = ends > 0
                 crs[inside] = a[ends[inside] - 1] == _CR
                 if ends[0] == 0:
                     crs[0] = carry.cr_before
                 content = lengths - crs
+                fields = np.ones(len(ends), np.int64)
+                fields[0] += carry.fields
+                for i in np.flatnonzero(content >= max_fields) if delimiters else ():
+                    fields[i] += _separators(chunk, begins[i], ends[i], delimiters, runs)
                 _tally(census, base, content, fields, crs, max_bytes, max_fields)
                 if visit is not None:
                     visit(chunk, ends, crs, base, carry)
                 base += len(ends)
-                carry = _Carry(len(a) - int(ends[-1]) - 1, int(per_line[-1]), False, False)
+                tail = int(ends[-1]) + 1
+                carry = _Carry(len(a) - tail, _separators(chunk, tail, len(a), delimiters, runs))
             else:
                 if visit is not None:
                     visit(chunk, ends, np.zeros(0, bool), base, carry)
-                carry = _Carry(carry.length + len(a), carry.fields + int(per_line[-1]))
+                more = _separators(chunk, 0, len(a), delimiters, runs)
+                carry = _Carry(carry.length + len(a), carry.fields + more)
             if len(a):
-                carry.last_delimiter = bool(is_delim[-1])
                 carry.cr_before = bool(a[-1] == _CR)
     if carry.length:  # a last line without a newline
         census.unterminated = True

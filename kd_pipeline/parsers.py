@@ -1,8 +1,16 @@
 """Readers for the upstream file formats of the text, pairwise and listwise families.
 
 - **Archives** (`.tar.gz`, `.zip`) are unpacked streaming, one wanted member at a time, into
-  a scratch folder; a member that could escape (absolute path, `..`, a link, a device) makes
-  the whole archive refused, and a truncated or corrupt archive is a clear error.
+  a scratch folder, and verified whole: the compressed stream is read to its end (every
+  gzip member, each CRC-32 and length trailer) even when the wanted member comes first,
+  and every zip entry's CRC is checked. A member that could escape (absolute path, `..`,
+  a link, a device) makes the whole archive refused, and a truncated or corrupt archive is
+  a clear error.
+- **Every line is accounted for.** Before the engine reads a file, the line census
+  (`kd_pipeline.lines`) counts its lines and rejects the ones DuckDB's reader would lose
+  or choke on (longer than MAX_LINE_BYTES, more than MAX_FIELDS fields); the engine reads
+  the file, or an LF copy with those lines blanked; the rows read are reconciled with the
+  line count.
 - **Delimited text** (TSV, TREC runs and qrels) is parsed by DuckDB's CSV reader with the
   columns and types given explicitly (never sniffed, no quoting: upstream texts contain
   `"`), streamed through a SELECT into Parquet. A line the reader rejects is never dropped
@@ -10,8 +18,9 @@
   (the line re-split on runs of whitespace), and every line that still does not parse is
   counted and reported as `<file>:<line>: <error>` in the `ParseReport`; the families turn
   that report into a blocking check, so a malformed file is never published.
-- **JSON lines** (BEIR) are read by DuckDB with explicit columns; a malformed line fails
-  the read with DuckDB's message (file and line), re-labelled with the archive member.
+- **JSON lines** (BEIR) are read by DuckDB with explicit columns; a malformed line stops
+  the read and is the report's malformed line (file, line, DuckDB's message), re-labelled
+  with the archive member.
 """
 
 from __future__ import annotations
@@ -350,10 +359,10 @@ def append_parquet(
 MAX_LINE_BYTES = 8 << 20  # longer lines are rejected by the census (no upstream row nears it)
 
 
-def max_fields(fmt: DelimitedFormat) -> int:
-    """The most fields a line of fmt may have before the census rejects it unparsed: far
-    more than any padded line, far fewer than makes the engine's reject table blow up."""
-    return 4 * len(fmt.columns) + 16
+# More fields on one line are rejected by the census, unparsed: far more than any padded
+# line of our formats, few enough that DuckDB's reject table (a row per extra field) stays
+# small for the lines that do reach it.
+MAX_FIELDS = 1000
 
 
 def _census(path: Path, label: str, delimiters: bytes, runs: bool, fields: int) -> LineCensus:
@@ -442,7 +451,7 @@ def copy_delimited(
     delimiter = fmt.delimiter or detect_delimiter(path)
     skip = 1 if _has_header(path, fmt) else 0
     separators = b"\t " if fmt.any_whitespace else delimiter.encode()
-    census = _census(path, label, separators, fmt.any_whitespace, max_fields(fmt))
+    census = _census(path, label, separators, fmt.any_whitespace, MAX_FIELDS)
     extra = {"delimiter": "tab" if delimiter == "\t" else "space", "header_skipped": bool(skip)}
     if census.rejected > len(census.rejected_numbers):
         return _census_report(label, fmt.name, census, extra)

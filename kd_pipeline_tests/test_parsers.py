@@ -103,9 +103,10 @@ def _around(bad: bytes) -> bytes:
         (b"1.0\t2.0\tq\tp\t" + b"x" * (40 << 20), "longer than the limit"),  # > DuckDB's buffer
         (b"1.0\t2.0\tq\t" + b"\0" * (40 << 20) + b"\tn", "longer than the limit"),  # zeroed block
         (b"1.0\t2.0\tq\tp\t" + b"y" * (9 << 20), "longer than the limit"),  # just past the limit
-        (b"\t".join([b"1"] * 1000), "1,000 fields, more than the limit of 36"),
+        (b"\t".join([b"1"] * 1001), "1,001 fields, more than the limit of 1,000"),
+        (b" \t ".join([b"1"] * 5000), "5,000 fields, more than the limit of 1,000"),
     ],
-    ids=["100MB-like", "nul-block", "9MiB", "wide"],
+    ids=["100MB-like", "nul-block", "9MiB", "wide", "wide-padded"],
 )
 def test_a_line_the_engine_cannot_take_is_a_reported_reject(
     tmp_path: Path, con, bad: bytes, reason: str
@@ -144,7 +145,7 @@ def test_too_many_rejected_lines_refuse_the_file_unparsed(
     tmp_path: Path, con, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(lines, "REMEMBERED", 10)
-    path = _write(tmp_path, "scores.tsv", (b"\t".join([b"1"] * 50) + b"\n") * 12 + ROW + b"\n")
+    path = _write(tmp_path, "scores.tsv", (b"\t".join([b"1"] * 2000) + b"\n") * 12 + ROW + b"\n")
     report = write_pairwise(con, path, _out(tmp_path, "p"), "scores.tsv")
     assert (report.rows, report.malformed_lines) == (0, 12)
     assert len(report.examples) == lines.REPORTED
@@ -161,11 +162,11 @@ def test_blank_lines_are_counted_and_named(tmp_path: Path, con) -> None:
 def test_engine_line_numbers_match_the_file_after_a_blanked_line(tmp_path: Path, con) -> None:
     """The clean copy keeps a rejected line as a blank line, so the engine's own rejects
     still carry the original line numbers."""
-    data = _around(b"\t".join([b"1"] * 100)) + b"oops\t0.5\tq\tp\tn\r\n" + ROW + b"\n"
+    data = _around(b"\t".join([b"1"] * 2000)) + b"oops\t0.5\tq\tp\tn\r\n" + ROW + b"\n"
     path = _write(tmp_path, "scores.tsv", data)
     report = write_pairwise(con, path, _out(tmp_path, "p"), "scores.tsv")
     assert (report.rows, report.malformed_lines) == (301, 2)
-    assert report.examples[0].startswith("scores.tsv:151: 100 fields")
+    assert report.examples[0].startswith("scores.tsv:151: 2,000 fields")
     assert report.examples[1].startswith("scores.tsv:302: ")
 
 
@@ -180,3 +181,20 @@ def test_census_counts_across_chunk_boundaries(tmp_path: Path, monkeypatch) -> N
     clean = tmp_path / "clean.tsv"
     lines.write_clean_copy(path, census, clean)
     assert clean.read_bytes() == b"a\tb\nc\td\n\n\n\nlast\tz"
+
+
+@pytest.mark.parametrize("runs", [False, True])
+def test_census_counts_fields_of_a_line_spanning_chunks(tmp_path: Path, monkeypatch, runs) -> None:
+    monkeypatch.setattr(lines, "CHUNK_BYTES", 5)
+    wide = b"  \t".join([b"ab"] * 30) if runs else b"\t".join([b"ab"] * 30)
+    path = _write(tmp_path, "w.tsv", b"a\tb\n" + wide + b"\r\nc\td\n")
+    delimiters = b"\t " if runs else b"\t"
+    census = lines.take_census(
+        path, delimiters=delimiters, max_bytes=1000, max_fields=29, runs=runs
+    )
+    assert census.rejected_numbers == [2]
+    assert census.examples == [(2, "30 fields, more than the limit of 29")]
+    census = lines.take_census(
+        path, delimiters=delimiters, max_bytes=1000, max_fields=30, runs=runs
+    )
+    assert census.rejected == 0
