@@ -444,7 +444,8 @@ def copy_delimited(
     (counted, the first few named `<file>:<line>: <reason>`): the census rejects lines too
     long or too wide for the engine, the engine's rejects table holds the rest, and the
     rows read are reconciled with the file's line count (a difference is a malformed entry).
-    filtered: select drops rows (a WHERE), so the rows read are counted separately.
+    filtered: select may drop rows (a WHERE): when rows written and rejects do not add up
+    to the lines, the rows read are counted by a second parse.
     Line ends may be LF, CRLF or a mix of both.
     """
     label = label or path.name
@@ -472,17 +473,6 @@ def copy_delimited(
                 readable,
             )
             first_pass = rows
-            if filtered:
-                every = ", ".join(n for n, _ in fmt.columns)
-                (first_pass,) = _run_engine(
-                    con,
-                    _fetch_one,
-                    f"SELECT count(hash({every})) FROM {source}",
-                    None,
-                    None,
-                    label,
-                    readable,
-                )
             lines = (
                 f"(SELECT line, any_value(csv_line) AS csv_line FROM {rejects}_errors "
                 "GROUP BY line)"
@@ -505,10 +495,23 @@ def copy_delimited(
                 f"SELECT line, arg_min(error_message, column_idx) FROM {rejects}_errors "
                 f"WHERE {bad} GROUP BY line ORDER BY line LIMIT {REPORTED_LINES}"
             ).fetchall()
+            expected = census.lines - census.blank_lines - census.rejected - skip
+            if filtered and first_pass + recovered_lines + malformed != expected:
+                # rows the select dropped, or lines lost: only a count of the rows read
+                # tells which (a second parse, so only when the totals disagree)
+                every = ", ".join(n for n, _ in fmt.columns)
+                (first_pass,) = _run_engine(
+                    con,
+                    _fetch_one,
+                    f"SELECT count(hash({every})) FROM {source}",
+                    None,
+                    None,
+                    label,
+                    readable,
+                )
         finally:
             con.execute(f"DROP TABLE IF EXISTS {rejects}_errors")
             con.execute(f"DROP TABLE IF EXISTS {rejects}_scans")
-    expected = census.lines - census.blank_lines - census.rejected - skip
     unaccounted = _unaccounted(
         label, census, expected, int(first_pass) + int(recovered_lines) + int(malformed)
     )
