@@ -136,6 +136,37 @@ def test_bad_lines_are_reported_by_line_and_keep_the_published_version(
     assert Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["version"] == good
 
 
+def test_crlf_lines_load_and_a_nul_block_line_blocks_the_publish(
+    lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 item 2 and issue 13 item 1 through the asset: a TSV with CRLF on every line
+    but the last publishes all 300 rows; a line holding a 40 MiB block of NUL bytes (a
+    crash-zeroed region) is a named reject that blocks the publish, not a vanished row."""
+    mirror = stand_in_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
+    _texts()
+    tsv = url_path(mirror, BERT.url)
+    original = tsv.read_bytes().rstrip(b"\n").split(b"\n")
+    tsv.write_bytes(b"\r\n".join(original))
+    redeclare(mirror)
+    result = run_job(HOFSTAETTER_JOB, "bert")
+    assert result.success, failures(result)
+    meta = materialized(result, TEACHER_SCORES_KEY)
+    assert (meta["dagster/row_count"], meta["malformed_lines"]) == (300, 0)
+    good = Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["version"]
+
+    zeroed = original[100].split(b"\t")
+    zeroed[3] = zeroed[3] + b"\0" * (40 << 20)
+    tsv.write_bytes(b"\n".join([*original[:100], b"\t".join(zeroed), *original[101:]]) + b"\n")
+    redeclare(mirror)
+    result = run_job(HOFSTAETTER_JOB, "bert")
+    assert not result.success
+    failed = checks(result)[(TEACHER_SCORES_KEY.to_user_string(), "no_malformed_lines")]
+    assert not failed.passed and failed.metadata["violations"].value == 1
+    assert f"{BERT.file}:101: line of 41,943," in failures(result)
+    assert Lake(lake_dir).manifest(TEACHER_SCORES_KEY.path, "bert")["version"] == good
+
+
 def test_md5_is_verified_against_upstream_off_the_sample(
     lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
