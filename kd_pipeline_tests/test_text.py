@@ -17,6 +17,7 @@ import pytest
 from kd_pipeline.families.text import (
     FIQA_CORPUS_KEY,
     FIQA_QRELS_TRAIN_KEY,
+    FIQA_QUERIES_KEY,
     MOJIBAKE_RE2,
     MSMARCO_COLLECTION_KEY,
     MSMARCO_QUERIES_TRAIN_KEY,
@@ -26,6 +27,7 @@ from kd_pipeline.families.text import (
     repair_mojibake,
 )
 from kd_pipeline.families.upstream import (
+    BEIR_FIQA_URL,
     MSMARCO_COLLECTION_URL,
     MSMARCO_QUERIES_URL,
     all_upstream_urls,
@@ -352,6 +354,37 @@ def test_text_job_publishes_every_table_on_the_sample(lake_dir: Path) -> None:
     catalog = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
     (count,) = catalog.execute('SELECT count(*) FROM text."msmarco_passage/collection"').fetchone()
     assert count == 240
+
+
+def test_multi_member_gzip_and_writestr_zip_archives_load_every_row(
+    lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 items 3-4 through the assets: queries.tar.gz rewritten as three gzip members
+    and fiqa.zip rewritten with `zipfile.writestr` (permission bits only, no file type) load
+    with the same row counts as the originals."""
+    mirror = stand_in_mirror(tmp_path / "mirror")
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
+    keys = [MSMARCO_QUERIES_TRAIN_KEY, FIQA_CORPUS_KEY, FIQA_QUERIES_KEY, FIQA_QRELS_TRAIN_KEY]
+    queries = url_path(mirror, MSMARCO_QUERIES_URL)
+    raw = gzip.decompress(queries.read_bytes())
+    thirds = [raw[: len(raw) // 3], raw[len(raw) // 3 : len(raw) // 2], raw[len(raw) // 2 :]]
+    queries.write_bytes(b"".join(gzip.compress(part) for part in thirds))
+    zipped = url_path(mirror, BEIR_FIQA_URL)
+    with zipfile.ZipFile(zipped) as zf:
+        entries = {i.filename: zf.read(i) for i in zf.infolist() if not i.is_dir()}
+    with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    assert {i.external_attr >> 16 for i in zipfile.ZipFile(zipped).infolist()} == {0o600}
+    redeclare(mirror)
+    result = run_job(TEXT_JOB, selection=keys)
+    assert result.success, failures(result)
+    assert len(rows(lake_dir, MSMARCO_QUERIES_TRAIN_KEY)) == 60
+    assert len(rows(lake_dir, FIQA_CORPUS_KEY, query="title")) == 150
+    expected_queries = entries["fiqa/queries.jsonl"].count(b"\n")
+    assert materialized(result, FIQA_QUERIES_KEY)["dagster/row_count"] == expected_queries
+    expected_qrels = entries["fiqa/qrels/train.tsv"].count(b"\n") - 1  # the header
+    assert materialized(result, FIQA_QRELS_TRAIN_KEY)["dagster/row_count"] == expected_qrels
 
 
 def test_bad_lines_and_truncated_archives_keep_the_published_version(
