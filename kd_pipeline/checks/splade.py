@@ -23,6 +23,7 @@ import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -322,13 +323,17 @@ def load_splade(
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE {t.lines} (file VARCHAR, split VARCHAR, rows BIGINT)"
     )
-    scores = ReadPlan.make(layout.scores)
-    gzipped = [p for p in scores.readable if p.name.endswith(".gz")]
-    pending = _GzipLines(con, f"{prefix}score_lines", scores) if gzipped else None
+    groups = [parts[kind.table] for kind in _MASTERS for parts in layout.splits.values()]
+    censuses = _Censuses([*groups, layout.scores])
+    gzipped = [p for p in layout.scores if p.name.endswith(".gz")]
+    # started at once on the files themselves: their census runs meanwhile, and only when
+    # it asks for something else (a refused file, an LF copy) is the score file read again
+    optimistic = ReadPlan(list(layout.scores), {}, {}, [])
+    pending = _GzipLines(con, f"{prefix}score_lines", optimistic) if gzipped else None
     try:
-        _load_all(con, t, layout, scores, pending)
+        _load_all(con, t, layout, censuses, pending)
     finally:
-        scores.close()
+        censuses.close()
     con.execute(f"DROP TABLE IF EXISTS {t.staging}")
     for derived in _DERIVED_TABLES:
         con.execute(f"DROP TABLE IF EXISTS {t.prefix}{derived}")
@@ -339,7 +344,7 @@ def _load_all(
     con: duckdb.DuckDBPyConnection,
     t: SpladeTables,
     layout: SpladeLayout,
-    scores: ReadPlan,
+    censuses: _Censuses,
     pending: _GzipLines | None,
 ) -> None:
     for kind in _MASTERS:
@@ -349,9 +354,36 @@ def _load_all(
             f"(split {_SPLIT_TYPE}, {kind.id_key} BIGINT{value})"
         )
         for split, parts in layout.splits.items():
-            _load_master(con, t, kind, split, parts[kind.table])
+            _load_master(con, t, kind, split, censuses.plan(parts[kind.table]))
     con.execute(f"CREATE OR REPLACE TEMP TABLE {t.scores} (qid BIGINT, doc_ids BIGINT[])")
+    scores = censuses.plan(layout.scores)
+    if pending is not None and (scores.refused or scores.names):
+        pending.discard()  # read on the files themselves; the plan reads otherwise
+        pending = None
     _load_scores(con, t, scores, pending)
+
+
+class _Censuses:
+    """The ReadPlan of each group of files, made on two background threads from the start
+    (gzip inflation and numpy release the GIL), so the census of one file overlaps DuckDB's
+    work on the files before it."""
+
+    def __init__(self, groups: Sequence[Sequence[Path]]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="line-census")
+        self._plans: dict[tuple[Path, ...], Future[ReadPlan]] = {}
+        for group in groups:
+            key = tuple(group)
+            if key not in self._plans:
+                self._plans[key] = self._pool.submit(ReadPlan.make, group)
+
+    def plan(self, files: Sequence[Path]) -> ReadPlan:
+        return self._plans[tuple(files)].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for future in self._plans.values():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                future.result().close()
 
 
 @dataclass
@@ -567,7 +599,7 @@ def _load_master(
     t: SpladeTables,
     kind: _Kind,
     split: str,
-    files: Sequence[Path],
+    files: Sequence[Path] | ReadPlan,
 ) -> None:
     """A master file. Fast check of a text master: valid JSON with exactly the keys
     [id, text] in that order (json_keys), and a line that starts `{"<id>": <integer>,
