@@ -94,7 +94,10 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleExports:
             assert result.success, (job, partition, failures(result))
         for job, partition in EXPORT_RUNS:
             out.results[(job, partition)] = run(job, partition, instance)
-        for key in ("exports/splade/hofstaetter", "exports/splade_triplets/hofstaetter"):
+        for key in (
+            "exports/splade/splade_hofstaetter",
+            "exports/splade_triplets/splade_triplets_hofstaetter",
+        ):
             out.first_hashes[key] = json.dumps(tree_hashes(out.path(key, "bert")))
         run("exports_hofstaetter_teacher_scores", "bert", instance)
     return out
@@ -120,10 +123,10 @@ def test_a_second_build_is_byte_identical(sample: SampleExports) -> None:
 
 # ---- SPLADE -------------------------------------------------------------------------------
 SPLADE_FOLDERS = [
-    ("exports/splade/hofstaetter", "bert"),
-    ("exports/splade/hofstaetter", "ensemble"),
-    *(("exports/splade/rank_distillm", v) for v in RUN_VARIANTS),
-    ("exports/splade/fiqa", None),
+    ("exports/splade/splade_hofstaetter", "bert"),
+    ("exports/splade/splade_hofstaetter", "ensemble"),
+    *(("exports/splade/splade_rank_distillm", v) for v in RUN_VARIANTS),
+    ("exports/splade/splade_fiqa", None),
 ]
 
 
@@ -157,7 +160,7 @@ def test_splade_exports_load_in_light_splade(
 
 
 def test_splade_rows_are_exactly_the_consumer_keys_with_integer_ids(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/hofstaetter", "bert")
+    root = sample.path("exports/splade/splade_hofstaetter", "bert")
     first = json.loads((root / "train" / "query_master.ndjson").read_text().splitlines()[0])
     assert set(first) == {"qid", "text"} and type(first["qid"]) is int
     positives = json.loads((root / "train" / "positive_lists.ndjson").read_text().splitlines()[0])
@@ -170,14 +173,14 @@ def test_splade_rows_are_exactly_the_consumer_keys_with_integer_ids(sample: Samp
 
 
 def test_splade_validation_split_is_seeded_and_disjoint(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/hofstaetter", "bert")
+    root = sample.path("exports/splade/splade_hofstaetter", "bert")
     qids = {
         split: {json.loads(line)["qid"] for line in (root / split / "query_master.ndjson").open()}
         for split in ("train", "validation")
     }
     assert qids["train"] and qids["validation"] and not qids["train"] & qids["validation"]
     assert len(qids["train"] | qids["validation"]) == 60  # every sample train query
-    manifest = Lake(sample.lake).manifest(["exports", "splade", "hofstaetter"], "bert")
+    manifest = Lake(sample.lake).manifest(["exports", "splade", "splade_hofstaetter"], "bert")
     assert manifest["written"]["split_queries"] == {
         "train": len(qids["train"]),
         "validation": len(qids["validation"]),
@@ -185,19 +188,19 @@ def test_splade_validation_split_is_seeded_and_disjoint(sample: SampleExports) -
 
 
 def test_splade_id_map_leads_back_to_upstream_ids(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/fiqa")
+    root = sample.path("exports/splade/splade_fiqa")
     id_map = duckdb.execute(
         "SELECT kind, id, upstream_id FROM read_parquet($g)", {"g": str(root / "*.parquet")}
     ).fetchall()
     assert {k for k, _, _ in id_map} == {"query", "document"}
     assert all(str(i) == u for _, i, u in id_map)  # FiQA ids are integers: kept as they are
-    manifest = Lake(sample.lake).manifest(["exports", "splade", "fiqa"])
+    manifest = Lake(sample.lake).manifest(["exports", "splade", "splade_fiqa"])
     assert manifest["written"]["query_ids"] == "upstream"
     assert manifest["lineage"]["licence"].startswith("non-commercial")
 
 
 def test_rankzephyr_positives_are_the_teachers_top_passage(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/rank_distillm", RANKZEPHYR)
+    root = sample.path("exports/splade/splade_rank_distillm", RANKZEPHYR)
     positives = {
         row["qid"]: row["positive_doc_ids"]
         for row in map(json.loads, (root / "train" / "positive_lists.ndjson").open())
@@ -212,14 +215,14 @@ def test_rankzephyr_positives_are_the_teachers_top_passage(sample: SampleExports
 
 def test_selection_counts_what_was_dropped(sample: SampleExports) -> None:
     result = sample.results[("exports_hofstaetter_teacher_scores", "bert")]
-    key = dg.AssetKey(["exports", "splade", "hofstaetter"])
+    key = dg.AssetKey(["exports", "splade", "splade_hofstaetter"])
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     assert meta["selection"]["pairs_without_text"] == 2  # the sample's missing passages
     assert meta["rule_violations"] == dict.fromkeys(meta["rule_violations"], 0)
     assert set(meta["rule_violations"]) >= {"queries_have_negative", "rows_well_formed"}
     run = Lake(sample.lake).manifest(
-        ["exports", "splade", "rank_distillm"], "msmarco.bm25.annotated"
+        ["exports", "splade", "splade_rank_distillm"], "msmarco.bm25.annotated"
     )
     assert run["selection"]["positives_without_teacher_score"] > 0  # unretrieved positives
     assert run["selection"]["queries_without_positive"] > 0
@@ -233,7 +236,7 @@ def load_parquet(folder: Path, pattern: str = "*.parquet"):
 
 
 def test_margin_mse_single_rows_hold_the_teacher_margin(sample: SampleExports) -> None:
-    rows = load_parquet(sample.path("exports/margin_mse/hofstaetter", "bert"))
+    rows = load_parquet(sample.path("exports/margin_mse/margin_mse_hofstaetter", "bert"))
     assert rows.column_names == ["query", "positive", "negative", "score"]
     assert rows.features["score"].dtype == "float64" and len(rows) > 0
     con = duckdb.connect()
@@ -262,7 +265,7 @@ def test_margin_mse_single_rows_hold_the_teacher_margin(sample: SampleExports) -
 
 
 def test_margin_mse_multi_negative_form(sample: SampleExports) -> None:
-    rows = load_parquet(sample.path("exports/margin_mse/fiqa"))
+    rows = load_parquet(sample.path("exports/margin_mse/margin_mse_fiqa"))
     assert rows.column_names == [
         "query",
         "positive",
@@ -277,7 +280,7 @@ def test_margin_mse_multi_negative_form(sample: SampleExports) -> None:
 
 
 def test_pylate_tables_load_and_resolve(sample: SampleExports) -> None:
-    root = sample.path("exports/pylate_kd/fiqa")
+    root = sample.path("exports/pylate_kd/pylate_kd_fiqa")
     train = load_parquet(root, "train-*.parquet")
     queries = load_parquet(root / "queries")
     documents = load_parquet(root / "documents")
@@ -289,32 +292,42 @@ def test_pylate_tables_load_and_resolve(sample: SampleExports) -> None:
     known = set(documents["document_id"])
     assert all(set(ids) <= known for ids in train["document_ids"])
     capped = load_parquet(
-        sample.path("exports/pylate_kd/rank_distillm", "msmarco.bm25.annotated"), "train-*.parquet"
+        sample.path("exports/pylate_kd/pylate_kd_rank_distillm", "msmarco.bm25.annotated"),
+        "train-*.parquet",
     )
     assert max(len(ids) for ids in capped["document_ids"]) <= 32
 
 
-@pytest.mark.parametrize("mode", ["hofstaetter", "hofstaetter_per_positive"])
+@pytest.mark.parametrize("mode", ["hofstaetter", "hofstaetter_pos"])
 def test_splade_triplets_both_sampling_modes(sample: SampleExports, mode: str) -> None:
-    rows = load_parquet(sample.path(f"exports/splade_triplets/{mode}", "bert"))
-    assert rows.column_names == ["query_text", "pos_text", "neg_text", "pos_score", "neg_score"]
-    splade = sample.path("exports/splade/hofstaetter", "bert")
-    queries = sum(
-        1
-        for split in ("train", "validation")
-        for _ in (splade / split / "query_master.ndjson").open()
-    )
-    pairs = sum(
-        len(json.loads(line)["positive_doc_ids"])
-        for split in ("train", "validation")
-        for line in (splade / split / "positive_lists.ndjson").open()
-    )
-    assert len(rows) == (queries if mode == "hofstaetter" else pairs)
-    assert all(p != n for p, n in zip(rows["pos_text"], rows["neg_text"], strict=True))
+    """One row per query (or per query and positive) of each split, in that split only
+    (issue 11: the triplets used to hold the 7 validation queries in their training rows)."""
+    folder = sample.path(f"exports/splade_triplets/splade_triplets_{mode}", "bert")
+    splits = datasets.load_dataset(str(folder.resolve()))
+    assert sorted(splits) == ["train", "validation"]
+    splade = sample.path("exports/splade/splade_hofstaetter", "bert")
+    for split, rows in splits.items():
+        assert rows.column_names == [
+            "query_text",
+            "pos_text",
+            "neg_text",
+            "pos_score",
+            "neg_score",
+        ]
+        queries = sum(1 for _ in (splade / split / "query_master.ndjson").open())
+        pairs = sum(
+            len(json.loads(line)["positive_doc_ids"])
+            for line in (splade / split / "positive_lists.ndjson").open()
+        )
+        assert len(rows) == (queries if mode == "hofstaetter" else pairs), split
+        assert all(p != n for p, n in zip(rows["pos_text"], rows["neg_text"], strict=True))
+    assert len(splits["train"]) + len(splits["validation"]) >= 60  # every sample query
 
 
 def test_pointwise_lighton_pairs(sample: SampleExports) -> None:
-    rows = load_parquet(sample.path("exports/pointwise/lighton_recommended", LIGHTON_CONFIG))
+    rows = load_parquet(
+        sample.path("exports/pointwise/pointwise_lighton_recommended", LIGHTON_CONFIG)
+    )
     assert rows.column_names == ["query", "document", "score"]
     recommended = duckdb.execute(
         "SELECT count(DISTINCT (query_id, doc_id)) FROM read_parquet($g)",
@@ -324,7 +337,7 @@ def test_pointwise_lighton_pairs(sample: SampleExports) -> None:
 
 
 def test_tevatron_jsonl_loads_with_a_score_on_every_passage(sample: SampleExports) -> None:
-    root = sample.path("exports/tevatron/fiqa")
+    root = sample.path("exports/tevatron/tevatron_fiqa")
     rows = datasets.load_dataset(
         "json", data_files=str(root.resolve() / "train.jsonl"), split="train"
     )
@@ -336,21 +349,23 @@ def test_tevatron_jsonl_loads_with_a_score_on_every_passage(sample: SampleExport
 
 
 def test_lightning_ir_file_names_name_the_collection(sample: SampleExports) -> None:
-    root = sample.path("exports/lightning_ir/hofstaetter", "bert")
-    names = sorted(p.name for p in root.iterdir() if p.name != "_manifest.json")
+    root = sample.path("exports/lightning_ir/lightning_ir_hofstaetter", "bert")
+    names = sorted(p.name for p in root.iterdir() if p.is_file() and p.name.startswith("__"))
     assert names == [
         "__hofstaetter-bert__msmarco-passage-train.parquet",
         "__hofstaetter-bert__msmarco-passage-train.run",
     ]
+    validation = sorted(p.name for p in (root / "validation").iterdir())
+    assert validation == names  # the same names: lightning-ir reads the collection from them
     assert dataset_from_file_name(names[0]) == "msmarco-passage-train"
-    zephyr = sample.path("exports/lightning_ir/rank_distillm", RANKZEPHYR)
+    zephyr = sample.path("exports/lightning_ir/lightning_ir_rank_distillm", RANKZEPHYR)
     (run_file,) = zephyr.glob("*.parquet")
     assert run_file.name == (
         "__rank-distillm-rankzephyr-bm25-10000-sampled100__msmarco-passage-train.parquet"
     )
     assert dataset_from_file_name(run_file.name) == "msmarco-passage-train"
     assert run_file.suffixes[0] == ".parquet"
-    fiqa = next(sample.path("exports/lightning_ir/fiqa").glob("*.parquet"))
+    fiqa = next(sample.path("exports/lightning_ir/lightning_ir_fiqa").glob("*.parquet"))
     assert dataset_from_file_name(fiqa.name) == "beir-fiqa-train"
     rows = load_parquet(root, names[0])
     assert rows.column_names == ["query_id", "doc_id", "rank", "score"]
@@ -381,7 +396,7 @@ def test_pointwise_source_asked_for_splade_is_refused_by_rule_5(
     assert not rule5.passed and rule5.severity == dg.AssetCheckSeverity.ERROR
     detail = rule5.metadata["detail"].value
     assert "no scored negatives" in detail and "pointwise" in detail
-    assert "exports/pointwise/lighton_recommended" in detail
+    assert "exports/pointwise/pointwise_lighton_recommended" in detail
     failed = {k for k, e in checks(result).items() if not e.passed}
     assert failed == {(spec.key.to_user_string(), "queries_have_negative")}
     assert "not published" in failures(result)
@@ -394,7 +409,7 @@ def test_an_invalid_export_never_replaces_the_published_one(lake_dir: Path) -> N
         result = run(job, None, instance)
         assert result.success, failures(result)
     lake = Lake(lake_dir)
-    key = ["exports", "splade", "fiqa"]
+    key = ["exports", "splade", "splade_fiqa"]
     before = (lake.manifest(key)["version"], tree_hashes(lake.published_path(key)))
     # a new upstream version in which one query kept only its positive
     source_glob = lake.parquet_glob(MINED_KEY.path)
@@ -410,7 +425,7 @@ def test_an_invalid_export_never_replaces_the_published_one(lake_dir: Path) -> N
         lake.publish(staged, {"rows": 0})
     result = run("exports_fiqa_mined_scores", None, instance)
     assert not result.success
-    evaluation = checks(result)[("exports/splade/fiqa", "queries_have_negative")]
+    evaluation = checks(result)[("exports/splade/splade_fiqa", "queries_have_negative")]
     assert not evaluation.passed
     assert f"qid {victim}" in evaluation.metadata["first_offenders"].value
     assert evaluation.metadata["violations"].value == 1
@@ -460,8 +475,8 @@ def test_bad_specs_fail_when_loaded_naming_the_problem(case: str) -> None:
 
 
 def test_duplicate_export_keys_are_refused(tmp_path: Path) -> None:
-    entry = "- {name: x, format: pointwise, source: lighton/recommended}\n"
-    (tmp_path / "exports.yaml").write_text(entry * 2)
+    entry = "  - {name: x, format: pointwise, source: lighton/recommended}\n"
+    (tmp_path / "exports.yaml").write_text("exports:\n" + entry * 2)
     with pytest.raises(SpecError, match="defined twice"):
         load_export_specs(tmp_path / "exports.yaml")
 
