@@ -8,6 +8,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,11 +18,14 @@ import dagster as dg
 import datasets  # a test dependency: the consumer of the Parquet and JSONL exports
 import duckdb
 import pytest
+import yaml
 
+from kd_pipeline.checks.candidates import increasing_in_file_order, one_split_per_query
+from kd_pipeline.checks.rules import Table
 from kd_pipeline.checks.splade import resolve_layout, validate_folder
 from kd_pipeline.cli import main
 from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
-from kd_pipeline.engine import default_duckdb_resource
+from kd_pipeline.engine import copy_parquet, default_duckdb_resource
 from kd_pipeline.exports import factory
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import SpecError
@@ -505,3 +511,377 @@ def test_parallel_gzip_is_one_stream_to_every_reader_and_deterministic(tmp_path:
     assert gzip.decompress((tmp_path / "empty.gz").read_bytes()) == b""
     with pytest.raises(ValueError, match="gzip level"):
         gzip_file(source, tmp_path / "x.gz", level=11)
+
+
+# ---- one split per source, honoured by every export (issue 11, fault 1) --------------------
+def split_query_texts(sample: SampleExports, key: str, partition: str | None) -> dict[str, set]:
+    """The query texts in each split of an export, read from its files the way its consumer
+    reads them (`datasets` over the folder's card; SPLADE's query masters; lightning-ir's
+    ids mapped back to their texts)."""
+    folder = sample.path(key, partition)
+    fmt = key.split("/")[1]
+    if fmt == "splade":
+        return {
+            split: {
+                json.loads(line)["text"] for line in (folder / split / "query_master.ndjson").open()
+            }
+            for split in ("train", "validation")
+            if (folder / split).is_dir()
+        }
+    splits = datasets.load_dataset(str(folder.resolve()))
+    if fmt == "lightning_ir":
+        texts = dict(
+            duckdb.execute(
+                "SELECT query_id, text FROM read_parquet($g)",
+                {"g": str(sample.path("text/msmarco_passage/queries_train") / "*.parquet")},
+            ).fetchall()
+        )
+        return {s: {texts[q] for q in rows["query_id"]} for s, rows in splits.items()}
+    column = {"splade_triplets": "query_text", "tevatron": "query"}.get(fmt, "query")
+    return {s: set(rows[column]) for s, rows in splits.items()}
+
+
+HOFSTAETTER_EXPORTS = [
+    "exports/splade_triplets/splade_triplets_hofstaetter",
+    "exports/splade_triplets/splade_triplets_hofstaetter_pos",
+    "exports/margin_mse/margin_mse_hofstaetter",
+    "exports/tevatron/tevatron_hofstaetter",
+    "exports/lightning_ir/lightning_ir_hofstaetter",
+]
+
+
+@pytest.mark.parametrize("partition", ["bert", "ensemble"])
+def test_a_query_is_in_one_split_across_every_export_of_the_source(
+    sample: SampleExports, partition: str
+) -> None:
+    splade = split_query_texts(sample, "exports/splade/splade_hofstaetter", partition)
+    held_out = splade["validation"]
+    assert 0 < len(held_out) < len(splade["train"])
+    for key in HOFSTAETTER_EXPORTS:
+        splits = split_query_texts(sample, key, partition)
+        assert not splits["train"] & held_out, key  # no validation query trains
+        assert splits["validation"] == held_out, key  # the same held-out queries everywhere
+        assert splits["train"] == splade["train"], key
+    # the other partition holds out the same queries (the split is per source, by text)
+    other = "ensemble" if partition == "bert" else "bert"
+    assert (
+        split_query_texts(sample, "exports/splade/splade_hofstaetter", other)["validation"]
+        == held_out
+    )
+
+
+def test_every_export_has_the_split_check_and_it_passed(sample: SampleExports) -> None:
+    for (job, partition), result in sample.results.items():
+        evaluations = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == "one_split_per_query"
+        ]
+        keys = {s.key for s in load_export_specs() if factory.export_job_name(s) == job}
+        assert {e.asset_key for e in evaluations} == keys, (job, partition)
+        assert all(e.passed for e in evaluations)
+
+
+def test_the_split_check_fails_on_a_leaked_query(sample: SampleExports, tmp_path: Path) -> None:
+    """A validation query copied into the training files is caught, and named."""
+    folder = sample.path("exports/margin_mse/margin_mse_hofstaetter", "bert").resolve()
+    con = duckdb.connect()
+    ((leaked,),) = con.execute(
+        "SELECT min(query) FROM read_parquet($g)", {"g": str(folder / "validation" / "*.parquet")}
+    ).fetchall()
+    con.execute(
+        f"COPY (SELECT * FROM read_parquet($t) UNION ALL SELECT * FROM read_parquet($v) "
+        f"WHERE query = $q) TO '{tmp_path}/part-00000.parquet' (FORMAT parquet)",
+        {
+            "t": str(folder / "*.parquet"),
+            "v": str(folder / "validation" / "*.parquet"),
+            "q": leaked,
+        },
+    )
+    tables = {
+        "train": Table.parquet(str(tmp_path / "*.parquet")),
+        "validation": Table.parquet(str(folder / "validation" / "*.parquet")),
+    }
+    outcome = one_split_per_query("one_split_per_query", tables, "query")(con, tables["train"])
+    assert not outcome.passed and outcome.violations == 1
+    assert outcome.examples == (leaked[:40],)
+    honest = {**tables, "train": Table.parquet(str(folder / "*.parquet"))}
+    assert one_split_per_query("one_split_per_query", honest, "query")(con, tables["train"]).passed
+
+
+def test_a_split_knob_on_a_format_is_refused_pointing_to_the_source_split() -> None:
+    with pytest.raises(SpecError, match="decided once per source"):
+        parse_spec(
+            {
+                "name": "x",
+                "format": "margin_mse",
+                "source": "hofstaetter/teacher_scores",
+                "texts": {
+                    "queries": "text/msmarco_passage/queries_train",
+                    "documents": "text/msmarco_passage/collection",
+                },
+                "knobs": {"validation_fraction": 0.1},
+            },
+            "spec",
+            known_sources(),
+        )
+
+
+# ---- one list length per export (fault 2) --------------------------------------------------
+def fiqa_candidates_with_text(sample: SampleExports) -> dict[str, int]:
+    """Per FiQA query: its scored candidates whose document has a text (computed from the
+    source and the corpus, independently of the export code)."""
+    return dict(
+        duckdb.execute(
+            "SELECT m.query_id, count(*) FROM read_parquet($m) m "
+            "SEMI JOIN read_parquet($c) c USING (doc_id) "
+            "SEMI JOIN read_parquet($q) q USING (query_id) "
+            "WHERE m.score IS NOT NULL GROUP BY m.query_id",
+            {
+                "m": str(sample.path("fiqa/mined_scores") / "*.parquet"),
+                "c": str(sample.path("text/fiqa/corpus") / "*.parquet"),
+                "q": str(sample.path("text/fiqa/queries") / "*.parquet"),
+            },
+        ).fetchall()
+    )
+
+
+def test_pylate_rows_have_one_length_and_short_queries_are_dropped_and_counted(
+    sample: SampleExports,
+) -> None:
+    root = sample.path("exports/pylate_kd/pylate_kd_fiqa")
+    train = datasets.load_dataset(str(root.resolve()), "train", split="train")
+    assert {len(ids) for ids in train["document_ids"]} == {16}
+    assert {len(s) for s in train["scores"]} == {16}
+    candidates = fiqa_candidates_with_text(sample)
+    short = sorted(q for q, n in candidates.items() if n < 16)
+    assert short  # the sample has candidates without text: the case of the fault
+    assert sorted(set(candidates) - set(train["query_id"])) == short
+    written = Lake(sample.lake).manifest(["exports", "pylate_kd", "pylate_kd_fiqa"])["written"]
+    assert written["queries_dropped_too_few_documents"] == len(short)
+    for variant in RUN_VARIANTS:
+        rows = datasets.load_dataset(
+            str(sample.path("exports/pylate_kd/pylate_kd_rank_distillm", variant).resolve()),
+            "train",
+            split="train",
+        )
+        expected = 8 if variant.endswith("sampled10") else 16
+        assert {len(ids) for ids in rows["document_ids"]} == {expected}, variant
+
+
+def test_multi_negative_margin_mse_rows_have_one_length(sample: SampleExports) -> None:
+    rows = datasets.load_dataset(
+        str(sample.path("exports/margin_mse/margin_mse_fiqa").resolve()), split="train"
+    )
+    assert {len(s) for s in rows["score"]} == {4}
+    written = Lake(sample.lake).manifest(["exports", "margin_mse", "margin_mse_fiqa"])["written"]
+    assert "queries_with_too_few_negatives" in written
+
+
+UNFILLABLE = {
+    "pylate_kd": ({"documents_per_query": 17}, "exports/pylate_kd/pylate_kd_fiqa"),
+    "margin_mse": (
+        {"negatives_per_row": 40, "negative_selection": "hardest"},
+        "exports/margin_mse/margin_mse_fiqa",
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(UNFILLABLE))
+def test_a_shape_no_query_can_fill_fails_naming_the_export_and_keeps_the_published_one(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    knobs, key = UNFILLABLE[fmt]
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {
+            "name": "fiqa",
+            "format": fmt,
+            "source": "fiqa/mined_scores",
+            "texts": {"queries": "text/fiqa/queries", "documents": "text/fiqa/corpus"},
+            "knobs": knobs,
+        },
+        "test",
+        known_sources(),
+    )
+    lake = Lake(sample.lake)
+    before = (
+        lake.manifest(spec.key.path)["version"],
+        tree_hashes(lake.published_path(spec.key.path)),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(spec)],
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    length = checks(result)[(key, "one_list_length")]
+    assert not length.passed and length.severity == dg.AssetCheckSeverity.ERROR
+    queries = len(fiqa_candidates_with_text(sample))
+    assert length.metadata["violations"].value == queries
+    detail = length.metadata["detail"].value
+    assert key in detail and f"none of the {queries} queries" in detail
+    assert "not published" in failures(result)
+    after = (
+        lake.manifest(spec.key.path)["version"],
+        tree_hashes(lake.published_path(spec.key.path)),
+    )
+    assert after == before
+
+
+# ---- every folder is a Hugging Face dataset (fault 3) --------------------------------------
+def card_header(folder: Path) -> dict:
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+PUBLISHED = [
+    (spec.key.to_user_string(), partition)
+    for spec in load_export_specs()
+    for job, partition in EXPORT_RUNS
+    if factory.export_job_name(spec) == job
+]
+
+
+@pytest.mark.parametrize(("key", "partition"), PUBLISHED)
+def test_every_export_folder_loads_by_its_card(
+    sample: SampleExports, key: str, partition: str | None
+) -> None:
+    """`load_dataset(folder, config)` for every config the card names, with its splits and
+    every row the manifest counted; the licence and provenance are on the card."""
+    folder = sample.path(key, partition).resolve()
+    header = card_header(folder)
+    manifest = Lake(sample.lake).manifest(key.split("/"), partition)
+    names = [c["config_name"] for c in header["configs"]]
+    for config in header["configs"]:
+        loaded = datasets.load_dataset(str(folder), config["config_name"])
+        assert sorted(loaded) == sorted(f["split"] for f in config["data_files"]), config
+        assert all(len(rows) > 0 for rows in loaded.values()), config
+    assert [c["config_name"] for c in header["configs"] if c.get("default")] == names[:1] or (
+        len(names) == 1
+    )
+    assert header["license"] == "other" and header["license_name"]
+    if "fiqa" in key:
+        assert "fiqa-mined-non-commercial" in header["license_name"]
+        assert "fiqa-2018" in header["license_name"]
+    body = (folder / "README.md").read_text(encoding="utf-8")
+    for upstream, version in manifest["lineage"]["versions"].items():
+        assert upstream in body and str(version) in body
+    assert f"format: {manifest['format']}" in body
+
+
+def test_pylate_loads_as_its_documentation_says(sample: SampleExports) -> None:
+    folder = str(sample.path("exports/pylate_kd/pylate_kd_fiqa").resolve())
+    train = datasets.load_dataset(folder, "train", split="train")
+    queries = datasets.load_dataset(folder, "queries", split="train")
+    documents = datasets.load_dataset(folder, "documents", split="train")
+    assert train.column_names == ["query_id", "document_ids", "scores"]
+    assert set(queries["query_id"]) == set(train["query_id"])
+    known = set(documents["document_id"])
+    assert all(set(ids) <= known for ids in train["document_ids"])
+    assert len(datasets.load_dataset(folder, split="train")) == len(train)  # train is the default
+
+
+# ---- ordered exports keep their order (fault 4) --------------------------------------------
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DenseON-LateON mixture over the 73 sample configs, prepared from the CLI."""
+    root = tmp_path_factory.mktemp("mixture")
+    (root / "dagster").mkdir()
+    env = {
+        **os.environ,
+        "KD_PIPELINE_LAKE": str(root / "lake"),
+        "DAGSTER_HOME": str(root / "dagster"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kd_pipeline.cli",
+            "prepare",
+            "ai.lighton.embeddings_pre_training.denseon_lateon",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "lake"
+
+
+def test_the_mixture_export_is_the_mixture_row_for_row_across_12_part_files(
+    mixture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(mixture))
+    (spec,) = [s for s in load_export_specs() if s.name == "denseon_lateon"]
+    ((rows,),) = duckdb.execute(
+        "SELECT count(*) FROM read_parquet($g)",
+        {"g": str(Lake(mixture).published_path(["lighton", "denseon_lateon"]) / "*.parquet")},
+    ).fetchall()
+    small = parse_spec(
+        {
+            "name": spec.name,
+            "format": "pointwise",
+            "source": spec.source.name,
+            "knobs": {"rows_per_file": rows // 13},
+        },
+        "test",
+        known_sources(),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(small)],
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    folder = Lake(mixture).published_path(small.key.path).resolve()
+    parts = sorted(p.name for p in folder.glob("*.parquet"))
+    assert len(parts) >= 12 and parts[:2] == ["part-00000.parquet", "part-00001.parquet"]
+    exported = datasets.load_dataset(str(folder), split="train")
+    assert exported.column_names == ["position", "query", "document", "score"]
+    source = duckdb.execute(
+        "SELECT position, query, document, similarity FROM read_parquet($g) ORDER BY position",
+        {"g": str(Lake(mixture).published_path(["lighton", "denseon_lateon"]) / "*.parquet")},
+    ).fetchall()
+    assert len(exported) == len(source) == rows  # nothing dropped, repeats included
+    assert [tuple(r.values()) for r in exported] == [tuple(r) for r in source]
+    manifest = Lake(mixture).manifest(small.key.path)
+    assert manifest["selection"]["source_rows"] == rows
+    assert manifest["written"]["rows"] == rows
+    assert manifest["selection"]["repeats_merged"] > 0  # counted, and still exported
+    order = checks(result)[(small.key.to_user_string(), "rows_in_source_order")]
+    assert order.passed
+
+
+def test_part_file_names_sort_in_reading_order(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    written = copy_parquet(
+        con,
+        "SELECT range AS i FROM range(1000) ORDER BY md5(CAST(range AS VARCHAR))",
+        tmp_path,
+        rows_per_file=70,
+    )
+    names = [p.name for p in sorted(tmp_path.glob("*.parquet"))]
+    assert written == 1000 and len(names) == 15 and names[-1] == "part-00014.parquet"
+    expected = con.execute(
+        "SELECT range FROM range(1000) ORDER BY md5(CAST(range AS VARCHAR))"
+    ).fetchall()
+    assert con.execute(f"SELECT i FROM read_parquet('{tmp_path}/*.parquet')").fetchall() == expected
+    with pytest.raises(ValueError, match="rows_per_file"):
+        copy_parquet(con, "SELECT 1", tmp_path / "x", rows_per_file=0)
+
+
+def test_an_ordered_export_out_of_order_fails_its_check(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    for number, (low, high) in enumerate([(0, 10), (20, 30), (10, 20)]):  # a part misplaced
+        con.execute(
+            f"COPY (SELECT range AS position FROM range({low}, {high})) "
+            f"TO '{tmp_path}/part-{number:05d}.parquet' (FORMAT parquet)"
+        )
+    rule = increasing_in_file_order("rows_in_source_order", str(tmp_path / "*.parquet"), "position")
+    outcome = rule(con, Table.parquet(str(tmp_path / "*.parquet")))
+    assert not outcome.passed and outcome.violations == 1
+    assert outcome.examples == ("position 10 after 29",)

@@ -77,13 +77,13 @@ def licences_for(keys: Sequence[str]) -> list[Licence]:
 
 
 def split_path(pattern: str, split: str, writes_splits: bool) -> str:
-    """Where one split of a config lives: a pattern with `{split}` names it itself (SPLADE's
-    `train/`, `validation/`); else train is at the top and validation under validation/."""
-    if "{split}" in pattern:
-        return pattern.format(split=split)
+    """Where one split of a config lives: `{split}` in a pattern is the split's name; a
+    format that lays out its splits itself (SPLADE's `train/`, `validation/`) says where,
+    for the others train is at the top of the folder and validation under validation/."""
+    path = pattern.format(split=split) if "{split}" in pattern else pattern
     if split == "train" or writes_splits:
-        return pattern
-    return f"{VALIDATION_DIR}/{pattern}"
+        return path
+    return f"{VALIDATION_DIR}/{path}"
 
 
 def configs_block(

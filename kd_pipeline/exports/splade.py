@@ -249,7 +249,7 @@ LAYOUT = """\
 | `hard-negatives-cross-encoder-scores.ndjson.gz` | `{"qid": int, "scores": {"<doc_id>": float}}` |
 | `id-map-part-00000.parquet` | `kind, id, upstream_id` (Parquet) |
 | `README.md` | the dataset card: configs `query_master`, `doc_master`, `positive_lists` \
-(splits train, validation), `id_map`; licence; provenance |
+(splits train, validation); licence; provenance |
 """
 
 FORMAT = ExportFormat(
@@ -269,14 +269,15 @@ FORMAT = ExportFormat(
         "query_master": "{split}/query_master.ndjson*",
         "doc_master": "{split}/doc_master.ndjson*",
         "positive_lists": "{split}/positive_lists.ndjson*",
-        "id_map": f"{ID_MAP_PREFIX}part-*.parquet",
     },
     hf_default="query_master",
     consumer=(
         "light-splade: point its dataset at `train/query_master.ndjson`, "
         "`train/doc_master.ndjson`, `train/positive_lists.ndjson` and "
         "`hard-negatives-cross-encoder-scores.ndjson.gz` (and `validation/...` for "
-        "evaluation). The score file is a map per query, not a table: the card lists the "
-        'masters only, e.g. `datasets.load_dataset(folder, "query_master")`.'
+        "evaluation). The score file is a map per query, not a table, and `datasets` reads "
+        "one file format per folder, so the card lists the NDJSON masters only, e.g. "
+        '`datasets.load_dataset(folder, "query_master")`; the Parquet id map is read with '
+        '`load_dataset("parquet", data_files=f"{folder}/id-map-part-*.parquet")`.'
     ),
 )
