@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -460,6 +461,17 @@ BAD_SPECS = {
         "needs a listwise or pairwise source",
     ),
     "bad name": ({"name": "../up"}, "not a safe name"),
+    "unknown transform": ({"knobs": {"score_transform": "zscore"}}, "score_transform='zscore'"),
+    "temperature without softmax": (
+        {"knobs": {"score_transform": "minmax", "temperature": 2.0}},
+        "temperature applies to score_transform: softmax only",
+    ),
+    "bad temperature": (
+        {"knobs": {"score_transform": "softmax", "temperature": 0}},
+        "temperature=0",
+    ),
+    "bad rows_per_file": ({"format": "margin_mse", "knobs": {"rows_per_file": 0}}, "rows_per_file"),
+    "label too long": ({"name": "a_source_name_far_too_long"}, "the lineage graph shows 31"),
 }
 
 
@@ -885,3 +897,95 @@ def test_an_ordered_export_out_of_order_fails_its_check(tmp_path: Path) -> None:
     outcome = rule(con, Table.parquet(str(tmp_path / "*.parquet")))
     assert not outcome.passed and outcome.violations == 1
     assert outcome.examples == ("position 10 after 29",)
+
+
+# ---- scores on the consumer's scale (fault 5) ----------------------------------------------
+def fiqa_teacher_scores(sample: SampleExports) -> dict[tuple[str, str], float]:
+    return {
+        (q, d): s
+        for q, d, s in duckdb.execute(
+            "SELECT query_id, doc_id, score FROM read_parquet($g) WHERE score IS NOT NULL",
+            {"g": str(sample.path("fiqa/mined_scores") / "*.parquet")},
+        ).fetchall()
+    }
+
+
+def test_pylate_scores_are_min_max_scaled_per_query_list(sample: SampleExports) -> None:
+    folder = str(sample.path("exports/pylate_kd/pylate_kd_fiqa").resolve())
+    train = datasets.load_dataset(folder, "train", split="train")
+    teacher = fiqa_teacher_scores(sample)
+    for row in train:
+        raw = [teacher[(row["query_id"], d)] for d in row["document_ids"]]
+        low, high = min(raw), max(raw)
+        assert row["scores"] == pytest.approx([(r - low) / (high - low) for r in raw], abs=1e-6)
+    manifest = Lake(sample.lake).manifest(["exports", "pylate_kd", "pylate_kd_fiqa"])
+    assert manifest["knobs"]["score_transform"] == "minmax"
+    card = card_header(Path(folder))
+    assert card["configs"][0]["config_name"] == "train"
+    assert "score_transform: minmax" in (Path(folder) / "README.md").read_text()
+
+
+def test_softmax_with_temperature_over_each_exported_list(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {
+            "name": "fiqa_softmax",
+            "format": "tevatron",
+            "source": "fiqa/mined_scores",
+            "texts": {"queries": "text/fiqa/queries", "documents": "text/fiqa/corpus"},
+            "knobs": {"score_transform": "softmax", "temperature": 2.0, "max_negatives": 5},
+        },
+        "test",
+        known_sources(),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(spec)],
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    folder = Lake(sample.lake).published_path(spec.key.path).resolve()
+    teacher = fiqa_teacher_scores(sample)
+    for row in datasets.load_dataset(str(folder), split="train"):
+        passages = row["positive_passages"] + row["negative_passages"]
+        scores = [p["score"] for p in passages]
+        assert sum(scores) == pytest.approx(1.0)
+        raw = [teacher[(row["query_id"], p["docid"])] for p in passages]
+        # softmax at T = 2: score ratios are exp((s_i - s_j) / 2) of the raw scores
+        assert scores[0] / scores[-1] == pytest.approx(math.exp((raw[0] - raw[-1]) / 2.0))
+    knobs = Lake(sample.lake).manifest(spec.key.path)["knobs"]
+    assert (knobs["score_transform"], knobs["temperature"]) == ("softmax", 2.0)
+
+
+def test_min_max_over_the_whole_export_for_pointwise_pairs(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {
+            "name": "lighton_cosine",
+            "format": "pointwise",
+            "source": "lighton/recommended",
+            "knobs": {"score_transform": "minmax", "score_scope": "export"},
+        },
+        "test",
+        known_sources(),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(spec)],
+        partition_key=LIGHTON_CONFIG,
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    scaled = load_parquet(Lake(sample.lake).published_path(spec.key.path, LIGHTON_CONFIG))
+    raw = load_parquet(
+        sample.path("exports/pointwise/pointwise_lighton_recommended", LIGHTON_CONFIG)
+    )
+    low, high = min(raw["score"]), max(raw["score"])
+    assert (min(scaled["score"]), max(scaled["score"])) == (0.0, 1.0)
+    assert scaled["score"] == pytest.approx([(s - low) / (high - low) for s in raw["score"]])

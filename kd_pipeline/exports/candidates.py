@@ -279,6 +279,19 @@ def seeded_order(seed: int, *columns: str) -> str:
     return f"md5(concat_ws(':', {int(seed)}, {', '.join(columns)}))"
 
 
+def list_candidates(con: duckdb.DuckDBPyConnection, choice: NegativeChoice) -> str:
+    """Create `kd_listed(query_id, doc_id, score, is_positive, list_rank)`: each query's
+    positives (by teacher rank) and its chosen negatives (in the order chosen): exactly the
+    documents a format lists, so a score transform over it is over what the consumer sees."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE kd_listed AS SELECT query_id, doc_id, score, "
+        f"true AS is_positive, teacher_rank AS list_rank FROM {CANDIDATES} WHERE is_positive "
+        "UNION ALL SELECT query_id, doc_id, score, false, neg_rank "
+        f"FROM {selected_negatives(choice)}"
+    )
+    return "kd_listed"
+
+
 def selected_negatives(choice: NegativeChoice) -> str:
     """SQL relation (query_id, doc_id, score, neg_rank): the chosen negatives, ranked 1..n
     in the order a format should use them."""

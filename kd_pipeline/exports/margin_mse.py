@@ -17,11 +17,10 @@ from kd_pipeline.checks.candidates import holds, one_list_length
 from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import (
-    CANDIDATES,
     DOCUMENTS,
     QUERIES,
     NegativeChoice,
-    selected_negatives,
+    list_candidates,
 )
 from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
 
@@ -55,11 +54,15 @@ def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:
 
 def write_margin_mse(run: ExportRun) -> Written:
     knobs: MarginMseKnobs = run.knobs
-    scaled = run.transform.apply(run.con, CANDIDATES)
-    negatives = selected_negatives(knobs)
+    listed = list_candidates(run.con, knobs)
+    scaled = run.transform.apply(run.con, listed)
+    negatives = (
+        f"(SELECT query_id, doc_id, score, list_rank AS neg_rank FROM {listed} "
+        "WHERE NOT is_positive)"
+    )
     positives = (
-        f"(SELECT c.query_id, c.doc_id, c.score, c.teacher_rank, d.text FROM {CANDIDATES} c "
-        f"JOIN {DOCUMENTS} d USING (doc_id) WHERE c.is_positive)"
+        "(SELECT c.query_id, c.doc_id, c.score, c.list_rank AS teacher_rank, d.text "
+        f"FROM {listed} c JOIN {DOCUMENTS} d USING (doc_id) WHERE c.is_positive)"
     )
     k = knobs.negatives_per_row
     if k == 1:

@@ -48,29 +48,29 @@ class ScoreTransform:
         if self.score_scope not in ("query", "export"):
             raise ValueError(f"score_scope={self.score_scope!r}: expected query or export")
 
-    def expression(self, score: str, group: str) -> str:
-        """SQL for the transformed score of a row; group is the query column (window)."""
-        window = "" if self.score_scope == "export" else f"PARTITION BY {group}"
-        if self.score_transform == "minmax":
-            low, high = f"min({score}) OVER ({window})", f"max({score}) OVER ({window})"
-            return (
-                f"CASE WHEN {high} > {low} THEN ({score} - {low}) / ({high} - {low}) ELSE 0.0 END"
-            )
-        if self.score_transform == "softmax":
-            t = float(self.temperature)
-            shifted = f"exp(({score} - max({score}) OVER ({window})) / {t!r})"
-            return f"{shifted} / sum({shifted}) OVER ({window})"
-        return score
-
     def apply(
         self, con: duckdb.DuckDBPyConnection, table: str, group: str = "query_id"
     ) -> dict[str, Any]:
-        """Rewrite `score` of a temp table in place; return counts for the metadata."""
+        """Rewrite `score` of a temp table in place, over each group of rows (a query's
+        exported list, or the whole table); return counts for the metadata."""
         if self.score_transform == "none":
             return {}
+        window = "" if self.score_scope == "export" else f"PARTITION BY {group}"
+        if self.score_transform == "minmax":
+            low, high = f"min(score) OVER ({window})", f"max(score) OVER ({window})"
+            new = f"CASE WHEN {high} > {low} THEN (score - {low}) / ({high} - {low}) ELSE 0.0 END"
+            source = table
+        else:  # softmax, shifted by the group's maximum (exp never overflows)
+            t = float(self.temperature)
+            new = f"kd_weight / sum(kd_weight) OVER ({window})"
+            source = (
+                f"(SELECT *, exp((score - max(score) OVER ({window})) / {t!r}) AS kd_weight "
+                f"FROM {table})"
+            )
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * REPLACE "
-            f"(CAST({self.expression('score', group)} AS DOUBLE) AS score) FROM {table}"
+            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT "
+            f"{'* EXCLUDE (kd_weight)' if source != table else '*'} "
+            f"REPLACE (CAST({new} AS DOUBLE) AS score) FROM {source}"
         )
         if self.score_transform != "minmax":
             return {}

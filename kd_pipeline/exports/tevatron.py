@@ -20,11 +20,10 @@ import dagster as dg
 from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import (
-    CANDIDATES,
     DOCUMENTS,
     QUERIES,
     NegativeChoice,
-    selected_negatives,
+    list_candidates,
 )
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
@@ -57,13 +56,15 @@ def _passages(relation: str, order: str) -> str:
 def write_tevatron(run: ExportRun) -> Written:
     knobs: TevatronKnobs = run.knobs
     con = run.con
-    scaled = run.transform.apply(con, CANDIDATES)
+    listed = list_candidates(con, knobs)
+    scaled = run.transform.apply(con, listed)
     file = f"{run.split}.jsonl"
-    positives = f"(SELECT * FROM {CANDIDATES} WHERE is_positive)"
+    positives = f"(SELECT * FROM {listed} WHERE is_positive)"
+    negatives = f"(SELECT * FROM {listed} WHERE NOT is_positive)"
     con.execute(
         "CREATE OR REPLACE TEMP TABLE kd_tevatron AS SELECT q.query_id, q.text AS query, "
-        f"coalesce((SELECT {_passages(positives, 'c.teacher_rank')}), []) AS positive_passages, "
-        f"coalesce((SELECT {_passages(selected_negatives(knobs), 'c.neg_rank')}), []) "
+        f"coalesce((SELECT {_passages(positives, 'c.list_rank')}), []) AS positive_passages, "
+        f"coalesce((SELECT {_passages(negatives, 'c.list_rank')}), []) "
         f"AS negative_passages FROM {QUERIES} q ORDER BY q.query_id"
     )
     plain = run.out / file if knobs.gzip_level is None else run.scratch / file
