@@ -1,10 +1,11 @@
 """The one place that turns export specs into Dagster assets.
 
-`exports/<format>/<name>`: group `exports`, partitioned like its source, eager automation
-(a new source or text version rebuilds it), a freshness policy, one blocking check per
-rule. Each run prepares the candidates once, lets the format write into a staging folder,
-audits what was written, and publishes only when every blocking rule holds: an invalid
-export never replaces the last valid one.
+`exports/<format>/<format>_<name>`: group `exports`, partitioned like its source, eager
+automation (a new source or text version rebuilds it), a freshness policy, one blocking
+check per rule. Each run prepares the candidates once (with the source's split), lets the
+format write each split into a staging folder, audits what was written (every rule on every
+split, plus `one_split_per_query` across them), writes the dataset card, and publishes only
+when every blocking rule holds: an invalid export never replaces the last valid one.
 """
 
 import os
@@ -58,15 +59,6 @@ def pinned_glob(lake: Lake, key: dg.AssetKey, partition: str | None, hint: str) 
         where = key.to_user_string() + (f" [{partition}]" if partition else "")
         raise dg.Failure(f"{where} is not published yet: materialize it first ({hint})")
     return str(lake.published_path(key.path, partition).resolve() / "*.parquet")
-
-
-def evaluated(
-    rules: Sequence[Rule], con: duckdb.DuckDBPyConnection, table: Table
-) -> tuple[list[Rule], list[RuleOutcome]]:
-    """Evaluate every rule once, and hand the audit the same verdicts (so the metadata's
-    counts per rule and the checks can never disagree)."""
-    outcomes = [rule.evaluate(con, table) for rule in rules]
-    return _fixed(rules, outcomes), outcomes
 
 
 def _fixed(rules: Sequence[Rule], outcomes: Sequence[RuleOutcome]) -> list[Rule]:
@@ -139,6 +131,8 @@ def write_splits(spec: ExportSpec, run: ExportRun) -> dict[str, Written]:
     if spec.format.writes_splits:
         return {"train": spec.format.write(run)}
     splits = present_splits(run.con)
+    if splits == ["train"]:  # every query trains: the tables are already that split
+        return {"train": spec.format.write(run)}
     keep_all_splits(run.con, run.ordered)
     written: dict[str, Written] = {}
     for split in splits:
