@@ -37,6 +37,8 @@ class PointwiseKnobs(PartFiles):
 
 
 def write_pointwise(run: ExportRun) -> Written:
+    """Write the pairs (scores transformed as the spec asks); rules bound to the count
+    and, for an ordered source, to the written files' order."""
     con = run.con
     if run.ordered:
         con.execute(f"CREATE OR REPLACE TEMP TABLE kd_pointwise AS SELECT * FROM {ROWS}")

@@ -43,6 +43,8 @@ class PylateKnobs(PartFiles):
 
 
 def write_pylate(run: ExportRun) -> Written:
+    """Write the three tables: only queries with at least `documents_per_query` scored
+    candidates, each cut to exactly that many (the rest dropped and counted)."""
     n = run.knobs.documents_per_query
     con = run.con
     con.execute(
