@@ -336,11 +336,17 @@ def test_pointwise_lighton_pairs(sample: SampleExports) -> None:
         sample.path("exports/pointwise/pointwise_lighton_recommended", LIGHTON_CONFIG)
     )
     assert rows.column_names == ["query", "document", "score"]
-    recommended = duckdb.execute(
-        "SELECT count(DISTINCT (query_id, doc_id)) FROM read_parquet($g)",
+    ((pairs, source_rows),) = duckdb.execute(
+        "SELECT count(DISTINCT (query_id, doc_id)), count(*) FROM read_parquet($g)",
         {"g": str(sample.path("lighton/recommended", LIGHTON_CONFIG) / "*.parquet")},
-    ).fetchall()[0][0]
-    assert len(rows) == recommended
+    ).fetchall()
+    assert len(rows) == pairs
+    # an unordered source: a repeated pair is one row, and every merged repeat is counted
+    manifest = Lake(sample.lake).manifest(
+        ["exports", "pointwise", "pointwise_lighton_recommended"], LIGHTON_CONFIG
+    )
+    assert manifest["selection"]["source_rows"] == source_rows
+    assert manifest["selection"]["repeats_merged"] == source_rows - pairs
 
 
 def test_tevatron_jsonl_loads_with_a_score_on_every_passage(sample: SampleExports) -> None:
