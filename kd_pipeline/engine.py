@@ -7,6 +7,7 @@ lake's scratch folder instead of failing, so a step's footprint does not grow wi
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -44,6 +45,14 @@ def parquet_options() -> str:
     )
 
 
+PART_DIGITS = 5  # part-00000.parquet: names sort in reading order (datasets, DuckDB globs)
+
+
+def part_file_name(prefix: str, number: int) -> str:
+    """`<prefix>part-NNNNN.parquet`, zero-padded so that name order is row order."""
+    return f"{prefix}part-{number:0{PART_DIGITS}d}.parquet"
+
+
 def copy_parquet(
     con: duckdb.DuckDBPyConnection,
     select: str,
@@ -51,14 +60,54 @@ def copy_parquet(
     params: Mapping[str, Any] | None = None,
     *,
     filename_prefix: str = "",
+    rows_per_file: int | None = None,
 ) -> int:
-    """Stream a query into out_dir/<prefix>part-N.parquet (zstd, files rolled at ~512 MB)."""
+    """Stream a query into out_dir/<prefix>part-NNNNN.parquet (zstd) and return the rows.
+
+    Files roll at ~512 MB, or every `rows_per_file` rows when given (exactly; the select's
+    order is kept across files). The numbers are zero-padded, so every reader that sorts
+    file names (`datasets`, DuckDB's globs) reads the rows in the select's order.
+    """
     if not re.fullmatch(r"[A-Za-z0-9_-]*", filename_prefix):
         raise ValueError(f"unsafe file name prefix {filename_prefix!r}")
+    if rows_per_file is not None:
+        return _copy_in_chunks(con, select, out_dir, params, filename_prefix, rows_per_file)
+    staging = out_dir / f".{filename_prefix}parts"
+    out_dir.mkdir(parents=True, exist_ok=True)
     (rows,) = con.execute(
-        f"COPY ({select}) TO {quote_literal(str(out_dir))} ({parquet_options()}, "
-        "FILE_SIZE_BYTES '512MB', "
-        f"FILENAME_PATTERN '{filename_prefix}part-{{i}}', OVERWRITE_OR_IGNORE true)",
+        f"COPY ({select}) TO {quote_literal(str(staging))} ({parquet_options()}, "
+        "FILE_SIZE_BYTES '512MB', FILENAME_PATTERN 'part-{i}', OVERWRITE_OR_IGNORE true)",
         params or {},
     ).fetchall()[0]
+    for part in staging.glob("part-*.parquet"):
+        number = int(part.stem.removeprefix("part-"))
+        os.replace(part, out_dir / part_file_name(filename_prefix, number))
+    if staging.exists():
+        staging.rmdir()
     return int(rows)
+
+
+def _copy_in_chunks(
+    con: duckdb.DuckDBPyConnection,
+    select: str,
+    out_dir: Path,
+    params: Mapping[str, Any] | None,
+    prefix: str,
+    rows_per_file: int,
+) -> int:
+    """The select numbered once (in its order), then one file per `rows_per_file` rows."""
+    if not isinstance(rows_per_file, int) or rows_per_file < 1:
+        raise ValueError(f"rows_per_file={rows_per_file!r}: expected an integer >= 1")
+    # a table keeps the select's order as its rowid (insertion order is preserved)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE kd_numbered_rows AS {select}", params or {})
+    ((total,),) = con.execute("SELECT count(*) FROM kd_numbered_rows").fetchall()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for number in range(max(1, -(-int(total) // rows_per_file))):
+        target = out_dir / part_file_name(prefix, number)
+        con.execute(
+            "COPY (SELECT * FROM kd_numbered_rows "
+            f"WHERE rowid // {rows_per_file} = {number} ORDER BY rowid) "
+            f"TO {quote_literal(str(target))} ({parquet_options()})"
+        )
+    con.execute("DROP TABLE kd_numbered_rows")
+    return int(total)

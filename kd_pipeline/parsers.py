@@ -346,12 +346,12 @@ def append_parquet(
     prefix: str,
     params: Mapping[str, Any] | None = None,
 ) -> int:
-    """copy_parquet into out_dir next to files already there, as `<prefix>-N.parquet`."""
+    """copy_parquet into out_dir next to files already there, as `<prefix>-NNNNN.parquet`."""
     tmp = out_dir / f".{prefix}"
     rows = copy_parquet(con, select, tmp, params)
     if rows:
         for number, part in enumerate(sorted(tmp.glob("*.parquet"))):
-            os.replace(part, out_dir / f"{prefix}-{number}.parquet")
+            os.replace(part, out_dir / f"{prefix}-{number:05d}.parquet")
     shutil.rmtree(tmp, ignore_errors=True)
     return rows
 

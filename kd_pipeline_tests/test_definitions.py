@@ -10,6 +10,7 @@ from pathlib import Path
 import dagster as dg
 
 from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
+from kd_pipeline.exports.specs import LABEL_MAX
 from kd_pipeline.families.lighton import lighton_partitions
 
 CONFIG_NAMES = Path(__file__).with_name("data") / "lighton_configs.txt"
@@ -189,26 +190,29 @@ MSMARCO_TEXTS = ["text/msmarco_passage/collection", "text/msmarco_passage/querie
 FIQA_TEXTS = ["text/fiqa/corpus", "text/fiqa/queries"]
 # key -> (source asset, text collections)
 EXPORTS = {
-    "exports/splade/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
-    "exports/splade/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
-    "exports/splade/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
-    "exports/splade_triplets/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
-    "exports/splade_triplets/hofstaetter_per_positive": (
+    "exports/splade/splade_hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/splade/splade_rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/splade/splade_fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/splade_triplets/splade_triplets_hofstaetter": (
         "hofstaetter/teacher_scores",
         MSMARCO_TEXTS,
     ),
-    "exports/margin_mse/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
-    "exports/margin_mse/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
-    "exports/margin_mse/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
-    "exports/pylate_kd/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
-    "exports/pylate_kd/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
-    "exports/lightning_ir/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
-    "exports/lightning_ir/rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
-    "exports/lightning_ir/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
-    "exports/tevatron/fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
-    "exports/tevatron/hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
-    "exports/pointwise/lighton_recommended": ("lighton/recommended", []),
-    "exports/pointwise/denseon_lateon": ("lighton/denseon_lateon", []),
+    "exports/splade_triplets/splade_triplets_hofstaetter_pos": (
+        "hofstaetter/teacher_scores",
+        MSMARCO_TEXTS,
+    ),
+    "exports/margin_mse/margin_mse_hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/margin_mse/margin_mse_rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/margin_mse/margin_mse_fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/pylate_kd/pylate_kd_rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/pylate_kd/pylate_kd_fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/lightning_ir/lightning_ir_hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/lightning_ir/lightning_ir_rank_distillm": ("rank_distillm/runs", MSMARCO_TEXTS),
+    "exports/lightning_ir/lightning_ir_fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/tevatron/tevatron_fiqa": ("fiqa/mined_scores", FIQA_TEXTS),
+    "exports/tevatron/tevatron_hofstaetter": ("hofstaetter/teacher_scores", MSMARCO_TEXTS),
+    "exports/pointwise/pointwise_lighton_recommended": ("lighton/recommended", []),
+    "exports/pointwise/pointwise_denseon_lateon": ("lighton/denseon_lateon", []),
 }
 SPLADE_CHECKS = [
     "has_training_queries",
@@ -233,8 +237,15 @@ EXPORT_CHECKS = {
         "schema",
         "texts_present",
     ],
-    "margin_mse": ["finite_margins", "not_empty", "schema", "texts_present"],
-    "pylate_kd": ["finite_scores", "ids_have_texts", "lists_aligned", "not_empty", "schema"],
+    "margin_mse": ["finite_margins", "not_empty", "one_list_length", "schema", "texts_present"],
+    "pylate_kd": [
+        "finite_scores",
+        "ids_have_texts",
+        "lists_aligned",
+        "not_empty",
+        "one_list_length",
+        "schema",
+    ],
     "lightning_ir": [
         "file_name_names_collection",
         "finite_scores",
@@ -249,8 +260,17 @@ EXPORT_CHECKS = {
         "not_empty",
         "passages_complete",
     ],
-    "pointwise": ["finite_scores", "not_empty", "schema", "texts_present"],
+    "pointwise": [
+        "every_row_exported",
+        "finite_scores",
+        "not_empty",
+        "rows_in_source_order",
+        "schema",
+        "texts_present",
+    ],
 }
+# every export, whatever its format: no query in two splits (the source's split honoured)
+SHARED_EXPORT_CHECKS = ["one_split_per_query"]
 
 
 def test_export_keys_lineage_partitions_and_policies_snapshot() -> None:
@@ -270,7 +290,9 @@ def test_export_keys_lineage_partitions_and_policies_snapshot() -> None:
             8,
             7,
         ), name
-    lighton = graph.get(dg.AssetKey.from_user_string("exports/pointwise/lighton_recommended"))
+    lighton = graph.get(
+        dg.AssetKey.from_user_string("exports/pointwise/pointwise_lighton_recommended")
+    )
     assert lighton.partitions_def == lighton_partitions
 
 
@@ -281,10 +303,14 @@ def test_export_check_snapshot() -> None:
         if k.asset_key.path[0] == "exports"
     )
     expected = sorted(
-        f"{key}:{check}" for key in EXPORTS for check in EXPORT_CHECKS[key.split("/")[1]]
+        f"{key}:{check}"
+        for key in EXPORTS
+        for check in [*EXPORT_CHECKS[key.split("/")[1]], *SHARED_EXPORT_CHECKS]
     )
     assert found == expected
-    splade = defs.resolve_assets_def(dg.AssetKey.from_user_string("exports/splade/hofstaetter"))
+    splade = defs.resolve_assets_def(
+        dg.AssetKey.from_user_string("exports/splade/splade_hofstaetter")
+    )
     blocking = {spec.name: spec.blocking for spec in splade.check_specs}
     assert blocking["queries_have_negative"] and not blocking["ids_unique"]
 
@@ -296,3 +322,46 @@ def test_export_jobs_cover_each_sources_exports() -> None:
     for job, selected in jobs.items():
         executable = defs.resolve_job_def(job).asset_layer.executable_asset_keys
         assert sorted(k.to_user_string() for k in executable) == sorted(selected), job
+
+
+def ui_node_label(key: dg.AssetKey) -> str:
+    """What the Dagster UI (dagster-webserver 1.13, `AssetNameRow` in the asset graph)
+    writes on a node: the key's last part, middle-truncated past 31 characters
+    (`ASSET_NODE_NAME_MAX_LENGTH`). Read from the UI bundle this package ships."""
+    return key.path[-1]
+
+
+def test_every_export_node_label_says_format_and_source() -> None:
+    """The lineage graph shows only the last key part: for every export it names the
+    format and the source, fits without truncation, and no two nodes share it."""
+    graph = defs.resolve_asset_graph()
+    labels = {}
+    for name, (source, _) in EXPORTS.items():
+        key = dg.AssetKey.from_user_string(name)
+        label = ui_node_label(key)
+        fmt = key.path[1]
+        source_part = (
+            source.split("/")[0] if source.split("/")[0] != "lighton" else source.split("/")[1]
+        )
+        assert label.startswith(fmt + "_") and source_part in label, (name, label)
+        assert len(label) <= LABEL_MAX, (name, len(label))
+        assert graph.get(key).group_name == "exports"
+        labels[name] = label
+    everything = [ui_node_label(k) for k in defs.resolve_all_asset_keys()]
+    assert all(everything.count(label) == 1 for label in labels.values())
+    assert LABEL_MAX == 31
+
+
+def test_the_ui_bundle_still_labels_nodes_by_the_last_key_part() -> None:
+    """The premise of the label rule, checked against the installed UI: its asset node
+    takes `assetKey.path[assetKey.path.length - 1]` and truncates it at 31 characters."""
+    import dagster_webserver
+
+    sources = Path(dagster_webserver.__file__).parent / "webapp" / "build" / "_next"
+    maps = [p.read_text(errors="replace") for p in sources.rglob("*.js.map")]
+    assert any("ASSET_NODE_NAME_MAX_LENGTH = 31" in text for text in maps)
+    assert any(
+        "const AssetNameRow" in text
+        and "definition.assetKey.path[definition.assetKey.path.length - 1]" in text
+        for text in maps
+    )

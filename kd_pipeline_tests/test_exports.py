@@ -8,6 +8,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,11 +19,14 @@ import dagster as dg
 import datasets  # a test dependency: the consumer of the Parquet and JSONL exports
 import duckdb
 import pytest
+import yaml
 
+from kd_pipeline.checks.candidates import increasing_in_file_order, one_split_per_query
+from kd_pipeline.checks.rules import Table
 from kd_pipeline.checks.splade import resolve_layout, validate_folder
 from kd_pipeline.cli import main
 from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
-from kd_pipeline.engine import default_duckdb_resource
+from kd_pipeline.engine import copy_parquet, default_duckdb_resource
 from kd_pipeline.exports import factory
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import SpecError
@@ -94,7 +101,10 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleExports:
             assert result.success, (job, partition, failures(result))
         for job, partition in EXPORT_RUNS:
             out.results[(job, partition)] = run(job, partition, instance)
-        for key in ("exports/splade/hofstaetter", "exports/splade_triplets/hofstaetter"):
+        for key in (
+            "exports/splade/splade_hofstaetter",
+            "exports/splade_triplets/splade_triplets_hofstaetter",
+        ):
             out.first_hashes[key] = json.dumps(tree_hashes(out.path(key, "bert")))
         run("exports_hofstaetter_teacher_scores", "bert", instance)
     return out
@@ -120,10 +130,10 @@ def test_a_second_build_is_byte_identical(sample: SampleExports) -> None:
 
 # ---- SPLADE -------------------------------------------------------------------------------
 SPLADE_FOLDERS = [
-    ("exports/splade/hofstaetter", "bert"),
-    ("exports/splade/hofstaetter", "ensemble"),
-    *(("exports/splade/rank_distillm", v) for v in RUN_VARIANTS),
-    ("exports/splade/fiqa", None),
+    ("exports/splade/splade_hofstaetter", "bert"),
+    ("exports/splade/splade_hofstaetter", "ensemble"),
+    *(("exports/splade/splade_rank_distillm", v) for v in RUN_VARIANTS),
+    ("exports/splade/splade_fiqa", None),
 ]
 
 
@@ -157,7 +167,7 @@ def test_splade_exports_load_in_light_splade(
 
 
 def test_splade_rows_are_exactly_the_consumer_keys_with_integer_ids(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/hofstaetter", "bert")
+    root = sample.path("exports/splade/splade_hofstaetter", "bert")
     first = json.loads((root / "train" / "query_master.ndjson").read_text().splitlines()[0])
     assert set(first) == {"qid", "text"} and type(first["qid"]) is int
     positives = json.loads((root / "train" / "positive_lists.ndjson").read_text().splitlines()[0])
@@ -170,14 +180,14 @@ def test_splade_rows_are_exactly_the_consumer_keys_with_integer_ids(sample: Samp
 
 
 def test_splade_validation_split_is_seeded_and_disjoint(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/hofstaetter", "bert")
+    root = sample.path("exports/splade/splade_hofstaetter", "bert")
     qids = {
         split: {json.loads(line)["qid"] for line in (root / split / "query_master.ndjson").open()}
         for split in ("train", "validation")
     }
     assert qids["train"] and qids["validation"] and not qids["train"] & qids["validation"]
     assert len(qids["train"] | qids["validation"]) == 60  # every sample train query
-    manifest = Lake(sample.lake).manifest(["exports", "splade", "hofstaetter"], "bert")
+    manifest = Lake(sample.lake).manifest(["exports", "splade", "splade_hofstaetter"], "bert")
     assert manifest["written"]["split_queries"] == {
         "train": len(qids["train"]),
         "validation": len(qids["validation"]),
@@ -185,19 +195,19 @@ def test_splade_validation_split_is_seeded_and_disjoint(sample: SampleExports) -
 
 
 def test_splade_id_map_leads_back_to_upstream_ids(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/fiqa")
+    root = sample.path("exports/splade/splade_fiqa")
     id_map = duckdb.execute(
         "SELECT kind, id, upstream_id FROM read_parquet($g)", {"g": str(root / "*.parquet")}
     ).fetchall()
     assert {k for k, _, _ in id_map} == {"query", "document"}
     assert all(str(i) == u for _, i, u in id_map)  # FiQA ids are integers: kept as they are
-    manifest = Lake(sample.lake).manifest(["exports", "splade", "fiqa"])
+    manifest = Lake(sample.lake).manifest(["exports", "splade", "splade_fiqa"])
     assert manifest["written"]["query_ids"] == "upstream"
     assert manifest["lineage"]["licence"].startswith("non-commercial")
 
 
 def test_rankzephyr_positives_are_the_teachers_top_passage(sample: SampleExports) -> None:
-    root = sample.path("exports/splade/rank_distillm", RANKZEPHYR)
+    root = sample.path("exports/splade/splade_rank_distillm", RANKZEPHYR)
     positives = {
         row["qid"]: row["positive_doc_ids"]
         for row in map(json.loads, (root / "train" / "positive_lists.ndjson").open())
@@ -212,14 +222,14 @@ def test_rankzephyr_positives_are_the_teachers_top_passage(sample: SampleExports
 
 def test_selection_counts_what_was_dropped(sample: SampleExports) -> None:
     result = sample.results[("exports_hofstaetter_teacher_scores", "bert")]
-    key = dg.AssetKey(["exports", "splade", "hofstaetter"])
+    key = dg.AssetKey(["exports", "splade", "splade_hofstaetter"])
     (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key == key]
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     assert meta["selection"]["pairs_without_text"] == 2  # the sample's missing passages
     assert meta["rule_violations"] == dict.fromkeys(meta["rule_violations"], 0)
     assert set(meta["rule_violations"]) >= {"queries_have_negative", "rows_well_formed"}
     run = Lake(sample.lake).manifest(
-        ["exports", "splade", "rank_distillm"], "msmarco.bm25.annotated"
+        ["exports", "splade", "splade_rank_distillm"], "msmarco.bm25.annotated"
     )
     assert run["selection"]["positives_without_teacher_score"] > 0  # unretrieved positives
     assert run["selection"]["queries_without_positive"] > 0
@@ -233,7 +243,7 @@ def load_parquet(folder: Path, pattern: str = "*.parquet"):
 
 
 def test_margin_mse_single_rows_hold_the_teacher_margin(sample: SampleExports) -> None:
-    rows = load_parquet(sample.path("exports/margin_mse/hofstaetter", "bert"))
+    rows = load_parquet(sample.path("exports/margin_mse/margin_mse_hofstaetter", "bert"))
     assert rows.column_names == ["query", "positive", "negative", "score"]
     assert rows.features["score"].dtype == "float64" and len(rows) > 0
     con = duckdb.connect()
@@ -262,7 +272,7 @@ def test_margin_mse_single_rows_hold_the_teacher_margin(sample: SampleExports) -
 
 
 def test_margin_mse_multi_negative_form(sample: SampleExports) -> None:
-    rows = load_parquet(sample.path("exports/margin_mse/fiqa"))
+    rows = load_parquet(sample.path("exports/margin_mse/margin_mse_fiqa"))
     assert rows.column_names == [
         "query",
         "positive",
@@ -277,7 +287,7 @@ def test_margin_mse_multi_negative_form(sample: SampleExports) -> None:
 
 
 def test_pylate_tables_load_and_resolve(sample: SampleExports) -> None:
-    root = sample.path("exports/pylate_kd/fiqa")
+    root = sample.path("exports/pylate_kd/pylate_kd_fiqa")
     train = load_parquet(root, "train-*.parquet")
     queries = load_parquet(root / "queries")
     documents = load_parquet(root / "documents")
@@ -289,42 +299,58 @@ def test_pylate_tables_load_and_resolve(sample: SampleExports) -> None:
     known = set(documents["document_id"])
     assert all(set(ids) <= known for ids in train["document_ids"])
     capped = load_parquet(
-        sample.path("exports/pylate_kd/rank_distillm", "msmarco.bm25.annotated"), "train-*.parquet"
+        sample.path("exports/pylate_kd/pylate_kd_rank_distillm", "msmarco.bm25.annotated"),
+        "train-*.parquet",
     )
     assert max(len(ids) for ids in capped["document_ids"]) <= 32
 
 
-@pytest.mark.parametrize("mode", ["hofstaetter", "hofstaetter_per_positive"])
+@pytest.mark.parametrize("mode", ["hofstaetter", "hofstaetter_pos"])
 def test_splade_triplets_both_sampling_modes(sample: SampleExports, mode: str) -> None:
-    rows = load_parquet(sample.path(f"exports/splade_triplets/{mode}", "bert"))
-    assert rows.column_names == ["query_text", "pos_text", "neg_text", "pos_score", "neg_score"]
-    splade = sample.path("exports/splade/hofstaetter", "bert")
-    queries = sum(
-        1
-        for split in ("train", "validation")
-        for _ in (splade / split / "query_master.ndjson").open()
-    )
-    pairs = sum(
-        len(json.loads(line)["positive_doc_ids"])
-        for split in ("train", "validation")
-        for line in (splade / split / "positive_lists.ndjson").open()
-    )
-    assert len(rows) == (queries if mode == "hofstaetter" else pairs)
-    assert all(p != n for p, n in zip(rows["pos_text"], rows["neg_text"], strict=True))
+    """One row per query (or per query and positive) of each split, in that split only
+    (issue 11: the triplets used to hold the 7 validation queries in their training rows)."""
+    folder = sample.path(f"exports/splade_triplets/splade_triplets_{mode}", "bert")
+    splits = datasets.load_dataset(str(folder.resolve()))
+    assert sorted(splits) == ["train", "validation"]
+    splade = sample.path("exports/splade/splade_hofstaetter", "bert")
+    for split, rows in splits.items():
+        assert rows.column_names == [
+            "query_text",
+            "pos_text",
+            "neg_text",
+            "pos_score",
+            "neg_score",
+        ]
+        queries = sum(1 for _ in (splade / split / "query_master.ndjson").open())
+        pairs = sum(
+            len(json.loads(line)["positive_doc_ids"])
+            for line in (splade / split / "positive_lists.ndjson").open()
+        )
+        assert len(rows) == (queries if mode == "hofstaetter" else pairs), split
+        assert all(p != n for p, n in zip(rows["pos_text"], rows["neg_text"], strict=True))
+    assert len(splits["train"]) + len(splits["validation"]) >= 60  # every sample query
 
 
 def test_pointwise_lighton_pairs(sample: SampleExports) -> None:
-    rows = load_parquet(sample.path("exports/pointwise/lighton_recommended", LIGHTON_CONFIG))
+    rows = load_parquet(
+        sample.path("exports/pointwise/pointwise_lighton_recommended", LIGHTON_CONFIG)
+    )
     assert rows.column_names == ["query", "document", "score"]
-    recommended = duckdb.execute(
-        "SELECT count(DISTINCT (query_id, doc_id)) FROM read_parquet($g)",
+    ((pairs, source_rows),) = duckdb.execute(
+        "SELECT count(DISTINCT (query_id, doc_id)), count(*) FROM read_parquet($g)",
         {"g": str(sample.path("lighton/recommended", LIGHTON_CONFIG) / "*.parquet")},
-    ).fetchall()[0][0]
-    assert len(rows) == recommended
+    ).fetchall()
+    assert len(rows) == pairs
+    # an unordered source: a repeated pair is one row, and every merged repeat is counted
+    manifest = Lake(sample.lake).manifest(
+        ["exports", "pointwise", "pointwise_lighton_recommended"], LIGHTON_CONFIG
+    )
+    assert manifest["selection"]["source_rows"] == source_rows
+    assert manifest["selection"]["repeats_merged"] == source_rows - pairs
 
 
 def test_tevatron_jsonl_loads_with_a_score_on_every_passage(sample: SampleExports) -> None:
-    root = sample.path("exports/tevatron/fiqa")
+    root = sample.path("exports/tevatron/tevatron_fiqa")
     rows = datasets.load_dataset(
         "json", data_files=str(root.resolve() / "train.jsonl"), split="train"
     )
@@ -336,21 +362,23 @@ def test_tevatron_jsonl_loads_with_a_score_on_every_passage(sample: SampleExport
 
 
 def test_lightning_ir_file_names_name_the_collection(sample: SampleExports) -> None:
-    root = sample.path("exports/lightning_ir/hofstaetter", "bert")
-    names = sorted(p.name for p in root.iterdir() if p.name != "_manifest.json")
+    root = sample.path("exports/lightning_ir/lightning_ir_hofstaetter", "bert")
+    names = sorted(p.name for p in root.iterdir() if p.is_file() and p.name.startswith("__"))
     assert names == [
         "__hofstaetter-bert__msmarco-passage-train.parquet",
         "__hofstaetter-bert__msmarco-passage-train.run",
     ]
+    validation = sorted(p.name for p in (root / "validation").iterdir())
+    assert validation == names  # the same names: lightning-ir reads the collection from them
     assert dataset_from_file_name(names[0]) == "msmarco-passage-train"
-    zephyr = sample.path("exports/lightning_ir/rank_distillm", RANKZEPHYR)
+    zephyr = sample.path("exports/lightning_ir/lightning_ir_rank_distillm", RANKZEPHYR)
     (run_file,) = zephyr.glob("*.parquet")
     assert run_file.name == (
         "__rank-distillm-rankzephyr-bm25-10000-sampled100__msmarco-passage-train.parquet"
     )
     assert dataset_from_file_name(run_file.name) == "msmarco-passage-train"
     assert run_file.suffixes[0] == ".parquet"
-    fiqa = next(sample.path("exports/lightning_ir/fiqa").glob("*.parquet"))
+    fiqa = next(sample.path("exports/lightning_ir/lightning_ir_fiqa").glob("*.parquet"))
     assert dataset_from_file_name(fiqa.name) == "beir-fiqa-train"
     rows = load_parquet(root, names[0])
     assert rows.column_names == ["query_id", "doc_id", "rank", "score"]
@@ -381,7 +409,7 @@ def test_pointwise_source_asked_for_splade_is_refused_by_rule_5(
     assert not rule5.passed and rule5.severity == dg.AssetCheckSeverity.ERROR
     detail = rule5.metadata["detail"].value
     assert "no scored negatives" in detail and "pointwise" in detail
-    assert "exports/pointwise/lighton_recommended" in detail
+    assert "exports/pointwise/pointwise_lighton_recommended" in detail
     failed = {k for k, e in checks(result).items() if not e.passed}
     assert failed == {(spec.key.to_user_string(), "queries_have_negative")}
     assert "not published" in failures(result)
@@ -394,7 +422,7 @@ def test_an_invalid_export_never_replaces_the_published_one(lake_dir: Path) -> N
         result = run(job, None, instance)
         assert result.success, failures(result)
     lake = Lake(lake_dir)
-    key = ["exports", "splade", "fiqa"]
+    key = ["exports", "splade", "splade_fiqa"]
     before = (lake.manifest(key)["version"], tree_hashes(lake.published_path(key)))
     # a new upstream version in which one query kept only its positive
     source_glob = lake.parquet_glob(MINED_KEY.path)
@@ -410,7 +438,7 @@ def test_an_invalid_export_never_replaces_the_published_one(lake_dir: Path) -> N
         lake.publish(staged, {"rows": 0})
     result = run("exports_fiqa_mined_scores", None, instance)
     assert not result.success
-    evaluation = checks(result)[("exports/splade/fiqa", "queries_have_negative")]
+    evaluation = checks(result)[("exports/splade/splade_fiqa", "queries_have_negative")]
     assert not evaluation.passed
     assert f"qid {victim}" in evaluation.metadata["first_offenders"].value
     assert evaluation.metadata["violations"].value == 1
@@ -439,6 +467,17 @@ BAD_SPECS = {
         "needs a listwise or pairwise source",
     ),
     "bad name": ({"name": "../up"}, "not a safe name"),
+    "unknown transform": ({"knobs": {"score_transform": "zscore"}}, "score_transform='zscore'"),
+    "temperature without softmax": (
+        {"knobs": {"score_transform": "minmax", "temperature": 2.0}},
+        "temperature applies to score_transform: softmax only",
+    ),
+    "bad temperature": (
+        {"knobs": {"score_transform": "softmax", "temperature": 0}},
+        "temperature=0",
+    ),
+    "bad rows_per_file": ({"format": "margin_mse", "knobs": {"rows_per_file": 0}}, "rows_per_file"),
+    "label too long": ({"name": "a_source_name_far_too_long"}, "the lineage graph shows 31"),
 }
 
 
@@ -460,8 +499,8 @@ def test_bad_specs_fail_when_loaded_naming_the_problem(case: str) -> None:
 
 
 def test_duplicate_export_keys_are_refused(tmp_path: Path) -> None:
-    entry = "- {name: x, format: pointwise, source: lighton/recommended}\n"
-    (tmp_path / "exports.yaml").write_text(entry * 2)
+    entry = "  - {name: x, format: pointwise, source: lighton/recommended}\n"
+    (tmp_path / "exports.yaml").write_text("exports:\n" + entry * 2)
     with pytest.raises(SpecError, match="defined twice"):
         load_export_specs(tmp_path / "exports.yaml")
 
@@ -490,3 +529,469 @@ def test_parallel_gzip_is_one_stream_to_every_reader_and_deterministic(tmp_path:
     assert gzip.decompress((tmp_path / "empty.gz").read_bytes()) == b""
     with pytest.raises(ValueError, match="gzip level"):
         gzip_file(source, tmp_path / "x.gz", level=11)
+
+
+# ---- one split per source, honoured by every export (issue 11, fault 1) --------------------
+def split_query_texts(sample: SampleExports, key: str, partition: str | None) -> dict[str, set]:
+    """The query texts in each split of an export, read from its files the way its consumer
+    reads them (`datasets` over the folder's card; SPLADE's query masters; lightning-ir's
+    ids mapped back to their texts)."""
+    folder = sample.path(key, partition)
+    fmt = key.split("/")[1]
+    if fmt == "splade":
+        return {
+            split: {
+                json.loads(line)["text"] for line in (folder / split / "query_master.ndjson").open()
+            }
+            for split in ("train", "validation")
+            if (folder / split).is_dir()
+        }
+    splits = datasets.load_dataset(str(folder.resolve()))
+    if fmt == "lightning_ir":
+        texts = dict(
+            duckdb.execute(
+                "SELECT query_id, text FROM read_parquet($g)",
+                {"g": str(sample.path("text/msmarco_passage/queries_train") / "*.parquet")},
+            ).fetchall()
+        )
+        return {s: {texts[q] for q in rows["query_id"]} for s, rows in splits.items()}
+    column = {"splade_triplets": "query_text", "tevatron": "query"}.get(fmt, "query")
+    return {s: set(rows[column]) for s, rows in splits.items()}
+
+
+HOFSTAETTER_EXPORTS = [
+    "exports/splade_triplets/splade_triplets_hofstaetter",
+    "exports/splade_triplets/splade_triplets_hofstaetter_pos",
+    "exports/margin_mse/margin_mse_hofstaetter",
+    "exports/tevatron/tevatron_hofstaetter",
+    "exports/lightning_ir/lightning_ir_hofstaetter",
+]
+
+
+@pytest.mark.parametrize("partition", ["bert", "ensemble"])
+def test_a_query_is_in_one_split_across_every_export_of_the_source(
+    sample: SampleExports, partition: str
+) -> None:
+    splade = split_query_texts(sample, "exports/splade/splade_hofstaetter", partition)
+    held_out = splade["validation"]
+    assert 0 < len(held_out) < len(splade["train"])
+    for key in HOFSTAETTER_EXPORTS:
+        splits = split_query_texts(sample, key, partition)
+        assert not splits["train"] & held_out, key  # no validation query trains
+        assert splits["validation"] == held_out, key  # the same held-out queries everywhere
+        assert splits["train"] == splade["train"], key
+    # the other partition holds out the same queries (the split is per source, by text)
+    other = "ensemble" if partition == "bert" else "bert"
+    assert (
+        split_query_texts(sample, "exports/splade/splade_hofstaetter", other)["validation"]
+        == held_out
+    )
+
+
+def test_every_export_has_the_split_check_and_it_passed(sample: SampleExports) -> None:
+    for (job, partition), result in sample.results.items():
+        evaluations = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == "one_split_per_query"
+        ]
+        keys = {s.key for s in load_export_specs() if factory.export_job_name(s) == job}
+        assert {e.asset_key for e in evaluations} == keys, (job, partition)
+        assert all(e.passed for e in evaluations)
+
+
+def test_the_split_check_fails_on_a_leaked_query(sample: SampleExports, tmp_path: Path) -> None:
+    """A validation query copied into the training files is caught, and named."""
+    folder = sample.path("exports/margin_mse/margin_mse_hofstaetter", "bert").resolve()
+    con = duckdb.connect()
+    ((leaked,),) = con.execute(
+        "SELECT min(query) FROM read_parquet($g)", {"g": str(folder / "validation" / "*.parquet")}
+    ).fetchall()
+    con.execute(
+        f"COPY (SELECT * FROM read_parquet($t) UNION ALL SELECT * FROM read_parquet($v) "
+        f"WHERE query = $q) TO '{tmp_path}/part-00000.parquet' (FORMAT parquet)",
+        {
+            "t": str(folder / "*.parquet"),
+            "v": str(folder / "validation" / "*.parquet"),
+            "q": leaked,
+        },
+    )
+    tables = {
+        "train": Table.parquet(str(tmp_path / "*.parquet")),
+        "validation": Table.parquet(str(folder / "validation" / "*.parquet")),
+    }
+    outcome = one_split_per_query("one_split_per_query", tables, "query")(con, tables["train"])
+    assert not outcome.passed and outcome.violations == 1
+    assert outcome.examples == (leaked[:40],)
+    honest = {**tables, "train": Table.parquet(str(folder / "*.parquet"))}
+    assert one_split_per_query("one_split_per_query", honest, "query")(con, tables["train"]).passed
+
+
+def test_a_split_knob_on_a_format_is_refused_pointing_to_the_source_split() -> None:
+    with pytest.raises(SpecError, match="decided once per source"):
+        parse_spec(
+            {
+                "name": "x",
+                "format": "margin_mse",
+                "source": "hofstaetter/teacher_scores",
+                "texts": {
+                    "queries": "text/msmarco_passage/queries_train",
+                    "documents": "text/msmarco_passage/collection",
+                },
+                "knobs": {"validation_fraction": 0.1},
+            },
+            "spec",
+            known_sources(),
+        )
+
+
+# ---- one list length per export (fault 2) --------------------------------------------------
+def fiqa_candidates_with_text(sample: SampleExports) -> dict[str, int]:
+    """Per FiQA query: its scored candidates whose document has a text (computed from the
+    source and the corpus, independently of the export code)."""
+    return dict(
+        duckdb.execute(
+            "SELECT m.query_id, count(*) FROM read_parquet($m) m "
+            "SEMI JOIN read_parquet($c) c USING (doc_id) "
+            "SEMI JOIN read_parquet($q) q USING (query_id) "
+            "WHERE m.score IS NOT NULL GROUP BY m.query_id",
+            {
+                "m": str(sample.path("fiqa/mined_scores") / "*.parquet"),
+                "c": str(sample.path("text/fiqa/corpus") / "*.parquet"),
+                "q": str(sample.path("text/fiqa/queries") / "*.parquet"),
+            },
+        ).fetchall()
+    )
+
+
+def test_pylate_rows_have_one_length_and_short_queries_are_dropped_and_counted(
+    sample: SampleExports,
+) -> None:
+    root = sample.path("exports/pylate_kd/pylate_kd_fiqa")
+    train = datasets.load_dataset(str(root.resolve()), "train", split="train")
+    assert {len(ids) for ids in train["document_ids"]} == {16}
+    assert {len(s) for s in train["scores"]} == {16}
+    candidates = fiqa_candidates_with_text(sample)
+    short = sorted(q for q, n in candidates.items() if n < 16)
+    assert short  # the sample has candidates without text: the case of the fault
+    assert sorted(set(candidates) - set(train["query_id"])) == short
+    written = Lake(sample.lake).manifest(["exports", "pylate_kd", "pylate_kd_fiqa"])["written"]
+    assert written["queries_dropped_too_few_documents"] == len(short)
+    for variant in RUN_VARIANTS:
+        rows = datasets.load_dataset(
+            str(sample.path("exports/pylate_kd/pylate_kd_rank_distillm", variant).resolve()),
+            "train",
+            split="train",
+        )
+        expected = 8 if variant.endswith("sampled10") else 16
+        assert {len(ids) for ids in rows["document_ids"]} == {expected}, variant
+
+
+def test_multi_negative_margin_mse_rows_have_one_length(sample: SampleExports) -> None:
+    rows = datasets.load_dataset(
+        str(sample.path("exports/margin_mse/margin_mse_fiqa").resolve()), split="train"
+    )
+    assert {len(s) for s in rows["score"]} == {4}
+    written = Lake(sample.lake).manifest(["exports", "margin_mse", "margin_mse_fiqa"])["written"]
+    assert "queries_with_too_few_negatives" in written
+
+
+UNFILLABLE = {
+    "pylate_kd": ({"documents_per_query": 17}, "exports/pylate_kd/pylate_kd_fiqa"),
+    "margin_mse": (
+        {"negatives_per_row": 40, "negative_selection": "hardest"},
+        "exports/margin_mse/margin_mse_fiqa",
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(UNFILLABLE))
+def test_a_shape_no_query_can_fill_fails_naming_the_export_and_keeps_the_published_one(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    knobs, key = UNFILLABLE[fmt]
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {
+            "name": "fiqa",
+            "format": fmt,
+            "source": "fiqa/mined_scores",
+            "texts": {"queries": "text/fiqa/queries", "documents": "text/fiqa/corpus"},
+            "knobs": knobs,
+        },
+        "test",
+        known_sources(),
+    )
+    lake = Lake(sample.lake)
+    before = (
+        lake.manifest(spec.key.path)["version"],
+        tree_hashes(lake.published_path(spec.key.path)),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(spec)],
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    length = checks(result)[(key, "one_list_length")]
+    assert not length.passed and length.severity == dg.AssetCheckSeverity.ERROR
+    queries = len(fiqa_candidates_with_text(sample))
+    assert length.metadata["violations"].value == queries
+    detail = length.metadata["detail"].value
+    assert key in detail and f"none of the {queries} queries" in detail
+    assert "not published" in failures(result)
+    after = (
+        lake.manifest(spec.key.path)["version"],
+        tree_hashes(lake.published_path(spec.key.path)),
+    )
+    assert after == before
+
+
+# ---- every folder is a Hugging Face dataset (fault 3) --------------------------------------
+def card_header(folder: Path) -> dict:
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+PUBLISHED = [
+    (spec.key.to_user_string(), partition)
+    for spec in load_export_specs()
+    for job, partition in EXPORT_RUNS
+    if factory.export_job_name(spec) == job
+]
+
+
+@pytest.mark.parametrize(("key", "partition"), PUBLISHED)
+def test_every_export_folder_loads_by_its_card(
+    sample: SampleExports, key: str, partition: str | None
+) -> None:
+    """`load_dataset(folder, config)` for every config the card names, with its splits and
+    every row the manifest counted; the licence and provenance are on the card."""
+    folder = sample.path(key, partition).resolve()
+    header = card_header(folder)
+    manifest = Lake(sample.lake).manifest(key.split("/"), partition)
+    names = [c["config_name"] for c in header["configs"]]
+    for config in header["configs"]:
+        loaded = datasets.load_dataset(str(folder), config["config_name"])
+        assert sorted(loaded) == sorted(f["split"] for f in config["data_files"]), config
+        assert all(len(rows) > 0 for rows in loaded.values()), config
+    assert [c["config_name"] for c in header["configs"] if c.get("default")] == names[:1] or (
+        len(names) == 1
+    )
+    assert header["license"] == "other" and header["license_name"]
+    if "fiqa" in key:
+        assert "fiqa-mined-non-commercial" in header["license_name"]
+        assert "fiqa-2018" in header["license_name"]
+    body = (folder / "README.md").read_text(encoding="utf-8")
+    for upstream, version in manifest["lineage"]["versions"].items():
+        assert upstream in body and str(version) in body
+    assert f"format: {manifest['format']}" in body
+
+
+def test_pylate_loads_as_its_documentation_says(sample: SampleExports) -> None:
+    folder = str(sample.path("exports/pylate_kd/pylate_kd_fiqa").resolve())
+    train = datasets.load_dataset(folder, "train", split="train")
+    queries = datasets.load_dataset(folder, "queries", split="train")
+    documents = datasets.load_dataset(folder, "documents", split="train")
+    assert train.column_names == ["query_id", "document_ids", "scores"]
+    assert set(queries["query_id"]) == set(train["query_id"])
+    known = set(documents["document_id"])
+    assert all(set(ids) <= known for ids in train["document_ids"])
+    assert len(datasets.load_dataset(folder, split="train")) == len(train)  # train is the default
+
+
+# ---- ordered exports keep their order (fault 4) --------------------------------------------
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DenseON-LateON mixture over the 73 sample configs, prepared from the CLI."""
+    root = tmp_path_factory.mktemp("mixture")
+    (root / "dagster").mkdir()
+    env = {
+        **os.environ,
+        "KD_PIPELINE_LAKE": str(root / "lake"),
+        "DAGSTER_HOME": str(root / "dagster"),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kd_pipeline.cli",
+            "prepare",
+            "ai.lighton.embeddings_pre_training.denseon_lateon",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "lake"
+
+
+def test_the_mixture_export_is_the_mixture_row_for_row_across_12_part_files(
+    mixture: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(mixture))
+    (spec,) = [s for s in load_export_specs() if s.name == "denseon_lateon"]
+    ((rows,),) = duckdb.execute(
+        "SELECT count(*) FROM read_parquet($g)",
+        {"g": str(Lake(mixture).published_path(["lighton", "denseon_lateon"]) / "*.parquet")},
+    ).fetchall()
+    small = parse_spec(
+        {
+            "name": spec.name,
+            "format": "pointwise",
+            "source": spec.source.name,
+            "knobs": {"rows_per_file": rows // 13},
+        },
+        "test",
+        known_sources(),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(small)],
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    folder = Lake(mixture).published_path(small.key.path).resolve()
+    parts = sorted(p.name for p in folder.glob("*.parquet"))
+    assert len(parts) >= 12 and parts[:2] == ["part-00000.parquet", "part-00001.parquet"]
+    exported = datasets.load_dataset(str(folder), split="train")
+    assert exported.column_names == ["position", "query", "document", "score"]
+    source = duckdb.execute(
+        "SELECT position, query, document, similarity FROM read_parquet($g) ORDER BY position",
+        {"g": str(Lake(mixture).published_path(["lighton", "denseon_lateon"]) / "*.parquet")},
+    ).fetchall()
+    assert len(exported) == len(source) == rows  # nothing dropped, repeats included
+    assert [tuple(r.values()) for r in exported] == [tuple(r) for r in source]
+    manifest = Lake(mixture).manifest(small.key.path)
+    assert manifest["selection"]["source_rows"] == rows
+    assert manifest["written"]["rows"] == rows
+    assert manifest["selection"]["repeats_merged"] > 0  # counted, and still exported
+    order = checks(result)[(small.key.to_user_string(), "rows_in_source_order")]
+    assert order.passed
+
+
+def test_part_file_names_sort_in_reading_order(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    written = copy_parquet(
+        con,
+        "SELECT range AS i FROM range(1000) ORDER BY md5(CAST(range AS VARCHAR))",
+        tmp_path,
+        rows_per_file=70,
+    )
+    names = [p.name for p in sorted(tmp_path.glob("*.parquet"))]
+    assert written == 1000 and len(names) == 15 and names[-1] == "part-00014.parquet"
+    expected = con.execute(
+        "SELECT range FROM range(1000) ORDER BY md5(CAST(range AS VARCHAR))"
+    ).fetchall()
+    assert con.execute(f"SELECT i FROM read_parquet('{tmp_path}/*.parquet')").fetchall() == expected
+    with pytest.raises(ValueError, match="rows_per_file"):
+        copy_parquet(con, "SELECT 1", tmp_path / "x", rows_per_file=0)
+
+
+def test_an_ordered_export_out_of_order_fails_its_check(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    for number, (low, high) in enumerate([(0, 10), (20, 30), (10, 20)]):  # a part misplaced
+        con.execute(
+            f"COPY (SELECT range AS position FROM range({low}, {high})) "
+            f"TO '{tmp_path}/part-{number:05d}.parquet' (FORMAT parquet)"
+        )
+    rule = increasing_in_file_order("rows_in_source_order", str(tmp_path / "*.parquet"), "position")
+    outcome = rule(con, Table.parquet(str(tmp_path / "*.parquet")))
+    assert not outcome.passed and outcome.violations == 1
+    assert outcome.examples == ("position 10 after 29",)
+
+
+# ---- scores on the consumer's scale (fault 5) ----------------------------------------------
+def fiqa_teacher_scores(sample: SampleExports) -> dict[tuple[str, str], float]:
+    return {
+        (q, d): s
+        for q, d, s in duckdb.execute(
+            "SELECT query_id, doc_id, score FROM read_parquet($g) WHERE score IS NOT NULL",
+            {"g": str(sample.path("fiqa/mined_scores") / "*.parquet")},
+        ).fetchall()
+    }
+
+
+def test_pylate_scores_are_min_max_scaled_per_query_list(sample: SampleExports) -> None:
+    folder = str(sample.path("exports/pylate_kd/pylate_kd_fiqa").resolve())
+    train = datasets.load_dataset(folder, "train", split="train")
+    teacher = fiqa_teacher_scores(sample)
+    for row in train:
+        raw = [teacher[(row["query_id"], d)] for d in row["document_ids"]]
+        low, high = min(raw), max(raw)
+        assert row["scores"] == pytest.approx([(r - low) / (high - low) for r in raw], abs=1e-6)
+    manifest = Lake(sample.lake).manifest(["exports", "pylate_kd", "pylate_kd_fiqa"])
+    assert manifest["knobs"]["score_transform"] == "minmax"
+    card = card_header(Path(folder))
+    assert card["configs"][0]["config_name"] == "train"
+    assert "score_transform: minmax" in (Path(folder) / "README.md").read_text()
+
+
+def test_softmax_with_temperature_over_each_exported_list(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {
+            "name": "fiqa_softmax",
+            "format": "tevatron",
+            "source": "fiqa/mined_scores",
+            "texts": {"queries": "text/fiqa/queries", "documents": "text/fiqa/corpus"},
+            "knobs": {"score_transform": "softmax", "temperature": 2.0, "max_negatives": 5},
+        },
+        "test",
+        known_sources(),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(spec)],
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    folder = Lake(sample.lake).published_path(spec.key.path).resolve()
+    teacher = fiqa_teacher_scores(sample)
+    for row in datasets.load_dataset(str(folder), split="train"):
+        passages = row["positive_passages"] + row["negative_passages"]
+        scores = [p["score"] for p in passages]
+        assert sum(scores) == pytest.approx(1.0)
+        raw = [teacher[(row["query_id"], p["docid"])] for p in passages]
+        # softmax at T = 2: score ratios are exp((s_i - s_j) / 2) of the raw scores
+        assert scores[0] / scores[-1] == pytest.approx(math.exp((raw[0] - raw[-1]) / 2.0))
+    knobs = Lake(sample.lake).manifest(spec.key.path)["knobs"]
+    assert (knobs["score_transform"], knobs["temperature"]) == ("softmax", 2.0)
+
+
+def test_min_max_over_the_whole_export_for_pointwise_pairs(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {
+            "name": "lighton_cosine",
+            "format": "pointwise",
+            "source": "lighton/recommended",
+            "knobs": {"score_transform": "minmax", "score_scope": "export"},
+        },
+        "test",
+        known_sources(),
+    )
+    result = dg.materialize(
+        [factory.build_export_asset(spec)],
+        partition_key=LIGHTON_CONFIG,
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    scaled = load_parquet(Lake(sample.lake).published_path(spec.key.path, LIGHTON_CONFIG))
+    raw = load_parquet(
+        sample.path("exports/pointwise/pointwise_lighton_recommended", LIGHTON_CONFIG)
+    )
+    low, high = min(raw["score"]), max(raw["score"])
+    assert (min(scaled["score"]), max(scaled["score"])) == (0.0, 1.0)
+    assert scaled["score"] == pytest.approx([(s - low) / (high - low) for s in raw["score"]])

@@ -234,3 +234,89 @@ def evaluate_once(
     outcome = rule.evaluate(con, table)
     memo = replace(rule, evaluate=lambda _con, _table: outcome)
     return [memo if r.name == name else r for r in rules], outcome
+
+
+def one_split_per_query(rule: str, tables: dict[str, Table], column: str) -> RuleFn:
+    """No query in two splits (a leak of validation queries into training).
+
+    tables: split name -> the written rows of that split; column: the one naming the query
+    (an id where the format writes ids, the query text where it writes texts only).
+    """
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        if len(tables) < 2:
+            return RuleOutcome(rule, True, 0, (), f"one split only ({', '.join(tables)})")
+        names = []
+        for split, rows in tables.items():
+            name = f"kd_split_keys_{split}"
+            rows.query(
+                con,
+                f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT DISTINCT "
+                f"CAST({column} AS VARCHAR) AS q FROM {{table}}",
+            )
+            names.append(name)
+        both = " UNION ALL ".join(f"SELECT q FROM {n}" for n in names)
+        shared = f"SELECT q FROM ({both}) GROUP BY q HAVING count(*) > 1"
+        ((count,),) = con.execute(f"SELECT count(*) FROM ({shared})").fetchall()
+        examples = tuple(
+            str(q)[:40] for (q,) in con.execute(f"{shared} ORDER BY q LIMIT {EXAMPLES}").fetchall()
+        )
+        for name in names:
+            con.execute(f"DROP TABLE {name}")
+        return RuleOutcome(
+            rule, count == 0, count, examples, f"{column} in more than one of {sorted(tables)}"
+        )
+
+    return evaluate
+
+
+def one_list_length(
+    rule: str, length: str, expected: int, id_expr: str, export: str, dropped: int
+) -> RuleFn:
+    """Every row's list has exactly `expected` entries (the fixed shape a consumer batches).
+
+    Rows of another length are violations (named by id_expr). A table left empty because
+    every query was too short to fill the shape (`dropped` of them) fails too, naming the
+    export and the count: there is nothing to train on.
+    """
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        outcome = rows_where(
+            rule, f"{length} <> {int(expected)}", id_expr, f"a list whose length is not {expected}"
+        )(con, table)
+        (rows,) = table.query(con, "SELECT count(*) FROM {table}").fetchall()[0]
+        if rows == 0 and dropped > 0:
+            detail = (
+                f"{export}: none of the {dropped} queries can fill the {expected} entries "
+                "a row needs (every one was dropped)"
+            )
+            return RuleOutcome(rule, False, dropped, (export,), detail)
+        return outcome
+
+    return evaluate
+
+
+def increasing_in_file_order(rule: str, glob: str, column: str) -> RuleFn:
+    """column strictly increases down the files read in name order (the order `datasets`
+    and DuckDB read them): an ordered export whose part files or rows are out of order, or
+    which repeats a row, breaks it at the first row that does not follow."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        ordered = (
+            f"SELECT {column} AS v, lag({column}) OVER (ORDER BY filename, file_row_number) "
+            "AS previous, filename, file_row_number FROM "
+            "read_parquet($glob, filename = true, file_row_number = true)"
+        )
+        broken = f"SELECT * FROM ({ordered}) WHERE previous IS NOT NULL AND v <= previous"
+        ((count,),) = con.execute(f"SELECT count(*) FROM ({broken})", {"glob": glob}).fetchall()
+        rows = con.execute(
+            f"SELECT v, previous FROM ({broken}) ORDER BY filename, file_row_number "
+            f"LIMIT {EXAMPLES}",
+            {"glob": glob},
+        ).fetchall()
+        examples = tuple(f"{column} {v} after {p}" for v, p in rows)
+        return RuleOutcome(
+            rule, count == 0, count, examples, f"{column} does not increase in file order"
+        )
+
+    return evaluate

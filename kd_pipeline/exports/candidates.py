@@ -2,11 +2,14 @@
 positives decided and unusable queries set aside, as three temp tables.
 
     kd_candidates(query_id, doc_id, score, is_positive, teacher_rank)
-    kd_queries(query_id, text)
+    kd_queries(query_id, text, split)
     kd_documents(doc_id, text, title)
+    kd_rows(position, query_id, doc_id, score)     ordered sources only: every row, in order
 
 Formats then only lay these out (SPLADE NDJSON, MarginMSE rows, PyLate lists, ...), so a
-choice such as "a pair without a text is dropped" is made once, and counted once.
+choice such as "a pair without a text is dropped" is made once, and counted once. The
+same holds for the train/validation split: it is decided here, once per source
+(`SourceSplit`), and every format of that source writes each query into that split only.
 """
 
 from __future__ import annotations
@@ -21,6 +24,48 @@ from kd_pipeline.exports.sources import ExportSource
 CANDIDATES = "kd_candidates"
 QUERIES = "kd_queries"
 DOCUMENTS = "kd_documents"
+ROWS = "kd_rows"
+SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class SourceSplit:
+    """The train/validation split of one source, shared by every export of it.
+
+    A query goes to `validation` when a uniform number drawn from md5(seed, query text)
+    is below `validation_fraction`: the same query (and two ids with the same text) lands
+    in the same split in every format, every partition and every rebuild, and stays there
+    as the source grows. 0 = every query is in `train`.
+    """
+
+    validation_fraction: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.validation_fraction, bool) or not isinstance(
+            self.validation_fraction, int | float
+        ):
+            raise ValueError(f"validation_fraction={self.validation_fraction!r}: expected [0, 1)")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction={self.validation_fraction!r}: expected [0, 1)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r}: expected an integer")
+
+    def split_sql(self, text_column: str) -> str:
+        """SQL: 'train' or 'validation' for a query with this text."""
+        if self.validation_fraction <= 0:
+            return "'train'"
+        draw = uniform_draw(self.seed, text_column)
+        fraction = float(self.validation_fraction)
+        return f"CASE WHEN {draw} < {fraction!r} THEN 'validation' ELSE 'train' END"
+
+
+def uniform_draw(seed: int, column: str) -> str:
+    """SQL: a uniform number in [0, 1) from (seed, value): md5, so it is stable across
+    DuckDB versions and machines (DuckDB's hash() is not)."""
+    return (
+        f"CAST(('0x' || md5({int(seed)} || ':' || {column})[1:13]) AS BIGINT) / 4503599627370496.0"
+    )
 
 
 @dataclass(frozen=True)
@@ -72,8 +117,10 @@ def prepare_candidates(
     texts: TextGlobs | None,
     selection: Selection,
     needs_positives: bool,
+    split: SourceSplit | None = None,
 ) -> dict[str, Any]:
-    """Create the three tables on con; return the counts of what was kept and dropped."""
+    """Create the tables on con; return the counts of what was kept and dropped."""
+    split = split or SourceSplit()
     params = {"source": source_glob}
     con.execute(f"CREATE OR REPLACE TEMP TABLE kd_raw AS {source.candidates_select()}", params)
     if texts is None:  # pointwise: the texts are in the source itself
@@ -130,10 +177,18 @@ def prepare_candidates(
     )
     _run(
         con,
-        f"CREATE OR REPLACE TEMP TABLE {QUERIES} AS SELECT query_id, text FROM {query_texts} "
+        f"CREATE OR REPLACE TEMP TABLE {QUERIES} AS SELECT query_id, text, "
+        f"{split.split_sql('text')} AS split FROM {query_texts} "
         f"SEMI JOIN (SELECT DISTINCT query_id FROM {CANDIDATES}) USING (query_id)",
         params,
     )
+    if source.ordered:  # every row, in the source's order (exact repeats included)
+        _run(
+            con,
+            f"CREATE OR REPLACE TEMP TABLE {ROWS} AS SELECT position, query_id, doc_id, "
+            "similarity AS score FROM read_parquet($source) ORDER BY position",
+            params,
+        )
     _run(
         con,
         f"CREATE OR REPLACE TEMP TABLE {DOCUMENTS} AS SELECT doc_id, text, title FROM {doc_texts} "
@@ -158,7 +213,10 @@ def _counts(
         return int(value or 0)
 
     counts: dict[str, Any] = {
+        "source_rows": one("SELECT coalesce(sum(occurrences), 0) FROM kd_raw"),
         "scored_pairs": one("SELECT count(*) FROM kd_raw"),
+        # a pair listed more than once (Hofstaetter triples, exact repeats): one candidate
+        "repeats_merged": one("SELECT coalesce(sum(occurrences - 1), 0) FROM kd_raw"),
         "pairs_without_text": one(
             "SELECT (SELECT count(*) FROM kd_raw) - (SELECT count(*) FROM kd_flagged)"
         ),
@@ -175,6 +233,9 @@ def _counts(
             )
         ),
         "queries": one(f"SELECT count(*) FROM {QUERIES}"),
+        "split_queries": {
+            name: one(f"SELECT count(*) FROM {QUERIES} WHERE split = '{name}'") for name in SPLITS
+        },
         "documents": one(f"SELECT count(*) FROM {DOCUMENTS}"),
         "candidates": one(f"SELECT count(*) FROM {CANDIDATES}"),
         "positives": one(f"SELECT count(*) FROM {CANDIDATES} WHERE is_positive"),
@@ -218,6 +279,19 @@ def seeded_order(seed: int, *columns: str) -> str:
     return f"md5(concat_ws(':', {int(seed)}, {', '.join(columns)}))"
 
 
+def list_candidates(con: duckdb.DuckDBPyConnection, choice: NegativeChoice) -> str:
+    """Create `kd_listed(query_id, doc_id, score, is_positive, list_rank)`: each query's
+    positives (by teacher rank) and its chosen negatives (in the order chosen): exactly the
+    documents a format lists, so a score transform over it is over what the consumer sees."""
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE kd_listed AS SELECT query_id, doc_id, score, "
+        f"true AS is_positive, teacher_rank AS list_rank FROM {CANDIDATES} WHERE is_positive "
+        "UNION ALL SELECT query_id, doc_id, score, false, neg_rank "
+        f"FROM {selected_negatives(choice)}"
+    )
+    return "kd_listed"
+
+
 def selected_negatives(choice: NegativeChoice) -> str:
     """SQL relation (query_id, doc_id, score, neg_rank): the chosen negatives, ranked 1..n
     in the order a format should use them."""
@@ -232,3 +306,39 @@ def selected_negatives(choice: NegativeChoice) -> str:
         f"(PARTITION BY query_id ORDER BY {order}) AS INTEGER) AS neg_rank "
         f"FROM {CANDIDATES} WHERE NOT is_positive){limit})"
     )
+
+
+def present_splits(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The splits the prepared queries fall in, `train` first (always listed: an export
+    with no training query must fail its checks, not vanish)."""
+    found = {s for (s,) in con.execute(f"SELECT DISTINCT split FROM {QUERIES}").fetchall()}
+    return [s for s in SPLITS if s == "train" or s in found]
+
+
+def keep_all_splits(con: duckdb.DuckDBPyConnection, ordered: bool) -> None:
+    """Keep the prepared tables of every split as kd_all_* (restrict_to_split reads them)."""
+    for table in (CANDIDATES, QUERIES, DOCUMENTS, *((ROWS,) if ordered else ())):
+        con.execute(f"ALTER TABLE {table} RENAME TO kd_all_{table.removeprefix('kd_')}")
+
+
+def restrict_to_split(con: duckdb.DuckDBPyConnection, split: str, ordered: bool) -> None:
+    """Make the candidate tables hold one split's queries (and only their documents), so a
+    format written now cannot put any other query in this split's files."""
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {QUERIES} AS SELECT * FROM kd_all_queries "
+        "WHERE split = $split",
+        {"split": split},
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {CANDIDATES} AS SELECT c.* FROM kd_all_candidates c "
+        f"SEMI JOIN {QUERIES} USING (query_id)"
+    )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE {DOCUMENTS} AS SELECT d.* FROM kd_all_documents d "
+        f"SEMI JOIN (SELECT DISTINCT doc_id FROM {CANDIDATES}) USING (doc_id)"
+    )
+    if ordered:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {ROWS} AS SELECT r.* FROM kd_all_rows r "
+            f"SEMI JOIN {QUERIES} USING (query_id) ORDER BY position"
+        )

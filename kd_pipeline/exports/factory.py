@@ -1,16 +1,18 @@
 """The one place that turns export specs into Dagster assets.
 
-`exports/<format>/<name>`: group `exports`, partitioned like its source, eager automation
-(a new source or text version rebuilds it), a freshness policy, one blocking check per
-rule. Each run prepares the candidates once, lets the format write into a staging folder,
-audits what was written, and publishes only when every blocking rule holds: an invalid
-export never replaces the last valid one.
+`exports/<format>/<format>_<name>`: group `exports`, partitioned like its source, eager
+automation (a new source or text version rebuilds it), a freshness policy, one blocking
+check per rule. Each run prepares the candidates once (with the source's split), lets the
+format write each split into a staging folder, audits what was written (every rule on every
+split, plus `one_split_per_query` across them), writes the dataset card, and publishes only
+when every blocking rule holds: an invalid export never replaces the last valid one.
 """
 
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,19 @@ from dagster_duckdb import DuckDBResource
 
 from kd_pipeline import settings
 from kd_pipeline.checks.audit import audit_and_publish, check_specs
-from kd_pipeline.checks.rules import Rule, RuleOutcome, Table
+from kd_pipeline.checks.candidates import one_split_per_query
+from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
 from kd_pipeline.engine import engine_connection
-from kd_pipeline.exports.candidates import TextGlobs, prepare_candidates
-from kd_pipeline.exports.format import ExportRun, knob_values
+from kd_pipeline.exports.candidates import (
+    SPLITS,
+    TextGlobs,
+    keep_all_splits,
+    prepare_candidates,
+    present_splits,
+    restrict_to_split,
+)
+from kd_pipeline.exports.card import VALIDATION_DIR, configs_block, render_card, write_card
+from kd_pipeline.exports.format import ExportRun, Written, knob_values
 from kd_pipeline.exports.specs import ExportSpec, load_export_specs
 from kd_pipeline.lake import Lake, LakeError
 from kd_pipeline.metadata import preview
@@ -50,21 +61,53 @@ def pinned_glob(lake: Lake, key: dg.AssetKey, partition: str | None, hint: str) 
     return str(lake.published_path(key.path, partition).resolve() / "*.parquet")
 
 
-def evaluated(
-    rules: Sequence[Rule], con: duckdb.DuckDBPyConnection, table: Table
-) -> tuple[list[Rule], list[RuleOutcome]]:
-    """Evaluate every rule once, and hand the audit the same verdicts (so the metadata's
-    counts per rule and the checks can never disagree)."""
-    outcomes = [rule.evaluate(con, table) for rule in rules]
-    fixed = [
+def _fixed(rules: Sequence[Rule], outcomes: Sequence[RuleOutcome]) -> list[Rule]:
+    return [
         Rule(r.name, r.description, _verdict(o), r.blocking)
         for r, o in zip(rules, outcomes, strict=True)
     ]
-    return fixed, outcomes
 
 
 def _verdict(outcome: RuleOutcome) -> Any:
     return lambda _con, _table: outcome
+
+
+def merge_outcomes(per_split: Mapping[str, RuleOutcome]) -> RuleOutcome:
+    """One verdict from a rule's verdicts on each split's files: it holds when it holds on
+    every split; violations add up; offenders name their split (train's stay bare)."""
+    outcomes = list(per_split.values())
+    if len(outcomes) == 1:
+        return outcomes[0]
+    failing = [(s, o) for s, o in per_split.items() if not o.passed]
+    examples = tuple(
+        e if s == "train" else f"{s}: {e}" for s, o in per_split.items() for e in o.examples
+    )[:EXAMPLES]
+    detail = failing[0][1].detail if failing else outcomes[0].detail
+    return RuleOutcome(
+        outcomes[0].rule,
+        not failing,
+        sum(o.violations for o in outcomes),
+        examples,
+        detail if len(failing) < 2 else "; ".join(f"{s}: {o.detail}" for s, o in failing),
+    )
+
+
+SPLIT_RULE = "one_split_per_query"
+
+
+def split_rule(tables: Mapping[str, Table] | None = None, column: str = "") -> Rule:
+    """The blocking check every export has: no query in two splits."""
+    return Rule(
+        SPLIT_RULE,
+        "No query is in two splits: the source's split (one per source, seeded) is "
+        "honoured by this export's files.",
+        one_split_per_query(SPLIT_RULE, dict(tables or {}), column),
+    )
+
+
+def declared_rules(spec: ExportSpec) -> list[Rule]:
+    """Every check of an export: its format's rules, then the shared split rule."""
+    return [*spec.format.rules(spec.knobs), split_rule()]
 
 
 def _fsync_files(root: Path) -> None:
@@ -81,12 +124,107 @@ def _source_glob(lake: Lake, spec: ExportSpec, partition: str | None) -> str:
     )
 
 
+def write_splits(spec: ExportSpec, run: ExportRun) -> dict[str, Written]:
+    """Write the export: once (a format that lays out its splits itself), or once per
+    split with the candidate tables holding only that split's queries, train at the top of
+    the folder and validation under `validation/`."""
+    if spec.format.writes_splits:
+        return {"train": spec.format.write(run)}
+    splits = present_splits(run.con)
+    if splits == ["train"]:  # every query trains: the tables are already that split
+        return {"train": spec.format.write(run)}
+    keep_all_splits(run.con, run.ordered)
+    written: dict[str, Written] = {}
+    for split in splits:
+        restrict_to_split(run.con, split, run.ordered)
+        out = run.out if split == "train" else run.out / VALIDATION_DIR
+        out.mkdir(exist_ok=True)
+        scratch = run.scratch / split
+        scratch.mkdir()
+        written[split] = spec.format.write(replace(run, out=out, scratch=scratch, split=split))
+    return written
+
+
+def audit_splits(
+    spec: ExportSpec, knobs: Any, con: duckdb.DuckDBPyConnection, written: Mapping[str, Written]
+) -> tuple[list[Rule], list[RuleOutcome]]:
+    """Each format rule judged on every split's files (one merged verdict per rule), then
+    the split rule over all of them."""
+    declared = [r.name for r in spec.format.rules(knobs)]
+    per_rule: dict[str, dict[str, RuleOutcome]] = {}
+    for split, part in written.items():
+        rules = part.rules if part.rules is not None else spec.format.rules(knobs)
+        if [r.name for r in rules] != declared:  # a format bug, not a data problem
+            raise RuntimeError(f"{spec.key.to_user_string()}: rules {rules} != declared {declared}")
+        for rule in rules:
+            per_rule.setdefault(rule.name, {})[split] = rule.evaluate(con, part.table)
+    tables = {
+        split: table
+        for part in written.values()
+        for split, table in (part.query_tables or {}).items()
+    } or {split: part.table for split, part in written.items()}
+    shared = split_rule(tables, spec.format.query_column)
+    rules = [*spec.format.rules(knobs), shared]
+    outcomes = [merge_outcomes(per_rule[name]) for name in declared]
+    outcomes.append(shared.evaluate(con, next(iter(written.values())).table))
+    return _fixed(rules, outcomes), outcomes
+
+
+def _merged_files(written: Mapping[str, Written], writes_splits: bool) -> dict[str, int]:
+    files: dict[str, int] = {}
+    for split, part in written.items():
+        prefix = "" if split == "train" or writes_splits else f"{VALIDATION_DIR}/"
+        files.update({prefix + name: rows for name, rows in part.files.items()})
+    return files
+
+
+def _merged_counts(written: Mapping[str, Written]) -> dict[str, Any]:
+    counts = dict(written["train"].counts)
+    for split, part in written.items():
+        if split != "train":
+            counts[split] = part.counts
+    return counts
+
+
+def build_card(
+    spec: ExportSpec,
+    partition: str | None,
+    splits: Sequence[str],
+    knob_json: Mapping[str, Any],
+    lineage: Mapping[str, Any],
+    counts: Mapping[str, Any],
+) -> str:
+    """The export folder's dataset card (see card.py)."""
+    fmt = spec.format
+    configs = configs_block(fmt.hf_configs, splits, fmt.writes_splits, fmt.hf_default)
+    provenance = {
+        "export": spec.key.to_user_string(),
+        "partition": partition,
+        "format": fmt.name,
+        "source": spec.source.name,
+        "texts": [k.to_user_string() for k in spec.texts.keys] if spec.texts else [],
+        "versions read (lake snapshot)": dict(lineage["versions"]),
+        "spec": "kd_pipeline/exports/exports.yaml",
+        "knobs": dict(knob_json),
+        "split": {**knob_values(spec.split), "queries": dict(counts.get("split_queries", {}))},
+    }
+    return render_card(
+        export=spec.key.to_user_string() + (f" [{partition}]" if partition else ""),
+        title=fmt.title,
+        description=spec.description,
+        configs=configs,
+        reads=[spec.source.name, *provenance["texts"]],
+        provenance=provenance,
+        consumer=fmt.consumer,
+    )
+
+
 def run_export(
     context: dg.AssetExecutionContext, lake: Lake, duckdb_resource: DuckDBResource, spec: ExportSpec
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Prepare, write, audit, publish one export partition."""
+    """Prepare, write (per split), audit, publish one export partition."""
     partition = context.partition_key if spec.source.partitions_def is not None else None
-    selection, knobs = spec.for_partition(partition)
+    selection, knobs, transform = spec.for_partition(partition)
     source_glob = _source_glob(lake, spec, partition)
     texts = None
     if spec.texts is not None:
@@ -105,7 +243,13 @@ def run_export(
         began = time.perf_counter()
         try:
             counts = prepare_candidates(
-                con, spec.source, source_glob, texts, selection, spec.format.needs_positives
+                con,
+                spec.source,
+                source_glob,
+                texts,
+                selection,
+                spec.format.needs_positives,
+                spec.split,
             )
             prepared = time.perf_counter()
             run = ExportRun(
@@ -120,18 +264,20 @@ def run_export(
                 spec.source.shape,
                 spec.source.ir_datasets_id,
                 bool(spec.texts and spec.texts.documents_have_titles),
+                transform=transform,
+                export=spec.key.to_user_string(),
+                ordered=spec.source.ordered,
             )
-            written = spec.format.write(run)
+            written = write_splits(spec, run)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         wrote = time.perf_counter()
-        rules = written.rules if written.rules is not None else spec.format.rules(knobs)
-        declared = [r.name for r in spec.format.rules(knobs)]
-        if [r.name for r in rules] != declared:  # a format bug, not a data problem
-            raise RuntimeError(f"{spec.key.to_user_string()}: rules {rules} != declared {declared}")
-        rules, outcomes = evaluated(rules, con, written.table)
-        _fsync_files(staged.path)
-        knob_json = {**knob_values(selection), **knob_values(knobs)}
+        rules, outcomes = audit_splits(spec, knobs, con, written)
+        knob_json = {
+            **knob_values(selection),
+            **knob_values(transform),
+            **knob_values(knobs),
+        }
         lineage = {
             "source": spec.source.name,
             "partition": partition,
@@ -139,17 +285,21 @@ def run_export(
                 k.to_user_string(): _version(lake, k, partition if k == spec.source.key else None)
                 for k in upstream
             },
+            "split": knob_values(spec.split),
             **({"licence": spec.source.licence} if spec.source.licence else {}),
         }
-        main_rows = (
-            counts["queries"] if spec.format.name == "splade" else sum(written.files.values())
-        )
+        files = _merged_files(written, spec.format.writes_splits)
+        written_counts = _merged_counts(written)
+        splits = [s for s in SPLITS if counts["split_queries"].get(s)] or ["train"]
+        write_card(staged.path, build_card(spec, partition, splits, knob_json, lineage, counts))
+        _fsync_files(staged.path)
+        main_rows = counts["queries"] if spec.format.name == "splade" else sum(files.values())
         metadata: dict[str, Any] = {
             "dagster/row_count": main_rows,
             "format": spec.format.title,
-            "files": dg.MetadataValue.json(written.files),
+            "files": dg.MetadataValue.json(files),
             "selection": dg.MetadataValue.json(counts),
-            "written": dg.MetadataValue.json(written.counts),
+            "written": dg.MetadataValue.json(written_counts),
             "knobs": dg.MetadataValue.json(knob_json),
             "lineage": dg.MetadataValue.json(lineage),
             "rule_violations": dg.MetadataValue.json({o.rule: o.violations for o in outcomes}),
@@ -164,25 +314,29 @@ def run_export(
         if spec.source.licence:
             metadata["licence"] = spec.source.licence
         if spec.format.name in {"margin_mse", "pointwise", "splade_triplets"}:
-            metadata["preview"] = preview(con, written.table, _preview_columns(spec, knobs))
+            metadata["preview"] = preview(
+                con, written["train"].table, _preview_columns(spec, knobs, spec.source.ordered)
+            )
         manifest = {
             "format": spec.format.name,
-            "files": written.files,
+            "files": files,
             "selection": counts,
-            "written": written.counts,
+            "written": written_counts,
             "knobs": knob_json,
             "lineage": lineage,
             "run_id": context.run.run_id,
         }
         yield from audit_and_publish(
-            con, lake, staged, rules, metadata, manifest, table=written.table
+            con, lake, staged, rules, metadata, manifest, table=written["train"].table
         )
 
 
-def _preview_columns(spec: ExportSpec, knobs: Any) -> list[str]:
+def _preview_columns(spec: ExportSpec, knobs: Any, ordered: bool) -> list[str]:
     names = [c.name for c in spec.format.column_schema.columns]
     if spec.format.name == "margin_mse" and getattr(knobs, "negatives_per_row", 1) > 1:
         return ["query", "positive", "negative_1", "score"]
+    if spec.format.name == "pointwise" and not ordered:
+        return [n for n in names if n != "position"]
     return names
 
 
@@ -224,7 +378,7 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         freshness_policy=FRESHNESS,
         description=spec.description,
         metadata=metadata,
-        check_specs=check_specs(spec.format.rules(spec.knobs), key),
+        check_specs=check_specs(declared_rules(spec), key),
     )
     def _export_asset(
         context: dg.AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource

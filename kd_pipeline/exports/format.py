@@ -18,6 +18,7 @@ import dagster as dg
 import duckdb
 
 from kd_pipeline.checks.rules import Rule, Table
+from kd_pipeline.exports.scores import ScoreTransform
 
 
 class SpecError(ValueError):
@@ -39,6 +40,10 @@ class ExportRun:
     source_shape: str = "listwise"
     ir_datasets_id: str | None = None
     title_column: bool = False  # the documents have titles (BEIR)
+    split: str = "train"  # the split whose queries the candidate tables hold now
+    transform: ScoreTransform = field(default_factory=ScoreTransform)
+    export: str = ""  # the asset key, for messages
+    ordered: bool = False  # the source's rows are in training order (kd_rows exists)
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Written:
     files: dict[str, int] = field(default_factory=dict)  # relative path -> rows
     counts: dict[str, Any] = field(default_factory=dict)
     rules: list[Rule] | None = None  # the rules to audit with, when they need the run's paths
+    # split -> a table with the format's query column, when not `table` (SPLADE's masters)
+    query_tables: dict[str, Table] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,14 @@ class ExportFormat:
     layout: str  # the files on disk (Markdown), for the asset's metadata and the README
     write: Callable[[ExportRun], Written]
     rules: Callable[[Any], list[Rule]]  # the declared rules (names and descriptions)
+    query_column: str  # the column naming the query in the written table (split check)
+    # the dataset card: config name -> files of a split (a glob; `{split}` where the
+    # format names split folders itself), the default config, the consumer's loading call
+    hf_configs: Mapping[str, str]
+    consumer: str
+    hf_default: str = "default"
+    writes_splits: bool = False  # writes train and validation itself (SPLADE); else the
+    # factory runs `write` once per split, validation into `validation/`
 
 
 def parse_knobs(knob_type: type, values: Mapping[str, Any], where: str) -> Any:
@@ -83,3 +98,19 @@ def parse_knobs(knob_type: type, values: Mapping[str, Any], where: str) -> Any:
 
 def knob_values(knobs: Any) -> dict[str, Any]:
     return dataclasses.asdict(knobs)
+
+
+@dataclass(frozen=True)
+class PartFiles:
+    """rows_per_file: null = Parquet part files roll at ~512 MB; n = a new part file every
+    n rows (exactly; names `part-00000.parquet`, ... sort in row order)."""
+
+    rows_per_file: int | None = None
+
+    def __post_init__(self) -> None:
+        check_rows_per_file(self.rows_per_file)
+
+
+def check_rows_per_file(value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"rows_per_file={value!r}: expected an integer >= 1 or null")

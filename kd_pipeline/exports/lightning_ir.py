@@ -88,9 +88,10 @@ def write_run(run: ExportRun) -> Written:
     system = knobs.system or default_system(run.name, run.partition)
     stem = run_file_stem(system, dataset)
     cut = "" if knobs.max_rank is None else f"WHERE teacher_rank <= {knobs.max_rank}"
+    run.con.execute(f"CREATE OR REPLACE TEMP TABLE kd_run AS SELECT * FROM {CANDIDATES} {cut}")
+    scaled = run.transform.apply(run.con, "kd_run")
     select = (
-        "SELECT query_id, doc_id, teacher_rank AS rank, score "
-        f"FROM {CANDIDATES} {cut} ORDER BY query_id, rank"
+        "SELECT query_id, doc_id, teacher_rank AS rank, score FROM kd_run ORDER BY query_id, rank"
     )
     parquet = run.out / f"{stem}.parquet"
     ((rows,),) = run.con.execute(
@@ -108,7 +109,7 @@ def write_run(run: ExportRun) -> Written:
     return Written(
         Table.parquet(str(parquet)),
         files,
-        {"system": system, "ir_datasets_id": dataset, "file": parquet.name},
+        {"system": system, "ir_datasets_id": dataset, "file": parquet.name, **scaled},
         lightning_ir_rules(knobs, parquet, dataset),
     )
 
@@ -174,7 +175,15 @@ FORMAT = ExportFormat(
         ]
     ),
     layout="`__<system>__<ir_datasets id with - for />.parquet` (`query_id, doc_id, rank, "
-    "score`), plus `.run` (TREC) with `trec: true`",
+    "score`), plus `.run` (TREC) with `trec: true`; the same under `validation/` for the "
+    "source's validation queries",
     write=write_run,
     rules=lightning_ir_rules,
+    query_column="query_id",
+    hf_configs={"default": "__*.parquet"},
+    consumer=(
+        'lightning-ir: `RunDataset("<folder>/__<system>__<dataset>.parquet", ...)` (the '
+        "file name names the ir_datasets collection); `datasets.load_dataset(folder)` reads "
+        "the same rows."
+    ),
 )

@@ -13,28 +13,30 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from kd_pipeline.checks.candidates import holds, one_list_length
 from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import (
-    CANDIDATES,
     DOCUMENTS,
     QUERIES,
     NegativeChoice,
-    selected_negatives,
+    list_candidates,
 )
-from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
 
 
 @dataclass(frozen=True)
-class MarginMseKnobs(NegativeChoice):
+class MarginMseKnobs(NegativeChoice, PartFiles):
     """negatives_per_row: 1 = one row per (positive, negative) pair of each query (every
-    chosen negative); k > 1 = one row per positive with the first k chosen negatives (a
-    query with fewer is left out and counted)."""
+    chosen negative); k > 1 = one row per positive with the first k chosen negatives: every
+    row has exactly k (the columns sentence-transformers reads), and a query with fewer is
+    dropped and counted, never given a shorter row."""
 
     negatives_per_row: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        PartFiles.__post_init__(self)
         if not isinstance(self.negatives_per_row, int) or self.negatives_per_row < 1:
             raise ValueError(f"negatives_per_row={self.negatives_per_row!r}: expected >= 1")
 
@@ -52,10 +54,15 @@ def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:
 
 def write_margin_mse(run: ExportRun) -> Written:
     knobs: MarginMseKnobs = run.knobs
-    negatives = selected_negatives(knobs)
+    listed = list_candidates(run.con, knobs)
+    scaled = run.transform.apply(run.con, listed)
+    negatives = (
+        f"(SELECT query_id, doc_id, score, list_rank AS neg_rank FROM {listed} "
+        "WHERE NOT is_positive)"
+    )
     positives = (
-        f"(SELECT c.query_id, c.doc_id, c.score, c.teacher_rank, d.text FROM {CANDIDATES} c "
-        f"JOIN {DOCUMENTS} d USING (doc_id) WHERE c.is_positive)"
+        "(SELECT c.query_id, c.doc_id, c.score, c.list_rank AS teacher_rank, d.text "
+        f"FROM {listed} c JOIN {DOCUMENTS} d USING (doc_id) WHERE c.is_positive)"
     )
     k = knobs.negatives_per_row
     if k == 1:
@@ -79,18 +86,32 @@ def write_margin_mse(run: ExportRun) -> Written:
             f"FROM {positives} p JOIN {lists} l USING (query_id) JOIN {QUERIES} q "
             "USING (query_id) ORDER BY p.query_id, p.teacher_rank"
         )
-    rows = copy_parquet(run.con, select, run.out, {"k": k} if k > 1 else None)
-    counts = {"rows": rows}
+    rows = copy_parquet(
+        run.con,
+        select,
+        run.out,
+        {"k": k} if k > 1 else None,
+        rows_per_file=knobs.rows_per_file,
+    )
+    counts = {"rows": rows, **scaled}
+    short = 0
     if k > 1:
         ((short,),) = run.con.execute(
-            f"SELECT count(*) FROM (SELECT query_id FROM {negatives} GROUP BY query_id "
-            f"HAVING count(*) < {k})"
+            f"SELECT count(*) FROM (SELECT q.query_id FROM {QUERIES} q LEFT JOIN {negatives} n "
+            f"USING (query_id) GROUP BY q.query_id HAVING count(n.doc_id) < {k})"
         ).fetchall()
         counts["queries_with_too_few_negatives"] = int(short)
-    return Written(Table.parquet(str(run.out / "*.parquet")), {"part-*.parquet": rows}, counts)
+    return Written(
+        Table.parquet(str(run.out / "*.parquet")),
+        {"part-*.parquet": rows},
+        counts,
+        margin_mse_rules(knobs, run.export, int(short)),
+    )
 
 
-def margin_mse_rules(knobs: MarginMseKnobs | None) -> list[Rule]:
+def margin_mse_rules(
+    knobs: MarginMseKnobs | None, export: str = "", dropped: int = 0
+) -> list[Rule]:
     cols = columns(knobs)
     texts = [c for c, t in cols.items() if t == "VARCHAR"]
     finite = (
@@ -116,6 +137,16 @@ def margin_mse_rules(knobs: MarginMseKnobs | None) -> list[Rule]:
             "Every margin is a finite number (and there are as many as negatives).",
             rows_where("finite_margins", finite, "left(query, 40)", "margin not finite", k),
         ),
+        Rule(
+            "one_list_length",
+            "Multi-negative rows: every `score` lists exactly `negatives_per_row` margins "
+            "(queries with fewer negatives are dropped and counted; none able to fill it fails).",
+            one_list_length(
+                "one_list_length", "len(score)", k["k"], "left(query, 40)", export, dropped
+            )
+            if k
+            else holds("one_list_length", "one negative a row: the score is one number"),
+        ),
         Rule("not_empty", "The export has rows.", not_empty("not_empty")),
     ]
 
@@ -139,8 +170,15 @@ FORMAT = ExportFormat(
             ),
         ]
     ),
-    layout="`part-N.parquet`: `query, positive, negative, score` (or `negative_1..k`, "
-    "`score` a list of k margins)",
+    layout="`part-NNNNN.parquet`: `query, positive, negative, score` (or `negative_1..k`, "
+    "`score` a list of k margins); `validation/part-NNNNN.parquet` for the source's "
+    "validation queries",
     write=write_margin_mse,
     rules=margin_mse_rules,
+    query_column="query",
+    hf_configs={"default": "part-*.parquet"},
+    consumer=(
+        "`datasets.load_dataset(folder)` (splits `train`, and `validation` when the source "
+        "has one), then sentence-transformers' `MarginMSELoss` (the label `score` is last)."
+    ),
 )

@@ -5,8 +5,12 @@
     documents: document_id, text       (subfolder documents/)
 
 Ids are strings (PyLate maps them to texts through the two other tables); each query's
-documents are its scored candidates by descending teacher score, cut at `max_documents`.
-The train table sits at the top of the folder (what the lake's catalog shows).
+documents are its `documents_per_query` best-scored candidates, by descending teacher
+score. Every row has exactly that many: PyLate's collator stacks a batch's scores with
+`torch.tensor`, which fails on lists of different lengths, so a query with fewer scored
+candidates (with texts) is dropped and counted, never shortened. The train table sits at
+the top of the folder (what the lake's catalog shows); the validation split's three tables
+under `validation/`.
 """
 
 from __future__ import annotations
@@ -15,35 +19,44 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from kd_pipeline.checks.candidates import one_list_length
 from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
-from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
 
 TRAIN = {"query_id": "VARCHAR", "document_ids": "VARCHAR[]", "scores": "FLOAT[]"}
 
 
 @dataclass(frozen=True)
-class PylateKnobs:
-    """max_documents: at most this many documents per query (the best-scored), or null."""
+class PylateKnobs(PartFiles):
+    """documents_per_query: the one list length of every row (the best-scored documents);
+    a query with fewer scored candidates is dropped and counted."""
 
-    max_documents: int | None = None
+    documents_per_query: int = 16
 
     def __post_init__(self) -> None:
-        if self.max_documents is not None and (
-            not isinstance(self.max_documents, int) or self.max_documents < 1
-        ):
-            raise ValueError(f"max_documents={self.max_documents!r}: expected >= 1 or null")
+        super().__post_init__()
+        n = self.documents_per_query
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"documents_per_query={n!r}: expected an integer >= 1")
 
 
 def write_pylate(run: ExportRun) -> Written:
-    cut = (
-        ""
-        if run.knobs.max_documents is None
-        else f"WHERE teacher_rank <= {run.knobs.max_documents}"
-    )
+    """Write the three tables: only queries with at least `documents_per_query` scored
+    candidates, each cut to exactly that many (the rest dropped and counted)."""
+    n = run.knobs.documents_per_query
     con = run.con
-    con.execute(f"CREATE OR REPLACE TEMP TABLE kd_pylate AS SELECT * FROM {CANDIDATES} {cut}")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE kd_pylate AS SELECT * FROM {CANDIDATES} "
+        f"WHERE teacher_rank <= {n} AND query_id IN "
+        f"(SELECT query_id FROM {CANDIDATES} GROUP BY query_id HAVING count(*) >= {n})"
+    )
+    ((short,),) = con.execute(
+        f"SELECT count(*) FROM (SELECT query_id FROM {CANDIDATES} GROUP BY query_id "
+        f"HAVING count(*) < {n})"
+    ).fetchall()
+    scaled = run.transform.apply(con, "kd_pylate")
     rows = copy_parquet(
         con,
         "SELECT query_id, list(doc_id ORDER BY teacher_rank) AS document_ids, "
@@ -51,6 +64,7 @@ def write_pylate(run: ExportRun) -> Written:
         "GROUP BY query_id ORDER BY query_id",
         run.out,
         filename_prefix="train-",
+        rows_per_file=run.knobs.rows_per_file,
     )
     (run.out / "queries").mkdir()
     (run.out / "documents").mkdir()
@@ -66,17 +80,28 @@ def write_pylate(run: ExportRun) -> Written:
         "SEMI JOIN kd_pylate USING (doc_id) ORDER BY document_id",
         run.out / "documents",
     )
+    counts = {
+        "train_rows": rows,
+        "queries": queries,
+        "documents": documents,
+        "documents_per_query": n,
+        "queries_dropped_too_few_documents": int(short),
+        **scaled,
+    }
     return Written(
         Table.parquet(str(run.out / "*.parquet")),
         {"train-part-*.parquet": rows, "queries/": queries, "documents/": documents},
-        {"train_rows": rows, "queries": queries, "documents": documents},
-        pylate_rules(run.knobs, str(run.out)),
+        counts,
+        pylate_rules(run.knobs, str(run.out), run.export, int(short)),
     )
 
 
-def pylate_rules(_knobs: object = None, out: str | None = None) -> list[Rule]:
+def pylate_rules(
+    knobs: PylateKnobs | None = None, out: str | None = None, export: str = "", dropped: int = 0
+) -> list[Rule]:
     queries = f"{out}/queries/*.parquet" if out else ""
     documents = f"{out}/documents/*.parquet" if out else ""
+    n = knobs.documents_per_query if knobs else 0
     return [
         Rule(
             "schema", "train: query_id, document_ids, scores (float32).", schema_is("schema", TRAIN)
@@ -114,6 +139,12 @@ def pylate_rules(_knobs: object = None, out: str | None = None) -> list[Rule]:
                 {"queries": queries, "documents": documents},
             ),
         ),
+        Rule(
+            "one_list_length",
+            "Every row lists exactly `documents_per_query` documents (PyLate batches them "
+            "with torch.tensor); a source where no query can fill it fails, naming the count.",
+            one_list_length("one_list_length", "len(document_ids)", n, "query_id", export, dropped),
+        ),
         Rule("not_empty", "The train table has rows.", not_empty("not_empty")),
     ]
 
@@ -134,9 +165,23 @@ FORMAT = ExportFormat(
             dg.TableColumn("scores", "FLOAT[]", description="teacher scores, same order"),
         ]
     ),
-    layout="`train-part-N.parquet` (`query_id, document_ids, scores`), "
-    "`queries/part-N.parquet` (`query_id, text`), "
-    "`documents/part-N.parquet` (`document_id, text`)",
+    layout="`train-part-NNNNN.parquet` (`query_id, document_ids, scores`), "
+    "`queries/part-NNNNN.parquet` (`query_id, text`), "
+    "`documents/part-NNNNN.parquet` (`document_id, text`); the same three under "
+    "`validation/` for the source's validation queries",
     write=write_pylate,
     rules=pylate_rules,
+    query_column="query_id",
+    hf_configs={
+        "train": "train-part-*.parquet",
+        "queries": "queries/*.parquet",
+        "documents": "documents/*.parquet",
+    },
+    hf_default="train",
+    consumer=(
+        'PyLate\'s knowledge-distillation example: `load_dataset(folder, "train", '
+        'split="train")`, `load_dataset(folder, "queries", split="train")`, '
+        '`load_dataset(folder, "documents", split="train")`, then '
+        "`pylate.utils.KDProcessing(queries=..., documents=...)` on the train set."
+    ),
 )

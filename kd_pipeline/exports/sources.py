@@ -36,6 +36,7 @@ class ExportSource:
     partitions_def: dg.PartitionsDefinition | None
     ir_datasets_id: str | None = None  # the ir_datasets collection its ids belong to
     licence: str | None = None
+    ordered: bool = False  # rows carry `position`: their order is the training order
 
     @property
     def name(self) -> str:
@@ -43,12 +44,13 @@ class ExportSource:
 
     def candidates_select(self) -> str:
         """SQL over `read_parquet($source)`: one row per scored (query, document) pair with
-        `labelled` = the source's own relevance label (never null)."""
+        `labelled` = the source's own relevance label (never null) and `occurrences` = how
+        many source rows name the pair."""
         if self.shape == "pairwise":
             # a pair may occur in several triples; its teacher score is the same in each
             return (
                 "SELECT query_id, doc_id, avg(score) AS score, bool_or(labelled) AS labelled, "
-                "max(score) - min(score) AS spread FROM ("
+                "max(score) - min(score) AS spread, count(*) AS occurrences FROM ("
                 "SELECT query_id, pos_id AS doc_id, pos_score AS score, true AS labelled "
                 "FROM read_parquet($source) UNION ALL "
                 "SELECT query_id, neg_id, neg_score, false FROM read_parquet($source)) "
@@ -58,11 +60,12 @@ class ExportSource:
             # unretrieved positives (annotated runs) have no teacher score: not candidates
             return (
                 "SELECT query_id, doc_id, score, coalesce(is_positive, false) AS labelled, "
-                "0.0 AS spread FROM read_parquet($source) WHERE score IS NOT NULL"
+                "0.0 AS spread, 1 AS occurrences FROM read_parquet($source) WHERE score IS NOT NULL"
             )
         return (
             "SELECT query_id, doc_id, avg(similarity) AS score, true AS labelled, "
-            "max(similarity) - min(similarity) AS spread FROM read_parquet($source) "
+            "max(similarity) - min(similarity) AS spread, count(*) AS occurrences "
+            "FROM read_parquet($source) "
             "GROUP BY query_id, doc_id"
         )
 
@@ -83,7 +86,7 @@ def _lighton_sources() -> dict[str, ExportSource]:
         sources[key.to_user_string()] = ExportSource(key, "pointwise", lighton_partitions)
     for union in load_union_specs(taken={s.name for s in filters}):
         key = dg.AssetKey(["lighton", union.name])
-        sources[key.to_user_string()] = ExportSource(key, "pointwise", None)
+        sources[key.to_user_string()] = ExportSource(key, "pointwise", None, ordered=True)
     return sources
 
 

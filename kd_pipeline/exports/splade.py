@@ -3,9 +3,10 @@
     train/query_master.ndjson[.gz]       {"qid": int, "text": str}
     train/doc_master.ndjson[.gz]         {"doc_id": int, "text": str}
     train/positive_lists.ndjson[.gz]     {"qid": int, "positive_doc_ids": [int, ...]}
-    validation/...                       the same three, when validation_fraction > 0
+    validation/...                       the same three, for the source's validation queries
     hard-negatives-cross-encoder-scores.ndjson[.gz]   {"qid": int, "scores": {"<doc_id>": float}}
-    id-map-part-0.parquet                kind, id, upstream_id: the integer ids back to upstream
+    id-map-part-00000.parquet            kind, id, upstream_id: the integer ids back to upstream
+    README.md                            the dataset card (configs, licence, provenance)
 
 DuckDB writes every file with `COPY ... (FORMAT json)` (integer ids as JSON integers, the
 score map as a JSON object, exactly the consumer's keys); gzip is applied afterwards, in
@@ -39,41 +40,23 @@ _CANONICAL_INT = "0|[1-9][0-9]{0,17}"  # ids that are already integers keep thei
 class SpladeKnobs:
     """ids: `auto` keeps upstream ids that are all canonical integers (MS MARCO, FiQA) and
     numbers the others densely (LightOn's md5 ids); `dense` always numbers 1..n.
-    validation_fraction: share of queries moved to `validation/`, chosen by a hash of
-    (seed, query id): stable as the data grows, different for another seed.
     gzip_level: 1-9, or null for plain `.ndjson`; gzip_files: `scores` (the layout's
-    `.ndjson.gz`) or `all`."""
+    `.ndjson.gz`) or `all`. Which queries go to `validation/` is the source's split (the
+    spec file's `splits:`), the same for every export of the source."""
 
     ids: Literal["auto", "dense"] = "auto"
-    validation_fraction: float = 0.0
-    seed: int = 0
     gzip_level: int | None = 6
     gzip_files: Literal["scores", "all"] = "scores"
 
     def __post_init__(self) -> None:
         if self.ids not in ("auto", "dense"):
             raise ValueError(f"ids={self.ids!r}: expected auto or dense")
-        if not isinstance(self.validation_fraction, int | float) or not (
-            0 <= self.validation_fraction < 1
-        ):
-            raise ValueError(f"validation_fraction={self.validation_fraction!r}: expected [0, 1)")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: expected an integer")
         if self.gzip_level is not None and (
             not isinstance(self.gzip_level, int) or not 1 <= self.gzip_level <= 9
         ):
             raise ValueError(f"gzip_level={self.gzip_level!r}: expected 1..9 or null")
         if self.gzip_files not in ("scores", "all"):
             raise ValueError(f"gzip_files={self.gzip_files!r}: expected scores or all")
-
-
-def split_fraction(seed: int, id_column: str) -> str:
-    """SQL: a uniform number in [0, 1) from (seed, id): md5, so it is stable across DuckDB
-    versions and machines (DuckDB's hash() is not)."""
-    return (
-        f"CAST(('0x' || md5({int(seed)} || ':' || {id_column})[1:13]) AS BIGINT) "
-        "/ 4503599627370496.0"
-    )
 
 
 def _integer_ids(con: duckdb.DuckDBPyConnection, table: str, column: str, mode: str) -> str:
@@ -132,16 +115,7 @@ def write_splade(run: ExportRun) -> Written:
         "query_ids": _id_table(con, "kd_qids", QUERIES, "query_id", knobs.ids),
         "doc_ids": _id_table(con, "kd_dids", DOCUMENTS, "doc_id", knobs.ids),
     }
-    fraction = float(knobs.validation_fraction)
-    split = (
-        f"CASE WHEN {split_fraction(knobs.seed, 'query_id')} < {fraction!r} "
-        "THEN 'validation' ELSE 'train' END"
-        if knobs.validation_fraction > 0
-        else "'train'"
-    )
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE kd_split AS SELECT query_id, {split} AS split FROM {QUERIES}"
-    )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE kd_split AS SELECT query_id, split FROM {QUERIES}")
     # every candidate numbered once (a cast when the upstream ids are integers: no join)
     qid = "CAST(c.query_id AS BIGINT)" if id_modes["query_ids"] == "upstream" else "q.id"
     did = "CAST(c.doc_id AS BIGINT)" if id_modes["doc_ids"] == "upstream" else "d.id"
@@ -153,6 +127,7 @@ def write_splade(run: ExportRun) -> Written:
         f"c.score, c.is_positive, c.teacher_rank, s.split FROM {CANDIDATES} c "
         f"JOIN kd_split s USING (query_id){joins}"
     )
+    scaled = run.transform.apply(con, "kd_numbered", "qid")
     copy_parquet(
         con,
         "SELECT 'query' AS kind, id, query_id AS upstream_id FROM kd_qids UNION ALL "
@@ -197,7 +172,7 @@ def write_splade(run: ExportRun) -> Written:
     began = time.perf_counter()
     tables = rules.load_splade(con, rules.resolve_layout(run.out))
     alternative = (
-        f"the sentence-transformers pointwise export (exports/pointwise/{run.name})"
+        f"the sentence-transformers pointwise export (exports/pointwise/pointwise_{run.name})"
         if run.source_shape == "pointwise"
         else rules.POINTWISE_ALTERNATIVE
     )
@@ -207,8 +182,17 @@ def write_splade(run: ExportRun) -> Written:
         "SELECT map(list(split), list(n)) FROM (SELECT split, count(*) AS n FROM kd_split "
         "GROUP BY split ORDER BY split)"
     ).fetchall()
+    query_tables = {
+        split: Table(
+            "read_json($masters, format = 'newline_delimited', columns = "
+            "{'qid': 'BIGINT', 'text': 'VARCHAR'})",
+            {"masters": [str(f) for f in parts["queries"]]},
+        )
+        for split, parts in rules.resolve_layout(run.out).splits.items()
+    }
     counts = {
         **id_modes,
+        **scaled,
         "split_queries": {str(k): int(v) for k, v in dict(split_sizes or {}).items()},
         "bytes": {
             str(p.relative_to(run.out)): p.stat().st_size
@@ -218,7 +202,11 @@ def write_splade(run: ExportRun) -> Written:
         **{k: round(v, 3) for k, v in timings.items()},
     }
     return Written(
-        Table.parquet(str(run.out / f"{ID_MAP_PREFIX}*.parquet")), files, counts, audited
+        Table.parquet(str(run.out / f"{ID_MAP_PREFIX}*.parquet")),
+        files,
+        counts,
+        audited,
+        query_tables,
     )
 
 
@@ -257,9 +245,11 @@ LAYOUT = """\
 | `train/query_master.ndjson` | `{"qid": int, "text": str}` |
 | `train/doc_master.ndjson` | `{"doc_id": int, "text": str}` |
 | `train/positive_lists.ndjson` | `{"qid": int, "positive_doc_ids": [int, ...]}` |
-| `validation/...` | the same three (when `validation_fraction` > 0) |
+| `validation/...` | the same three, for the source's validation queries |
 | `hard-negatives-cross-encoder-scores.ndjson.gz` | `{"qid": int, "scores": {"<doc_id>": float}}` |
-| `id-map-part-0.parquet` | `kind, id, upstream_id` (Parquet) |
+| `id-map-part-00000.parquet` | `kind, id, upstream_id` (Parquet) |
+| `README.md` | the dataset card: configs `query_master`, `doc_master`, `positive_lists` \
+(splits train, validation); licence; provenance |
 """
 
 FORMAT = ExportFormat(
@@ -273,4 +263,21 @@ FORMAT = ExportFormat(
     layout=LAYOUT,
     write=write_splade,
     rules=splade_rules,
+    query_column="qid",
+    writes_splits=True,
+    hf_configs={
+        "query_master": "{split}/query_master.ndjson*",
+        "doc_master": "{split}/doc_master.ndjson*",
+        "positive_lists": "{split}/positive_lists.ndjson*",
+    },
+    hf_default="query_master",
+    consumer=(
+        "light-splade: point its dataset at `train/query_master.ndjson`, "
+        "`train/doc_master.ndjson`, `train/positive_lists.ndjson` and "
+        "`hard-negatives-cross-encoder-scores.ndjson.gz` (and `validation/...` for "
+        "evaluation). The score file is a map per query, not a table, and `datasets` reads "
+        "one file format per folder, so the card lists the NDJSON masters only, e.g. "
+        '`datasets.load_dataset(folder, "query_master")`; the Parquet id map is read with '
+        '`load_dataset("parquet", data_files=f"{folder}/id-map-part-*.parquet")`.'
+    ),
 )

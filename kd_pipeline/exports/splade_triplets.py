@@ -18,7 +18,7 @@ import dagster as dg
 from kd_pipeline.checks.rules import Rule, Table, not_empty, row_count_is, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES, seeded_order
-from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
 
 COLUMNS = {
     "query_text": "VARCHAR",
@@ -30,7 +30,7 @@ COLUMNS = {
 
 
 @dataclass(frozen=True)
-class TripletKnobs:
+class TripletKnobs(PartFiles):
     """sampling_mode: query_based | positive_pair_based; epochs: how many draws; seed."""
 
     sampling_mode: Literal["query_based", "positive_pair_based"] = "query_based"
@@ -38,6 +38,7 @@ class TripletKnobs:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.sampling_mode not in ("query_based", "positive_pair_based"):
             raise ValueError(
                 f"sampling_mode={self.sampling_mode!r}: expected query_based or positive_pair_based"
@@ -51,6 +52,7 @@ class TripletKnobs:
 def write_triplets(run: ExportRun) -> Written:
     knobs: TripletKnobs = run.knobs
     con, seed = run.con, knobs.seed
+    scaled = run.transform.apply(con, CANDIDATES)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE kd_epochs AS SELECT CAST(range AS INTEGER) AS epoch "
         f"FROM range({knobs.epochs})"
@@ -82,7 +84,7 @@ def write_triplets(run: ExportRun) -> Written:
         f"JOIN {CANDIDATES} ns ON ns.query_id = t.query_id AND ns.doc_id = t.neg_id "
         f"ORDER BY t.epoch, {shuffle}"
     )
-    rows = copy_parquet(con, select, run.out)
+    rows = copy_parquet(con, select, run.out, rows_per_file=knobs.rows_per_file)
     ((expected,),) = con.execute("SELECT count(*) FROM kd_anchors").fetchall()
     ((unsampled,),) = con.execute(
         "SELECT count(DISTINCT query_id) FROM kd_anchors ANTI JOIN "
@@ -92,6 +94,7 @@ def write_triplets(run: ExportRun) -> Written:
         "rows": rows,
         "rows_expected": int(expected),
         "queries_without_negative": int(unsampled),
+        **scaled,
     }
     return Written(
         Table.parquet(str(run.out / "*.parquet")),
@@ -159,7 +162,15 @@ FORMAT = ExportFormat(
             )
         ]
     ),
-    layout="`part-N.parquet`: `query_text, pos_text, neg_text, pos_score, neg_score`",
+    layout="`part-NNNNN.parquet`: `query_text, pos_text, neg_text, pos_score, neg_score`; "
+    "`validation/part-NNNNN.parquet` for the source's validation queries",
     write=write_triplets,
     rules=triplet_rules,
+    query_column="query_text",
+    hf_configs={"default": "part-*.parquet"},
+    consumer=(
+        "`datasets.load_dataset(folder)` (splits `train`, and `validation` when the source "
+        "has one): rows as light-splade's dataset yields them, `(query_text, pos_text, "
+        "neg_text, pos_score, neg_score)`."
+    ),
 )

@@ -3,9 +3,12 @@ passages, `{"query_id", "query", "positive_passages": [{"docid", "title", "text"
 "score"}], "negative_passages": [...]}`.
 
 Tevatron samples its training negatives from `negative_passages` and fails on an empty
-list, so every line must have both kinds (blocking). The lines are audited as written
-(DuckDB reads the JSONL back); `index-part-0.parquet` (per query: how many of each) is the
-table the lake's catalog shows.
+list, so every line must have both kinds (blocking). It draws `train_group_size - 1` of
+them per step (with replacement when a line has fewer), so lines need not all have the same
+number: no fixed length is imposed here. The lines are audited as written (DuckDB reads the
+JSONL back); `index-part-00000.parquet` (per query: how many of each) is the table the
+lake's catalog shows. The file is `train.jsonl`; the source's validation queries go to
+`validation/validation.jsonl`.
 """
 
 from __future__ import annotations
@@ -17,17 +20,14 @@ import dagster as dg
 from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import (
-    CANDIDATES,
     DOCUMENTS,
     QUERIES,
     NegativeChoice,
-    selected_negatives,
+    list_candidates,
 )
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
 from kd_pipeline.lake import quote_literal
-
-FILE = "train.jsonl"
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,24 @@ def _passages(relation: str, order: str) -> str:
 def write_tevatron(run: ExportRun) -> Written:
     knobs: TevatronKnobs = run.knobs
     con = run.con
-    positives = f"(SELECT * FROM {CANDIDATES} WHERE is_positive)"
+    listed = list_candidates(con, knobs)
+    scaled = run.transform.apply(con, listed)
+    file = f"{run.split}.jsonl"
+    positives = f"(SELECT * FROM {listed} WHERE is_positive)"
+    negatives = f"(SELECT * FROM {listed} WHERE NOT is_positive)"
     con.execute(
         "CREATE OR REPLACE TEMP TABLE kd_tevatron AS SELECT q.query_id, q.text AS query, "
-        f"coalesce((SELECT {_passages(positives, 'c.teacher_rank')}), []) AS positive_passages, "
-        f"coalesce((SELECT {_passages(selected_negatives(knobs), 'c.neg_rank')}), []) "
+        f"coalesce((SELECT {_passages(positives, 'c.list_rank')}), []) AS positive_passages, "
+        f"coalesce((SELECT {_passages(negatives, 'c.list_rank')}), []) "
         f"AS negative_passages FROM {QUERIES} q ORDER BY q.query_id"
     )
-    plain = run.out / FILE if knobs.gzip_level is None else run.scratch / FILE
+    plain = run.out / file if knobs.gzip_level is None else run.scratch / file
     ((rows,),) = con.execute(
         f"COPY kd_tevatron TO {quote_literal(str(plain))} (FORMAT json)"
     ).fetchall()
     written = plain
     if knobs.gzip_level is not None:
-        written = run.out / f"{FILE}.gz"
+        written = run.out / f"{file}.gz"
         gzip_file(plain, written, knobs.gzip_level, run.threads)
         plain.unlink()
     copy_parquet(
@@ -86,7 +90,7 @@ def write_tevatron(run: ExportRun) -> Written:
         "title VARCHAR, text VARCHAR, score DOUBLE)[]'})",
         {"jsonl": str(written)},
     )
-    return Written(table, {written.name: int(rows)}, {"lines": int(rows)})
+    return Written(table, {written.name: int(rows)}, {"lines": int(rows), **scaled})
 
 
 def _passage_problem(column: str) -> str:
@@ -150,7 +154,14 @@ FORMAT = ExportFormat(
         ]
     ),
     layout='`train.jsonl[.gz]`: `{"query_id", "query", "positive_passages": [{"docid", '
-    '"title", "text", "score"}], "negative_passages": [...]}`; `index-part-0.parquet`',
+    '"title", "text", "score"}], "negative_passages": [...]}`; `index-part-00000.parquet`; '
+    "`validation/validation.jsonl[.gz]` for the source's validation queries",
     write=write_tevatron,
     rules=tevatron_rules,
+    query_column="query_id",
+    hf_configs={"default": "{split}.jsonl*"},
+    consumer=(
+        "Tevatron: `--dataset_name json --dataset_path <folder>/train.jsonl` (its legacy "
+        'distillation format), or `datasets.load_dataset(folder, split="train")`.'
+    ),
 )
