@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import datasets
 import huggingface_hub
 import pytest
 from huggingface_hub import constants
+
+from kd_pipeline_tests.sample_exports import BuiltExports, build_sample_exports
 
 TIMEOUT = 5
 
@@ -76,3 +79,22 @@ def point_pipeline_at_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> Non
     )
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+
+
+@pytest.fixture(scope="session")
+def sample_exports(tmp_path_factory: pytest.TempPathFactory) -> BuiltExports:
+    """Every family and every export of the sample, built once through Dagster."""
+    return build_sample_exports(tmp_path_factory.mktemp("sample_exports") / "lake")
+
+
+@pytest.fixture
+def offline_consumers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumers read local folders only: the Hub is off (a stray download fails at
+    once instead of waiting on the network) and `datasets` caches under tmp_path."""
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    # both libraries read these once, at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
