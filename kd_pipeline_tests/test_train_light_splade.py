@@ -40,7 +40,6 @@ TRIPLETS = [
     for name in ("hofstaetter", "hofstaetter_per_positive")
     for partition in ("bert", "ensemble")
 ]
-SCORES = "hard-negatives-cross-encoder-scores.ndjson.gz"
 TUPLE_ORDER = ["query_text", "pos_text", "neg_text", "pos_score", "neg_score"]
 BATCH = 4
 
@@ -52,7 +51,7 @@ def splade_dataset(root: Path, split: str) -> TripletDistilDataset:
         query_master_data_path=root / split / "query_master.ndjson",
         doc_master_data_path=root / split / "doc_master.ndjson",
         positive_pair_data_path=root / split / "positive_lists.ndjson",
-        hard_negative_scores_data_path=root / SCORES,
+        hard_negative_scores_data_path=root / "hard-negatives-cross-encoder-scores.ndjson.gz",
         is_validation_set=split == "validation",
     )
 
@@ -117,7 +116,8 @@ def test_splade_export_trains_in_light_splade(
 def test_splade_triplets_train_in_light_splade(
     sample_exports: BuiltExports, tmp_path: Path, key: str, partition: str
 ) -> None:
-    rows = load_dataset(str(sample_exports.path(key, partition)), split="train")
+    folder = sample_exports.path(key, partition)
+    rows = load_dataset(str(folder), split="train")
     assert rows.column_names == TUPLE_ORDER
     triplets = [tuple(row[c] for c in TUPLE_ORDER) for row in rows]
     texts = [text for row in triplets for text in row[:3]]

@@ -39,11 +39,6 @@ POINTWISE = [("exports/pointwise/lighton_recommended", LIGHTON_CONFIG)]
 BATCH = 4
 
 
-def load_export(folder: Path) -> Dataset:
-    """How a user loads a published folder with `datasets`."""
-    return load_dataset(str(folder), split="train")
-
-
 def texts_of(rows: Dataset) -> list[str]:
     """Every string value of the rows (the tokenizer's vocabulary source)."""
     return [v for name in rows.column_names for v in rows[name] if isinstance(v, str)]
@@ -66,7 +61,8 @@ def train_args(cls: type, out: Path):
 def test_margin_mse_export_trains_a_bi_encoder(
     sample_exports: BuiltExports, tmp_path: Path, key: str, partition: str | None, negatives: int
 ) -> None:
-    rows = load_export(sample_exports.path(key, partition))
+    folder = sample_exports.path(key, partition)
+    rows = load_dataset(str(folder), split="train")
     negative_columns = (
         ["negative"] if negatives == 1 else [f"negative_{i + 1}" for i in range(negatives)]
     )
@@ -90,7 +86,8 @@ def test_margin_mse_export_trains_a_bi_encoder(
 def test_pointwise_export_trains_a_cross_encoder(
     sample_exports: BuiltExports, tmp_path: Path, key: str, partition: str | None
 ) -> None:
-    rows = load_export(sample_exports.path(key, partition))
+    folder = sample_exports.path(key, partition)
+    rows = load_dataset(str(folder), split="train")
     assert rows.column_names == ["query", "document", "score"]
     model = CrossEncoder(tiny_bert(tmp_path / "model", texts_of(rows)), num_labels=1, device="cpu")
     before = Snapshot(model)

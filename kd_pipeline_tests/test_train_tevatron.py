@@ -46,9 +46,8 @@ BATCH = 2
 def test_tevatron_trains_on_the_export(
     sample_exports: BuiltExports, tmp_path: Path, key: str, partition: str | None
 ) -> None:
-    groups = load_dataset(
-        "json", data_files=str(sample_exports.path(key, partition) / "train.jsonl"), split="train"
-    )
+    folder = sample_exports.path(key, partition)
+    groups = load_dataset("json", data_files=str(folder / "train.jsonl"), split="train")
     passages = [p for g in groups for p in g["positive_passages"] + g["negative_passages"]]
     assert all(isinstance(p["score"], float) for p in passages)  # present, unused by 0.1.0
     texts = [*groups["query"], *(f"{p['title']} {p['text']}" for p in passages)]
