@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import datasets
 import huggingface_hub
 import pytest
-from huggingface_hub import constants
+from huggingface_hub import constants, file_download
 
+from kd_pipeline_tests.sample_exports import BuiltExports, build_sample_exports
+
+pytest_plugins = ["pytester"]  # test_readme.py runs pytest on a skipped test
 TIMEOUT = 5
 
 
@@ -62,17 +66,63 @@ def hf_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for key, value in patched.items():
         monkeypatch.setattr(constants, key, value)
     yield
-    huggingface_hub.close_session()  # drop keep-alive connections to the stopped server
+    # drop keep-alive connections to the stopped server (huggingface_hub < 1.0: reset_sessions)
+    close = getattr(huggingface_hub, "close_session", None) or huggingface_hub.utils.reset_sessions
+    close()
 
 
 def point_pipeline_at_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
     """KD_PIPELINE_SOURCE=hub against endpoint, as if HF_ENDPOINT had been set before
     huggingface_hub was imported (it reads its environment once, at import)."""
     monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(
-        constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-    )
+    template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    # huggingface_hub < 1.0 formats download URLs from its own import-time copy
+    monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
     monkeypatch.setenv("KD_PIPELINE_SOURCE", "hub")
+
+
+@pytest.fixture(scope="session")
+def sample_exports(tmp_path_factory: pytest.TempPathFactory) -> BuiltExports:
+    """Every family and every export of the sample, built once through Dagster."""
+    return build_sample_exports(tmp_path_factory.mktemp("sample_exports") / "lake")
+
+
+@pytest.fixture
+def offline_consumers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumers read local folders only: the Hub is off (a stray download fails at
+    once instead of waiting on the network) and `datasets` caches under tmp_path."""
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv("WANDB_DISABLED", "true")
+    # both libraries read these once, at import
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets_cache")
+
+
+# ---- no test passes by being skipped -------------------------------------------------------
+_SKIPPED: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember every skipped test (an expected failure is not a skip)."""
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _SKIPPED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A skipped test fails the session: the set-up command installs everything the tests
+    need, so a skip means something is missing (deselecting with -k or -m is not a skip)."""
+    if _SKIPPED and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _SKIPPED:
+        terminalreporter.write_line(
+            f"{len(_SKIPPED)} test(s) skipped, which fails the run (nothing may be skipped; "
+            f"run `bash kd_pipeline_tests/setup-test-env.sh`): {', '.join(_SKIPPED[:5])}",
+            red=True,
+        )

@@ -12,30 +12,19 @@ import copy
 import gzip
 import importlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
-
 Row = dict[str, Any]
-LIGHT_SPLADE_INSTALL = (
-    "pip install torch==2.13.0 transformers tqdm scipy && pip install --no-deps light-splade==0.1.3"
-)
 
 
 def light_splade_data() -> ModuleType:
-    """light-splade's `light_splade.data`, the real consumer. Not a declared dependency (its
-    pins would replace pandas/numpy and pull a CUDA torch): without it the test is skipped,
-    saying how to install it, unless KD_PIPELINE_REQUIRE_CONSUMERS=1 (CI installs it and
-    must not pass by skipping)."""
-    if os.environ.get("KD_PIPELINE_REQUIRE_CONSUMERS") == "1":
-        return importlib.import_module("light_splade.data")
-    return pytest.importorskip(
-        "light_splade.data", reason=f"light-splade not installed: {LIGHT_SPLADE_INSTALL}"
-    )
+    """light-splade's `light_splade.data`, the real consumer (installed with the other KD
+    trainers by kd_pipeline_tests/setup-test-env.sh, at the version in
+    consumers-constraints.txt); imported when a test asks, since it loads torch."""
+    return importlib.import_module("light_splade.data")
 
 
 @dataclass
