@@ -108,6 +108,24 @@ class Lake:
         path = self.published_path(key, partition)
         return path.is_symlink() and path.exists()
 
+    def published_rows(self, key: Sequence[str], partition: str | None = None) -> int | None:
+        """Rows of the published version (from the Parquet footers), None when nothing is
+        published."""
+        if not self.is_published(key, partition):
+            return None
+        files = sorted(self.published_path(key, partition).glob("*.parquet"))
+        if not files:
+            return 0
+        con = duckdb.connect()
+        try:
+            (rows,) = con.execute(
+                "SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata($files)",
+                {"files": [str(f) for f in files]},
+            ).fetchall()[0]
+        finally:
+            con.close()
+        return int(rows)
+
     def manifest(self, key: Sequence[str], partition: str | None = None) -> dict[str, Any]:
         """The manifest written with the published version (row count, version, metadata)."""
         path = self.published_path(key, partition) / MANIFEST_NAME

@@ -23,6 +23,8 @@ MEMORY_LIMIT_ENV = "KD_PIPELINE_DUCKDB_MEMORY"
 THREADS_ENV = "KD_PIPELINE_DUCKDB_THREADS"
 ZSTD_LEVEL_ENV = "KD_PIPELINE_ZSTD_LEVEL"
 DEFAULT_ZSTD_LEVEL = 3  # DuckDB's own default
+MAX_SHRINK_ENV = "KD_PIPELINE_MAX_SHRINK"
+DEFAULT_MAX_SHRINK = 0.5
 ZENODO_API_ENV = "KD_PIPELINE_ZENODO_API"
 DEFAULT_ZENODO_API = "https://zenodo.org/api"
 
@@ -103,6 +105,22 @@ def zstd_level() -> int:
     if not raw.isdigit() or not 1 <= int(raw) <= 22:
         raise ValueError(f"{ZSTD_LEVEL_ENV}={raw!r}: expected a zstd level from 1 to 22")
     return int(raw)
+
+
+def max_shrink() -> float:
+    """The largest fraction of a published partition's rows that a new read of upstream may
+    lose before its publish is blocked (`KD_PIPELINE_MAX_SHRINK`, 0-1, default 0.5; 1 accepts
+    any shrink, an empty upstream included)."""
+    raw = os.environ.get(MAX_SHRINK_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_SHRINK
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ValueError(f"{MAX_SHRINK_ENV}={raw!r}: expected a fraction from 0 to 1")
+    return value
 
 
 def hf_endpoint() -> str | None:

@@ -50,7 +50,15 @@ def test_asset_check_snapshot() -> None:
     common = ["finite_similarity", "no_null_text_or_score", "not_empty", "schema"]
     recipe = [*common, "no_dropped_rows", "no_duplicate_rows", "row_count_matches_filter"]
     expected = sorted(
-        [f"lighton/raw:{c}" for c in [*common, "row_count_matches_upstream"]]
+        [
+            f"lighton/raw:{c}"
+            for c in [
+                *common,
+                "row_count_matches_upstream",
+                "drop_flag_set",
+                "no_unexpected_shrink",
+            ]
+        ]
         + [f"lighton/recommended:{c}" for c in recipe]
         + [f"lighton/top35:{c}" for c in [*recipe, "similarity_at_least_threshold"]]
         + [f"lighton/similarity_3:{c}" for c in [*recipe, "similarity_at_least_threshold"]]

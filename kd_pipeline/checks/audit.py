@@ -13,12 +13,42 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from kd_pipeline.checks.rules import Rule, RuleOutcome, Table, evaluate_rules
+from kd_pipeline import settings
+from kd_pipeline.checks.rules import (
+    Rule,
+    RuleOutcome,
+    Table,
+    evaluate_rules,
+    no_unexpected_shrink,
+)
 from kd_pipeline.lake import Lake, StagedVersion
 
+SHRINK_RULE = "no_unexpected_shrink"
+SHRINK_DESCRIPTION = (
+    "An upstream read does not shrink the published partition by more than "
+    "KD_PIPELINE_MAX_SHRINK (default 50%), nor empty it."
+)
 
-def check_specs(rules: Sequence[Rule], key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    """One check per rule; blocking rules gate downstream materialisation too."""
+
+def shrink_rule(previous_rows: int | None = None) -> Rule:
+    """The guard every asset read from upstream files gets: a new version may not replace a
+    non-empty published one with nothing, or with fewer rows than the knob allows."""
+    return Rule(
+        SHRINK_RULE,
+        SHRINK_DESCRIPTION,
+        no_unexpected_shrink(SHRINK_RULE, previous_rows, settings.max_shrink()),
+    )
+
+
+def check_specs(
+    rules: Sequence[Rule], key: dg.AssetKey, *, upstream: bool = False
+) -> list[dg.AssetCheckSpec]:
+    """One check per rule; blocking rules gate downstream materialisation too.
+
+    upstream: the asset reads upstream files, so it also gets the shrink guard (pass the same
+    to audit_and_publish)."""
+    if upstream:
+        rules = [*rules, Rule(SHRINK_RULE, SHRINK_DESCRIPTION, no_unexpected_shrink("", 0, 1))]
     return [
         dg.AssetCheckSpec(
             rule.name, asset=key, description=rule.description, blocking=rule.blocking
@@ -52,12 +82,18 @@ def audit_and_publish(
     metadata: Mapping[str, Any],
     manifest: Mapping[str, Any],
     table: Table | None = None,
+    *,
+    upstream: bool = False,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Audit the staged version; publish it and report, or report and refuse.
 
     table: what the rules read (default: the staged Parquet files); an export whose files
     are not Parquet at the top of the folder (NDJSON, a named run file) passes its own.
+    upstream: the data was read from upstream files: the shrink guard compares it with the
+    published version's row count.
     """
+    if upstream:
+        rules = [*rules, shrink_rule(lake.published_rows(staged.key, staged.partition))]
     if table is None:
         table = Table("read_parquet($staged_glob)", {"staged_glob": staged.parquet_glob()})
     outcomes = evaluate_rules(con, rules, table)

@@ -181,7 +181,7 @@ def fiqa_mined_scores(
         rows = copy_parquet(con, explode_select(local), staged.path)
         out = Table("read_parquet($g)", {"g": staged.parquet_glob()})
         lineage = {
-            **snapshot_metadata(snapshot, files),
+            **snapshot_metadata(snapshot, files, card),
             "licence": FIQA_MINED_LICENCE,
             "card_licence": card_licence,
             "texts": published_versions(the_lake, texts),
