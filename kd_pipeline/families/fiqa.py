@@ -157,7 +157,7 @@ def mined_rules(queries_glob: str = "", documents_glob: str = "") -> list[Rule]:
         "upstream": FIQA_MINED_REPO_ID,
         "licence": FIQA_MINED_LICENCE,
     },
-    check_specs=check_specs(mined_rules(), MINED_KEY),
+    check_specs=check_specs(mined_rules(), MINED_KEY, upstream=True),
 )
 def fiqa_mined_scores(
     context: dg.AssetExecutionContext,
@@ -208,6 +208,7 @@ def fiqa_mined_scores(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
+            upstream=True,
         )
 
 

@@ -130,7 +130,7 @@ def run_rules(
         "upstream": "zenodo.org/records/12528410",
         "top_k": dg.MetadataValue.json({v: r.top_k for v, r in RUN_VARIANTS.items()}),
     },
-    check_specs=check_specs(run_rules(), RUNS_KEY),
+    check_specs=check_specs(run_rules(), RUNS_KEY, upstream=True),
 )
 def rank_distillm_runs(
     context: dg.AssetExecutionContext,
@@ -190,6 +190,7 @@ def rank_distillm_runs(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
+            upstream=True,
         )
 
 
