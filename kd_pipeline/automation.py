@@ -17,12 +17,12 @@ declarative automation downstream.
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import dagster as dg
 
+from kd_pipeline import settings
 from kd_pipeline.families.hofstaetter import hofstaetter_job
 from kd_pipeline.families.lighton import RAW_KEY, lighton_partitions, resolve_config_files
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
@@ -40,8 +40,6 @@ from kd_pipeline.fetch import DatasetSnapshot, Fetcher, FetchError
 from kd_pipeline.resources import UpstreamResource
 
 LIGHTON_RAW_JOB = "lighton_raw_refresh"
-REFRESH_CRON_ENV = "KD_PIPELINE_REFRESH_CRON"
-DEFAULT_REFRESH_CRON = "0 3 * * 1"  # Mondays, 03:00
 
 lighton_raw_job = dg.define_asset_job(
     LIGHTON_RAW_JOB,
@@ -50,16 +48,10 @@ lighton_raw_job = dg.define_asset_job(
 )
 
 
-def refresh_cron() -> str:
-    """`KD_PIPELINE_REFRESH_CRON`, read when the code location loads (a schedule's cron is
-    part of its definition)."""
-    return os.environ.get(REFRESH_CRON_ENV, "").strip() or DEFAULT_REFRESH_CRON
-
-
 def build_refresh_schedule() -> dg.ScheduleDefinition:
     @dg.schedule(
         name="lighton_weekly_refresh",
-        cron_schedule=refresh_cron(),
+        cron_schedule=settings.refresh_cron(),
         job=lighton_raw_job,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Re-read every LightOn config from upstream (one run per partition).",

@@ -1,19 +1,31 @@
 """The Dagster instance the command line runs against, and recovery from killed runs.
 
-Runs started by `kd-pipeline` execute in the CLI's own process and claim slots of the
-`duckdb` pool (dagster.yaml). A process killed mid-run (SIGKILL, OOM killer, a lost
-machine) never releases its slots and leaves its run STARTED forever, so every later run
-would wait on the pool. Each CLI run is therefore tagged with its host and pid, and before
-running anything the CLI marks the runs of dead processes on this host as failed and frees
-their slots. (Runs launched by the daemon are watched by Dagster's own run monitoring.)
+Every run claims slots of the `duckdb` pool (dagster.yaml) in the process that executes it:
+`kd-pipeline`'s own process, a `dagster asset materialize` process, or the run worker the
+UI's launcher starts. A process killed mid-run (SIGKILL, OOM killer) never releases its
+slots and leaves its run STARTED forever, so every later run would wait on the pool.
+`release_orphaned_runs` finds such runs and marks them failed, freeing their slots. The
+process of a run is the pid its executor records in the run's first engine event
+("Executing steps in process (pid: N)"), or the pid tag `kd-pipeline` sets; a run is
+judged only on the host that ran it (the host tag, or any run when the instance's storage
+is this machine's SQLite). It runs before every `kd-pipeline` command that materialises,
+and every minute in the daemon (the `release_dead_runs` sensor).
+
+`stop_cleanly_on_signals`: SIGINT or SIGTERM to a `kd-pipeline` command cancels its
+unfinished runs, frees their slots and exits (130 / 143); the staged data of the run is
+removed by the next write of that partition, nothing published is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import socket
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -61,21 +73,97 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_local_storage(instance: dg.DagsterInstance) -> bool:
+    """Whether the instance's runs can only have run on this machine (SQLite storage)."""
+    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+
+    return isinstance(instance.run_storage, SqliteRunStorage)
+
+
+def run_process_id(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
+    """The pid of the process executing a run: its pid tag, else the pid the executor put in
+    the run's first engine event; None before the executor has started."""
+    tagged = run.tags.get(PID_TAG, "")
+    if tagged.isdigit():
+        return int(tagged)
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=5
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.engine_event_data if event is not None else None
+        pid = data.metadata.get("pid") if data is not None else None
+        if pid is not None and str(pid.value).isdigit():
+            return int(pid.value)
+    return None
+
+
 def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Fail the unfinished CLI runs whose process is gone and free their pool slots."""
+    """Fail the unfinished runs of this host whose process is gone and free their pool
+    slots (pending claims included); returns their run ids."""
+    host = socket.gethostname()
+    local = _is_local_storage(instance)
     unfinished = instance.get_runs(
         filters=dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
-            tags={HOST_TAG: socket.gethostname()},
+            statuses=[
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.CANCELING,
+            ]
         )
     )
     released = []
     for run in unfinished:
-        pid = run.tags.get(PID_TAG, "")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            instance.report_run_failed(
-                run, message=f"kd-pipeline: the process running this run (pid {pid}) is gone"
-            )
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            released.append(run.run_id)
+        if run.tags.get(HOST_TAG, host if local else None) != host:
+            continue
+        pid = run_process_id(instance, run)
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        instance.report_run_failed(
+            run, message=f"kd-pipeline: the process running this run (pid {pid}) is gone"
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
     return released
+
+
+def cancel_own_runs(instance: dg.DagsterInstance, reason: str) -> list[str]:
+    """Mark this process's unfinished runs canceled and free their slots."""
+    own = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())},
+        )
+    )
+    for run in own:
+        instance.report_run_canceled(run, message=f"kd-pipeline: {reason}")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return [run.run_id for run in own]
+
+
+@contextlib.contextmanager
+def stop_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM stop the command: its unfinished runs are marked
+    canceled with their pool slots freed, one line says so, and the process exits with
+    128 + the signal number. (Dagster defers interrupts while a step waits on a pool, so a
+    plain KeyboardInterrupt would not stop a blocked run.)"""
+
+    def stop(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        runs: list[str] = []
+        if os.environ.get("DAGSTER_HOME"):
+            with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
+                runs = cancel_own_runs(instance, f"stopped by {name}")
+        log(
+            f"kd-pipeline: stopped by {name}"
+            + (f"; run(s) {', '.join(r[:8] for r in runs)} canceled" if runs else "")
+        )
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
