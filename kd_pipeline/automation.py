@@ -37,6 +37,7 @@ from kd_pipeline.families.upstream import (
     zenodo_checksums,
 )
 from kd_pipeline.fetch import DatasetSnapshot, Fetcher, FetchError
+from kd_pipeline.instance import release_orphaned_runs
 from kd_pipeline.resources import UpstreamResource
 
 LIGHTON_RAW_JOB = "lighton_raw_refresh"
@@ -224,9 +225,28 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 
+@dg.sensor(
+    name="release_dead_runs",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every minute under the daemon: runs of this host whose process is gone "
+    "(SIGKILL, OOM) are marked failed and their duckdb pool slots freed.",
+)
+def release_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    released = release_orphaned_runs(context.instance)
+    if released:
+        context.log.warning(f"released the pool slots of dead run(s): {', '.join(released)}")
+    return dg.SkipReason(f"{len(released)} dead run(s) released")
+
+
 def definitions() -> dg.Definitions:
     return dg.Definitions(
         jobs=[lighton_raw_job],
         schedules=[build_refresh_schedule()],
-        sensors=[lighton_upstream_changes, zenodo_upstream_changes, automation_sensor],
+        sensors=[
+            lighton_upstream_changes,
+            zenodo_upstream_changes,
+            automation_sensor,
+            release_dead_runs,
+        ],
     )

@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -141,29 +142,57 @@ def cancel_own_runs(instance: dg.DagsterInstance, reason: str) -> list[str]:
     return [run.run_id for run in own]
 
 
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop(signum: int, log: Callable[[str], None]) -> None:
+    """Cancel this process's unfinished runs, say so in one line, exit 128 + signum."""
+    name = signal.Signals(signum).name
+    runs: list[str] = []
+    if os.environ.get("DAGSTER_HOME"):
+        with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
+            runs = cancel_own_runs(instance, f"stopped by {name}")
+    log(
+        f"kd-pipeline: stopped by {name}"
+        + (f"; run(s) {', '.join(r[:8] for r in runs)} canceled, pool slots freed" if runs else "")
+    )
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
 @contextlib.contextmanager
 def stop_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM stop the command: its unfinished runs are marked
     canceled with their pool slots freed, one line says so, and the process exits with
-    128 + the signal number. (Dagster defers interrupts while a step waits on a pool, so a
-    plain KeyboardInterrupt would not stop a blocked run.)"""
+    128 + the signal number.
 
-    def stop(signum: int, _frame: object) -> None:
-        name = signal.Signals(signum).name
-        runs: list[str] = []
-        if os.environ.get("DAGSTER_HOME"):
-            with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
-                runs = cancel_own_runs(instance, f"stopped by {name}")
-        log(
-            f"kd-pipeline: stopped by {name}"
-            + (f"; run(s) {', '.join(r[:8] for r in runs)} canceled" if runs else "")
-        )
-        sys.stderr.flush()
-        os._exit(128 + signum)
+    Dagster replaces Python's signal handlers while it executes and only looks at the
+    interrupt between steps, so a run waiting on the pool never stopped. Python writes the
+    number of every signal it catches to the wakeup fd, whatever handler is installed: a
+    watcher thread reads it there and stops the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    # A Python-level handler for both (a no-op: the watcher acts), so SIGTERM is caught and
+    # written to the wakeup fd instead of killing the process on the spot.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS}
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    def watch() -> None:
+        while data := os.read(read_end, 1):
+            if data[0] in _STOP_SIGNALS:
+                _stop(data[0], log)
+        os.close(read_end)
+
+    watcher = threading.Thread(target=watch, name="kd-pipeline-signals", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(write_end)
+        watcher.join(timeout=5)
