@@ -110,6 +110,25 @@ def cmd_ids(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run one SQL query on the lake's catalog (read-only) and print the result."""
+    import duckdb
+
+    catalog = settings.lake_root() / "catalog.duckdb"
+    if not catalog.is_file():
+        log(f"kd-pipeline sql: no catalog at {catalog} (run `kd-pipeline materialize` first)")
+        return 2
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        con.sql(args.query).show(max_rows=args.max_rows, max_width=10_000)
+    except duckdb.Error as exc:
+        log(f"kd-pipeline sql: {str(exc).splitlines()[0]}")
+        return 2
+    finally:
+        con.close()
+    return 0
+
+
 def cmd_validate_splade(args: argparse.Namespace) -> int:
     """Judge a SPLADE folder with the export checks' rules: one line per violated rule."""
     import duckdb
@@ -181,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--names", action="store_true", help="list the LightOn config names (name=...) instead"
     )
     ids.set_defaults(func=cmd_ids)
+
+    sql = sub.add_parser(
+        "sql",
+        help="query the lake's catalog (read-only), e.g. "
+        "'SELECT count(*) FROM text.msmarco_passage_collection'",
+        description="Views: <family>.<name>, e.g. lighton.recommended (with a partition "
+        "column), text.msmarco_passage_collection, exports.splade_hofstaetter_ensemble. The "
+        "catalog is the one of the current lake (KD_PIPELINE_LAKE, else <KD_PIPELINE_HOME>/lake).",
+    )
+    sql.add_argument("query")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows shown (default 40)")
+    sql.set_defaults(func=cmd_sql)
 
     check = sub.add_parser(
         "validate-splade",

@@ -273,3 +273,29 @@ def test_a_negative_seed_in_a_union_spec_is_refused() -> None:
 
     with pytest.raises(SpecError, match=r"seed -5 must be from 0"):
         UnionSpec("mix", "a mixture", (), seed=-5)
+
+
+# ---- browsing the catalog of any data home (issue 12 item 13) -----------------------------
+def test_sql_command_reads_the_catalog_of_the_configured_home(tmp_path, lake_dir) -> None:
+    """The README's browse command: `kd-pipeline sql` finds the catalog of whatever data
+    home or lake is configured, and views need no quoting."""
+    env = cli_env(tmp_path)
+    home = tmp_path / "elsewhere"
+    env["KD_PIPELINE_HOME"] = str(home)
+    env.pop("KD_PIPELINE_LAKE")
+    mat = run([sys.executable, "-m", "kd_pipeline.cli", "materialize", "--partition", "npr"], env)
+    assert mat.returncode == 0, mat.stderr[-3000:]
+    assert mat.stdout.strip().splitlines()[-1] == str(home / "lake")
+    query = "SELECT partition, count(*) AS n FROM lighton.recommended GROUP BY ALL"
+    proc = run([sys.executable, "-m", "kd_pipeline.cli", "sql", query], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "npr" in proc.stdout
+    bad = run([sys.executable, "-m", "kd_pipeline.cli", "sql", "SELECT * FROM nowhere"], env)
+    assert bad.returncode == 2
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("kd-pipeline sql: Catalog Error: Table with name nowhere")
+    empty = run(
+        [sys.executable, "-m", "kd_pipeline.cli", "sql", "SELECT 1"],
+        {**env, "KD_PIPELINE_HOME": str(tmp_path / "new")},
+    )
+    assert empty.returncode == 2 and "no catalog at" in empty.stderr

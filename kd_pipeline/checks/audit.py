@@ -41,17 +41,27 @@ def shrink_rule(previous_rows: int | None = None) -> Rule:
 
 
 def check_specs(
-    rules: Sequence[Rule], key: dg.AssetKey, *, upstream: bool = False
+    rules: Sequence[Rule],
+    key: dg.AssetKey,
+    *,
+    upstream: bool = False,
+    partitions_def: dg.PartitionsDefinition | None = None,
 ) -> list[dg.AssetCheckSpec]:
     """One check per rule; blocking rules gate downstream materialisation too.
 
     upstream: the asset reads upstream files, so it also gets the shrink guard (pass the same
-    to audit_and_publish)."""
+    to audit_and_publish). partitions_def: the asset's; every evaluation then records its
+    partition, so the UI shows which partition a check passed or failed for.
+    """
     if upstream:
         rules = [*rules, Rule(SHRINK_RULE, SHRINK_DESCRIPTION, no_unexpected_shrink("", 0, 1))]
     return [
         dg.AssetCheckSpec(
-            rule.name, asset=key, description=rule.description, blocking=rule.blocking
+            rule.name,
+            asset=key,
+            description=rule.description,
+            blocking=rule.blocking,
+            partitions_def=partitions_def,
         )
         for rule in rules
     ]

@@ -451,7 +451,7 @@ def snapshot_metadata(
     description="LightOn embeddings-pre-training pairs of one config, canonical columns, "
     "as published upstream (no filter).",
     metadata={"dagster/column_schema": COLUMN_SCHEMA, "upstream": LIGHTON_REPO_ID},
-    check_specs=check_specs(raw_rules(), RAW_KEY, upstream=True),
+    check_specs=check_specs(raw_rules(), RAW_KEY, upstream=True, partitions_def=lighton_partitions),
 )
 def lighton_raw(
     context: dg.AssetExecutionContext,

@@ -130,7 +130,9 @@ def run_rules(
         "upstream": "zenodo.org/records/12528410",
         "top_k": dg.MetadataValue.json({v: r.top_k for v, r in RUN_VARIANTS.items()}),
     },
-    check_specs=check_specs(run_rules(), RUNS_KEY, upstream=True),
+    check_specs=check_specs(
+        run_rules(), RUNS_KEY, upstream=True, partitions_def=rank_distillm_partitions
+    ),
 )
 def rank_distillm_runs(
     context: dg.AssetExecutionContext,
