@@ -7,6 +7,7 @@ place and the failed results visible on the asset in the UI.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -55,16 +56,21 @@ def check_specs(
     """
     if upstream:
         rules = [*rules, Rule(SHRINK_RULE, SHRINK_DESCRIPTION, no_unexpected_shrink("", 0, 1))]
-    return [
-        dg.AssetCheckSpec(
-            rule.name,
-            asset=key,
-            description=rule.description,
-            blocking=rule.blocking,
-            partitions_def=partitions_def,
-        )
-        for rule in rules
-    ]
+    # Partitioned check specs are a Dagster preview: used on purpose (without them the UI
+    # shows no partition for a result and "Not Evaluated" after a blocked publish), so the
+    # warning printed on every load is silenced here, and only here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                rule.name,
+                asset=key,
+                description=rule.description,
+                blocking=rule.blocking,
+                partitions_def=partitions_def,
+            )
+            for rule in rules
+        ]
 
 
 def check_result(rule: Rule, outcome: RuleOutcome) -> dg.AssetCheckResult:
