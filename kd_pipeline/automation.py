@@ -17,12 +17,12 @@ declarative automation downstream.
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import dagster as dg
 
+from kd_pipeline import settings
 from kd_pipeline.families.hofstaetter import hofstaetter_job
 from kd_pipeline.families.lighton import RAW_KEY, lighton_partitions, resolve_config_files
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
@@ -37,11 +37,10 @@ from kd_pipeline.families.upstream import (
     zenodo_checksums,
 )
 from kd_pipeline.fetch import DatasetSnapshot, Fetcher, FetchError
+from kd_pipeline.instance import release_orphaned_runs
 from kd_pipeline.resources import UpstreamResource
 
 LIGHTON_RAW_JOB = "lighton_raw_refresh"
-REFRESH_CRON_ENV = "KD_PIPELINE_REFRESH_CRON"
-DEFAULT_REFRESH_CRON = "0 3 * * 1"  # Mondays, 03:00
 
 lighton_raw_job = dg.define_asset_job(
     LIGHTON_RAW_JOB,
@@ -50,16 +49,10 @@ lighton_raw_job = dg.define_asset_job(
 )
 
 
-def refresh_cron() -> str:
-    """`KD_PIPELINE_REFRESH_CRON`, read when the code location loads (a schedule's cron is
-    part of its definition)."""
-    return os.environ.get(REFRESH_CRON_ENV, "").strip() or DEFAULT_REFRESH_CRON
-
-
 def build_refresh_schedule() -> dg.ScheduleDefinition:
     @dg.schedule(
         name="lighton_weekly_refresh",
-        cron_schedule=refresh_cron(),
+        cron_schedule=settings.refresh_cron(),
         job=lighton_raw_job,
         default_status=dg.DefaultScheduleStatus.STOPPED,
         description="Re-read every LightOn config from upstream (one run per partition).",
@@ -232,9 +225,28 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 
+@dg.sensor(
+    name="release_dead_runs",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every minute under the daemon: runs of this host whose process is gone "
+    "(SIGKILL, OOM) are marked failed and their duckdb pool slots freed.",
+)
+def release_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    released = release_orphaned_runs(context.instance)
+    if released:
+        context.log.warning(f"released the pool slots of dead run(s): {', '.join(released)}")
+    return dg.SkipReason(f"{len(released)} dead run(s) released")
+
+
 def definitions() -> dg.Definitions:
     return dg.Definitions(
         jobs=[lighton_raw_job],
         schedules=[build_refresh_schedule()],
-        sensors=[lighton_upstream_changes, zenodo_upstream_changes, automation_sensor],
+        sensors=[
+            lighton_upstream_changes,
+            zenodo_upstream_changes,
+            automation_sensor,
+            release_dead_runs,
+        ],
     )

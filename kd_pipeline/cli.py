@@ -2,7 +2,9 @@
 
 Every materialisation goes through Dagster with the persistent instance (DAGSTER_HOME), so
 runs started here show up in `dagster dev` like runs started from the UI. Progress goes
-to stderr; the last line of stdout is the path a script wants.
+to stderr; the last line of stdout is the path a script wants. Before any command runs,
+every `KD_PIPELINE_*` setting is validated: a bad one is one line naming the variable, its
+value and what is allowed, and exit code 2. SIGINT/SIGTERM stop any command cleanly.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kd_pipeline import settings
-from kd_pipeline.instance import cli_run_tags, ensure_dagster_home, release_orphaned_runs
+from kd_pipeline.instance import (
+    cli_run_tags,
+    ensure_dagster_home,
+    release_orphaned_runs,
+    stop_cleanly_on_signals,
+)
 
 
 def log(message: str) -> None:
@@ -99,7 +106,26 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_ids(args: argparse.Namespace) -> int:
     from kd_pipeline.prepare import describe_ids
 
-    describe_ids()
+    describe_ids(names=args.names)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run one SQL query on the lake's catalog (read-only) and print the result."""
+    import duckdb
+
+    catalog = settings.lake_root() / "catalog.duckdb"
+    if not catalog.is_file():
+        log(f"kd-pipeline sql: no catalog at {catalog} (run `kd-pipeline materialize` first)")
+        return 2
+    con = duckdb.connect(str(catalog), read_only=True)
+    try:
+        con.sql(args.query).show(max_rows=args.max_rows, max_width=10_000)
+    except duckdb.Error as exc:
+        log(f"kd-pipeline sql: {str(exc).splitlines()[0]}")
+        return 2
+    finally:
+        con.close()
     return 0
 
 
@@ -170,7 +196,22 @@ def build_parser() -> argparse.ArgumentParser:
     prep.set_defaults(func=cmd_prepare)
 
     ids = sub.add_parser("ids", help="list every dataset id and its knobs")
+    ids.add_argument(
+        "--names", action="store_true", help="list the LightOn config names (name=...) instead"
+    )
     ids.set_defaults(func=cmd_ids)
+
+    sql = sub.add_parser(
+        "sql",
+        help="query the lake's catalog (read-only), e.g. "
+        "'SELECT count(*) FROM text.msmarco_passage_collection'",
+        description="Views: <family>.<name>, e.g. lighton.recommended (with a partition "
+        "column), text.msmarco_passage_collection, exports.splade_hofstaetter_ensemble. The "
+        "catalog is the one of the current lake (KD_PIPELINE_LAKE, else <KD_PIPELINE_HOME>/lake).",
+    )
+    sql.add_argument("query")
+    sql.add_argument("--max-rows", type=int, default=40, help="rows shown (default 40)")
+    sql.set_defaults(func=cmd_sql)
 
     check = sub.add_parser(
         "validate-splade",
@@ -195,10 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    problems = settings.settings_problems()
+    if problems:
+        for problem in problems:
+            log(f"kd-pipeline: bad setting: {problem}")
+        return 2
     if getattr(args, "rows_per_config", 0) is None:
         args.rows_per_config = settings.sample_rows_per_config()
     try:
-        return args.func(args)
+        with stop_cleanly_on_signals(log):
+            return args.func(args)
     except (ValueError, OSError) as exc:
         log(f"kd-pipeline: error: {exc}")
         return 2

@@ -1,19 +1,32 @@
 """The Dagster instance the command line runs against, and recovery from killed runs.
 
-Runs started by `kd-pipeline` execute in the CLI's own process and claim slots of the
-`duckdb` pool (dagster.yaml). A process killed mid-run (SIGKILL, OOM killer, a lost
-machine) never releases its slots and leaves its run STARTED forever, so every later run
-would wait on the pool. Each CLI run is therefore tagged with its host and pid, and before
-running anything the CLI marks the runs of dead processes on this host as failed and frees
-their slots. (Runs launched by the daemon are watched by Dagster's own run monitoring.)
+Every run claims slots of the `duckdb` pool (dagster.yaml) in the process that executes it:
+`kd-pipeline`'s own process, a `dagster asset materialize` process, or the run worker the
+UI's launcher starts. A process killed mid-run (SIGKILL, OOM killer) never releases its
+slots and leaves its run STARTED forever, so every later run would wait on the pool.
+`release_orphaned_runs` finds such runs and marks them failed, freeing their slots. The
+process of a run is the pid its executor records in the run's first engine event
+("Executing steps in process (pid: N)"), or the pid tag `kd-pipeline` sets; a run is
+judged only on the host that ran it (the host tag, or any run when the instance's storage
+is this machine's SQLite). It runs before every `kd-pipeline` command that materialises,
+and every minute in the daemon (the `release_dead_runs` sensor).
+
+`stop_cleanly_on_signals`: SIGINT or SIGTERM to a `kd-pipeline` command cancels its
+unfinished runs, frees their slots and exits (130 / 143); the staged data of the run is
+removed by the next write of that partition, nothing published is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -61,21 +74,125 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _is_local_storage(instance: dg.DagsterInstance) -> bool:
+    """Whether the instance's runs can only have run on this machine (SQLite storage)."""
+    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+
+    return isinstance(instance.run_storage, SqliteRunStorage)
+
+
+def run_process_id(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
+    """The pid of the process executing a run: its pid tag, else the pid the executor put in
+    the run's first engine event; None before the executor has started."""
+    tagged = run.tags.get(PID_TAG, "")
+    if tagged.isdigit():
+        return int(tagged)
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=5
+    ).records
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        data = event.engine_event_data if event is not None else None
+        pid = data.metadata.get("pid") if data is not None else None
+        if pid is not None and str(pid.value).isdigit():
+            return int(pid.value)
+    return None
+
+
 def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Fail the unfinished CLI runs whose process is gone and free their pool slots."""
+    """Fail the unfinished runs of this host whose process is gone and free their pool
+    slots (pending claims included); returns their run ids."""
+    host = socket.gethostname()
+    local = _is_local_storage(instance)
     unfinished = instance.get_runs(
         filters=dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
-            tags={HOST_TAG: socket.gethostname()},
+            statuses=[
+                dg.DagsterRunStatus.STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.CANCELING,
+            ]
         )
     )
     released = []
     for run in unfinished:
-        pid = run.tags.get(PID_TAG, "")
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            instance.report_run_failed(
-                run, message=f"kd-pipeline: the process running this run (pid {pid}) is gone"
-            )
-            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-            released.append(run.run_id)
+        if run.tags.get(HOST_TAG, host if local else None) != host:
+            continue
+        pid = run_process_id(instance, run)
+        if pid is None or pid == os.getpid() or _alive(pid):
+            continue
+        instance.report_run_failed(
+            run, message=f"kd-pipeline: the process running this run (pid {pid}) is gone"
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(run.run_id)
     return released
+
+
+def cancel_own_runs(instance: dg.DagsterInstance, reason: str) -> list[str]:
+    """Mark this process's unfinished runs canceled and free their slots."""
+    own = instance.get_runs(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())},
+        )
+    )
+    for run in own:
+        instance.report_run_canceled(run, message=f"kd-pipeline: {reason}")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+    return [run.run_id for run in own]
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop(signum: int, log: Callable[[str], None]) -> None:
+    """Cancel this process's unfinished runs, say so in one line, exit 128 + signum."""
+    name = signal.Signals(signum).name
+    runs: list[str] = []
+    if os.environ.get("DAGSTER_HOME"):
+        with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
+            runs = cancel_own_runs(instance, f"stopped by {name}")
+    log(
+        f"kd-pipeline: stopped by {name}"
+        + (f"; run(s) {', '.join(r[:8] for r in runs)} canceled, pool slots freed" if runs else "")
+    )
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def stop_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM stop the command: its unfinished runs are marked
+    canceled with their pool slots freed, one line says so, and the process exits with
+    128 + the signal number.
+
+    Dagster replaces Python's signal handlers while it executes and only looks at the
+    interrupt between steps, so a run waiting on the pool never stopped. Python writes the
+    number of every signal it catches to the wakeup fd, whatever handler is installed: a
+    watcher thread reads it there and stops the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    # A Python-level handler for both (a no-op: the watcher acts), so SIGTERM is caught and
+    # written to the wakeup fd instead of killing the process on the spot.
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS}
+
+    def watch() -> None:
+        while data := os.read(read_end, 1):
+            if data[0] in _STOP_SIGNALS:
+                _stop(data[0], log)
+        os.close(read_end)
+
+    watcher = threading.Thread(target=watch, name="kd-pipeline-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(write_end)
+        watcher.join(timeout=5)

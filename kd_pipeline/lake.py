@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,24 @@ class Lake:
     def is_published(self, key: Sequence[str], partition: str | None = None) -> bool:
         path = self.published_path(key, partition)
         return path.is_symlink() and path.exists()
+
+    def published_rows(self, key: Sequence[str], partition: str | None = None) -> int | None:
+        """Rows of the published version (from the Parquet footers), None when nothing is
+        published."""
+        if not self.is_published(key, partition):
+            return None
+        files = sorted(self.published_path(key, partition).glob("*.parquet"))
+        if not files:
+            return 0
+        con = duckdb.connect()
+        try:
+            (rows,) = con.execute(
+                "SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata($files)",
+                {"files": [str(f) for f in files]},
+            ).fetchall()[0]
+        finally:
+            con.close()
+        return int(rows)
 
     def manifest(self, key: Sequence[str], partition: str | None = None) -> dict[str, Any]:
         """The manifest written with the published version (row count, version, metadata)."""
@@ -222,6 +242,10 @@ class Lake:
     def rebuild_catalog(self) -> Path:
         """Rewrite `catalog.duckdb` with one view per published asset, then swap it in.
 
+        Views are named so plain SQL needs no quotes: schema = the key's first part, view =
+        the other parts joined by `_` (`text/msmarco_passage/collection` ->
+        `text.msmarco_passage_collection`), see `catalog_view_names`.
+
         The new catalog is built in a temporary file and renamed over the old one, so a
         person browsing the catalog never blocks a run and never sees it half-built.
         """
@@ -231,8 +255,10 @@ class Lake:
             try:
                 con = duckdb.connect(str(tmp))
                 try:
-                    for key, partitioned in self.published_assets().items():
-                        _create_view(con, key, self.parquet_glob(key), partitioned)
+                    published = self.published_assets()
+                    names = catalog_view_names(list(published), _reserved_words(con))
+                    for key, partitioned in published.items():
+                        _create_view(con, names[key], self.parquet_glob(key), partitioned)
                 finally:
                     con.close()
                 os.replace(tmp, target)
@@ -260,11 +286,45 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _plain_identifier(text: str, reserved: AbstractSet[str]) -> str:
+    """text as an identifier SQL takes unquoted: letters, digits and `_`, not starting with
+    a digit, not a reserved word (those get a trailing `_`)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", text).lower()
+    if not name or name[0].isdigit():
+        name = "_" + name
+    return name + "_" if name in reserved else name
+
+
+def catalog_view_names(
+    keys: Sequence[tuple[str, ...]], reserved: AbstractSet[str] = frozenset()
+) -> dict[tuple[str, ...], tuple[str, str]]:
+    """(schema, view) of each asset key in the catalog, both plain identifiers: schema =
+    the first part, view = the other parts joined by `_` (a one-part key repeats its name).
+    Two keys that would read the same get a short hash of the key on the second one."""
+    names: dict[tuple[str, ...], tuple[str, str]] = {}
+    taken: set[tuple[str, str]] = set()
+    for key in sorted(keys):
+        schema = _plain_identifier(key[0], reserved)
+        view = _plain_identifier("_".join(key[1:]) or key[0], reserved)
+        if (schema, view) in taken:
+            digest = hashlib.sha256("/".join(key).encode()).hexdigest()[:8]
+            view = f"{view}_{digest}"
+        taken.add((schema, view))
+        names[key] = (schema, view)
+    return names
+
+
+def _reserved_words(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute(
+        "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'"
+    ).fetchall()
+    return {row[0].lower() for row in rows}
+
+
 def _create_view(
-    con: duckdb.DuckDBPyConnection, key: tuple[str, ...], glob: str, partitioned: bool
+    con: duckdb.DuckDBPyConnection, name: tuple[str, str], glob: str, partitioned: bool
 ) -> None:
-    schema = key[0]
-    view = "/".join(key[1:]) or key[0]
+    schema, view = name
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
     source = f"read_parquet({quote_literal(glob)}, union_by_name = true, filename = true)"
     partition_col = ", split_part(filename, '/', -2) AS partition" if partitioned else ""

@@ -33,8 +33,15 @@ from kd_pipeline.lake import Lake
 from kd_pipeline.recipes.factory import CUSTOM_KEY, CUSTOM_UNION_KEY, variant_id
 from kd_pipeline.recipes.filters import FilterKnobs
 from kd_pipeline.recipes.specs import load_filter_specs, load_union_specs
-from kd_pipeline.recipes.unions import MIXINGS
-from kd_pipeline.selectors import REQUIRED, Axis, SelectorError, parse_selector, resolve_axes
+from kd_pipeline.recipes.unions import MIXINGS, seed_problem
+from kd_pipeline.selectors import (
+    REQUIRED,
+    Axis,
+    SelectorError,
+    did_you_mean,
+    parse_selector,
+    resolve_axes,
+)
 
 LIGHTON_ID = "ai.lighton.embeddings_pre_training"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -112,7 +119,13 @@ def _lighton_union_entries() -> list[DatasetEntry]:
     entries = []
     for spec in load_union_specs(taken={s.name for s in load_filter_specs()}):
         axes = (
-            Axis("seed", "int", spec.seed, help="null = concatenation, else seeded interleave"),
+            Axis(
+                "seed",
+                "int",
+                spec.seed,
+                check=seed_problem,
+                help="null = concatenation, else seeded interleave (0 to 2**63-1)",
+            ),
             Axis("mixing", "choice", spec.mixing, nullable=False, choices=MIXINGS),
             Axis("dedup", "bool", spec.dedup, nullable=False),
             Axis("dedup_casefold", "bool", spec.dedup_casefold, nullable=False),
@@ -159,7 +172,8 @@ def resolve(selector: str) -> Target:
     entries = registry()
     if dataset_id not in entries:
         raise SelectorError(
-            f"unknown dataset id {dataset_id!r}; known ids: " + ", ".join(sorted(entries))
+            f"unknown dataset id {dataset_id!r}{did_you_mean(dataset_id, list(entries))}; "
+            "known ids: " + ", ".join(sorted(entries))
         )
     entry = entries[dataset_id]
     return entry.resolve(resolve_axes(dataset_id, pairs, entry.axes))
@@ -245,7 +259,14 @@ class PrepareError(RuntimeError):
     """A run that prepare started failed."""
 
 
-def describe_ids(out=sys.stdout) -> None:
+def describe_ids(out=None, names: bool = False) -> None:
+    """Every dataset id with its knobs (to out, default stdout); names=True: the LightOn
+    config names instead, one a line (the values of `name=`)."""
+    out = out or sys.stdout
+    if names:
+        for config in LIGHTON_CONFIGS:
+            print(config, file=out)
+        return
     for entry in registry().values():
         print(entry.id, file=out)
         print(f"    {entry.description}", file=out)

@@ -19,9 +19,15 @@ SAMPLE_LAYOUT_VERSION = 3  # bump when the generated sample changes shape
 
 
 class LakeResource(dg.ConfigurableResource):
-    """The lake folder: `root`, else `$KD_PIPELINE_LAKE`, else `<data home>/lake`."""
+    """The lake folder: `root`, else `$KD_PIPELINE_LAKE`, else `<data home>/lake`.
+
+    Every step uses it, so its setup is where a run started outside `kd-pipeline` (the UI,
+    `dagster asset materialize`) has its settings validated before any work."""
 
     root: str | None = None
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        settings.validate_settings()
 
     def lake(self) -> Lake:
         return Lake(Path(self.root) if self.root else settings.lake_root())

@@ -10,6 +10,7 @@ keys and values outside an axis's domain are errors that list what is allowed.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,17 @@ FALSES = {"false", "no", "0"}
 
 class SelectorError(ValueError):
     """A selector that cannot be used; the message says where and what is allowed."""
+
+
+def did_you_mean(word: str, options: Sequence[str]) -> str:
+    """` (did you mean 'x'?)` for the option closest to a mistyped word (case ignored),
+    or '' when none is close."""
+    by_folded = {o.lower(): o for o in options}
+    close = difflib.get_close_matches(word.lower(), list(by_folded), n=1, cutoff=0.75)
+    return f" (did you mean {by_folded[close[0]]!r}?)" if close else ""
+
+
+_KIND_WORDS = {"float": "a number", "int": "an integer"}
 
 
 @dataclass(frozen=True)
@@ -71,13 +83,21 @@ class Axis:
             try:
                 value = int(text) if self.kind == "int" else float(text)
             except ValueError:
-                raise SelectorError(f"{self.name}={text!r}: expected a {self.kind}") from None
+                raise SelectorError(
+                    f"{self.name}={text!r}: expected {_KIND_WORDS[self.kind]}"
+                ) from None
             if self.kind == "float" and not math.isfinite(value):
                 raise SelectorError(f"{self.name}={text!r}: expected a finite number")
         else:
             if text not in self.choices:
+                listed = (
+                    f"one of {', '.join(self.choices)}"
+                    if len(self.choices) <= 8
+                    else "one of the names `kd-pipeline ids --names` lists"
+                )
                 raise SelectorError(
-                    f"{self.name}={text!r}: expected one of {', '.join(self.choices)}"
+                    f"{self.name}={text!r}: not a known value{did_you_mean(text, self.choices)}; "
+                    f"expected {listed}"
                 )
             value = text
         problem = self.check(value) if self.check else None
@@ -140,7 +160,10 @@ def resolve_axes(
     for key, raw in pairs:
         if key not in by_name:
             allowed = "; ".join(a.describe() for a in axes) or "no keys"
-            raise SelectorError(f"{dataset_id}: unknown key {key!r}; allowed: {allowed}")
+            raise SelectorError(
+                f"{dataset_id}: unknown key {key!r}{did_you_mean(key, list(by_name))}; "
+                f"allowed: {allowed}"
+            )
         if key in values:
             raise SelectorError(f"{dataset_id}: key {key!r} given twice")
         values[key] = by_name[key].parse(raw)

@@ -7,6 +7,9 @@ Every environment variable the pipeline honours is read here and nowhere else, a
 from __future__ import annotations
 
 import os
+import re
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +26,11 @@ MEMORY_LIMIT_ENV = "KD_PIPELINE_DUCKDB_MEMORY"
 THREADS_ENV = "KD_PIPELINE_DUCKDB_THREADS"
 ZSTD_LEVEL_ENV = "KD_PIPELINE_ZSTD_LEVEL"
 DEFAULT_ZSTD_LEVEL = 3  # DuckDB's own default
+HUB_TIMEOUT_ENV = "KD_PIPELINE_HUB_TIMEOUT"
+REFRESH_CRON_ENV = "KD_PIPELINE_REFRESH_CRON"
+DEFAULT_REFRESH_CRON = "0 3 * * 1"  # Mondays, 03:00
+MAX_SHRINK_ENV = "KD_PIPELINE_MAX_SHRINK"
+DEFAULT_MAX_SHRINK = 0.5
 ZENODO_API_ENV = "KD_PIPELINE_ZENODO_API"
 DEFAULT_ZENODO_API = "https://zenodo.org/api"
 
@@ -83,15 +91,31 @@ def sample_rows_per_config() -> int:
     return int(raw)
 
 
+_MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B|%)", re.IGNORECASE)
+
+
 def duckdb_memory_limit() -> str:
-    """Per-step DuckDB memory limit; DuckDB spills to the lake's scratch folder past it."""
-    return os.environ.get(MEMORY_LIMIT_ENV, "4GB")
+    """Per-step DuckDB memory limit (`KD_PIPELINE_DUCKDB_MEMORY`, e.g. 4GB, 512MiB, 50%;
+    default 4GB); DuckDB spills to the lake's scratch folder past it."""
+    raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not raw:
+        return "4GB"
+    if not _MEMORY.fullmatch(raw):
+        raise ValueError(
+            f"{MEMORY_LIMIT_ENV}={raw!r}: expected a size such as 4GB, 512MB, 2GiB or 50%"
+        )
+    return raw
 
 
 def duckdb_threads() -> int:
-    """Per-step DuckDB threads (default: all cores)."""
+    """Per-step DuckDB threads (`KD_PIPELINE_DUCKDB_THREADS`, a positive integer; default:
+    all cores)."""
     raw = os.environ.get(THREADS_ENV, "").strip()
-    return int(raw) if raw.isdigit() and int(raw) > 0 else (os.cpu_count() or 1)
+    if not raw:
+        return os.cpu_count() or 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{THREADS_ENV}={raw!r}: expected a positive integer")
+    return int(raw)
 
 
 def zstd_level() -> int:
@@ -105,31 +129,129 @@ def zstd_level() -> int:
     return int(raw)
 
 
+def max_shrink() -> float:
+    """The largest fraction of a published partition's rows that a new read of upstream may
+    lose before its publish is blocked (`KD_PIPELINE_MAX_SHRINK`, 0-1, default 0.5; 1 accepts
+    any shrink, an empty upstream included)."""
+    raw = os.environ.get(MAX_SHRINK_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_SHRINK
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise ValueError(f"{MAX_SHRINK_ENV}={raw!r}: expected a fraction from 0 to 1")
+    return value
+
+
+def refresh_cron() -> str:
+    """`KD_PIPELINE_REFRESH_CRON`: when the weekly refresh schedule runs (a five-field cron
+    string, default Mondays 03:00), read when the code location loads."""
+    from dagster._utils.schedules import is_valid_cron_string
+
+    raw = os.environ.get(REFRESH_CRON_ENV, "").strip()
+    if not raw:
+        return DEFAULT_REFRESH_CRON
+    if not is_valid_cron_string(raw):
+        raise ValueError(f"{REFRESH_CRON_ENV}={raw!r}: expected a cron string such as '0 3 * * 1'")
+    return raw
+
+
 def hf_endpoint() -> str | None:
     """`HF_ENDPOINT`, read per call (huggingface_hub reads it once, at import)."""
     return os.environ.get("HF_ENDPOINT") or None
 
 
+def _http_url(variable: str) -> str | None:
+    """An http(s) URL from the environment (trailing slash removed), None when unset."""
+    value = os.environ.get(variable, "").strip().rstrip("/")
+    if not value:
+        return None
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{variable}={value!r}: expected an http:// or https:// URL")
+    return value
+
+
 def http_mirror() -> str | None:
     """`KD_PIPELINE_HTTP_MIRROR=URL`: fetch plain URLs as `<URL>/<host>/<path>` instead (an
     HTTP server holding the `url/` half of a mirror, e.g. an artifact proxy)."""
-    value = os.environ.get(HTTP_MIRROR_ENV, "").strip().rstrip("/")
-    return value or None
+    return _http_url(HTTP_MIRROR_ENV)
 
 
 def zenodo_api() -> str:
     """`KD_PIPELINE_ZENODO_API=URL`: the Zenodo REST API the upstream sensor asks for record
     metadata (`URL/records/<id>`), e.g. a local server or a proxy; default Zenodo's own."""
-    value = os.environ.get(ZENODO_API_ENV, "").strip().rstrip("/")
-    return value or DEFAULT_ZENODO_API
+    return _http_url(ZENODO_API_ENV) or DEFAULT_ZENODO_API
 
 
 def hub_timeout() -> float:
     """Seconds an upstream metadata request (a Hub listing, a Zenodo record) may take
     (`KD_PIPELINE_HUB_TIMEOUT`, default 30); file downloads use huggingface_hub's own
     `HF_HUB_DOWNLOAD_TIMEOUT`."""
-    raw = os.environ.get("KD_PIPELINE_HUB_TIMEOUT", "").strip()
+    raw = os.environ.get(HUB_TIMEOUT_ENV, "").strip()
+    if not raw:
+        return 30.0
     try:
-        return float(raw) if raw else 30.0
+        value = float(raw)
     except ValueError:
-        raise ValueError(f"KD_PIPELINE_HUB_TIMEOUT={raw!r}: expected a number of seconds") from None
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{HUB_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+    return value
+
+
+def _mirror_folder() -> Path | None:
+    """The local mirror folder, when the source is one: it must exist (a bad
+    KD_PIPELINE_SOURCE is source_choice's to report)."""
+    try:
+        choice = source_choice()
+    except ValueError:
+        return None
+    if choice.mode == "mirror" and choice.mirror is not None and not choice.mirror.is_dir():
+        raise ValueError(
+            f"{MIRROR_ENV}={os.environ.get(MIRROR_ENV, '')!r}: expected an existing folder "
+            "(a mirror of the upstream files)"
+        )
+    return choice.mirror
+
+
+# Every setting, read and validated once by `settings_problems` (the CLI, every run's
+# resources) before anything starts.
+_ALL_SETTINGS: tuple[Callable[[], object], ...] = (
+    source_choice,
+    _mirror_folder,
+    sample_rows_per_config,
+    duckdb_memory_limit,
+    duckdb_threads,
+    zstd_level,
+    max_shrink,
+    refresh_cron,
+    http_mirror,
+    zenodo_api,
+    hub_timeout,
+)
+
+
+def settings_problems() -> list[str]:
+    """One line per environment variable set to a value the pipeline cannot use, naming
+    the variable, the value and what is allowed ([] when every setting is usable)."""
+    problems = []
+    for read in _ALL_SETTINGS:
+        try:
+            read()
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+class SettingsError(ValueError):
+    """Environment variables the pipeline cannot use; one line per variable."""
+
+
+def validate_settings() -> None:
+    """Raise SettingsError listing every unusable setting (nothing when all are usable)."""
+    problems = settings_problems()
+    if problems:
+        raise SettingsError("\n".join(problems))

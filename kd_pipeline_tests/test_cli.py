@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import pytest
 
 from kd_pipeline.sample import lighton_sample_dir
 
@@ -128,3 +129,173 @@ def test_dagster_asset_materialize_and_definitions_validate(tmp_path, lake_dir) 
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey(["lighton", "raw"]))
         assert event is not None and event.dagster_event.partition == "fw-edu"
+
+
+# ---- settings are validated before anything runs (issue 12 item 9) ------------------------
+BAD_SETTINGS = [
+    ("KD_PIPELINE_ZSTD_LEVEL", "30", "expected a zstd level from 1 to 22"),
+    ("KD_PIPELINE_SOURCE", "hubb", "expected one of sample, mirror, hub"),
+    ("KD_PIPELINE_DUCKDB_THREADS", "0", "expected a positive integer"),
+    ("KD_PIPELINE_DUCKDB_MEMORY", "lots", "expected a size such as 4GB"),
+    ("KD_PIPELINE_MAX_SHRINK", "1.5", "expected a fraction from 0 to 1"),
+    ("KD_PIPELINE_HUB_TIMEOUT", "-1", "expected a positive number of seconds"),
+    ("KD_PIPELINE_ZENODO_API", "zenodo.org/api", "expected an http:// or https:// URL"),
+    ("KD_PIPELINE_REFRESH_CRON", "0 3 * *", "expected a cron string"),
+    ("KD_PIPELINE_SAMPLE_ROWS", "-3", "expected a non-negative integer"),
+    ("KD_PIPELINE_MIRROR", "/nonexistent/mirror", "expected an existing folder"),
+]
+
+
+def test_prepare_of_published_data_still_refuses_a_bad_setting(tmp_path, lake_dir) -> None:
+    """Published first; then each bad setting: exit 2, one line naming the variable, the
+    value and what is allowed, no traceback, and no run started."""
+    env = cli_env(tmp_path)
+    selector = "ai.lighton.embeddings_pre_training[name=agnews]"
+    prepare = [sys.executable, "-m", "kd_pipeline.cli", "prepare", selector]
+    first = run(prepare, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        runs_before = len(instance.get_runs())
+    for variable, value, allowed in BAD_SETTINGS[:2]:
+        proc = run(prepare, {**env, variable: value})
+        assert proc.returncode == 2
+        (line,) = proc.stderr.strip().splitlines()
+        assert line == f"kd-pipeline: bad setting: {variable}={value!r}: {allowed}"
+        assert proc.stdout == ""
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert len(instance.get_runs()) == runs_before
+
+
+@pytest.mark.parametrize(("variable", "value", "allowed"), BAD_SETTINGS)
+def test_every_bad_setting_is_one_line_and_exit_2(
+    monkeypatch, capsys, variable, value, allowed
+) -> None:
+    from kd_pipeline.cli import main
+
+    monkeypatch.setenv(variable, value)
+    for command in (["ids"], ["materialize", "--partition", "agnews"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"kd-pipeline: bad setting: {variable}=")
+        assert repr(value) in err[0] and allowed in err[0]
+
+
+def test_several_bad_settings_are_all_named(monkeypatch, capsys) -> None:
+    from kd_pipeline.cli import main
+
+    monkeypatch.setenv("KD_PIPELINE_ZSTD_LEVEL", "0")
+    monkeypatch.setenv("KD_PIPELINE_DUCKDB_THREADS", "x")
+    assert main(["ids"]) == 2
+    err = capsys.readouterr().err
+    assert "KD_PIPELINE_ZSTD_LEVEL='0'" in err and "KD_PIPELINE_DUCKDB_THREADS='x'" in err
+
+
+def test_a_dagster_run_with_a_bad_setting_fails_naming_it(tmp_path, lake_dir) -> None:
+    """Runs not started by kd-pipeline (the UI, dagster's CLI) validate in the resources."""
+    env = {**cli_env(tmp_path), "KD_PIPELINE_ZSTD_LEVEL": "30"}
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "kd_pipeline.definitions",
+            "--select",
+            "lighton/raw",
+            "--partition",
+            "agnews",
+        ],
+        env,
+    )
+    assert proc.returncode != 0
+    assert "KD_PIPELINE_ZSTD_LEVEL='30': expected a zstd level from 1 to 22" in proc.stderr
+    assert not (lake_dir / "lighton" / "raw" / "agnews").exists()
+
+
+# ---- selectors that guide (issue 12 item 10, issue 13 item 9) -----------------------------
+@pytest.mark.parametrize(
+    ("selector", "message"),
+    [
+        (
+            "ai.lighton.embeddings_pre_training[name=agnew]",
+            "name='agnew': not a known value (did you mean 'agnews'?)",
+        ),
+        (
+            "ai.lighton.embeddings_pre_training[name=s2orc_title_abstrct]",
+            "(did you mean 's2orc_title_abstract'?)",
+        ),
+        (
+            "ai.lighton.embeddings_pre_training[name=agnews,top_percentil=0.3]",
+            "unknown key 'top_percentil' (did you mean 'top_percentile'?)",
+        ),
+        (
+            "ai.lighton.embedding_pre_training[name=agnews]",
+            "(did you mean 'ai.lighton.embeddings_pre_training'?)",
+        ),
+        ("ai.lighton.embeddings_pre_training.denseon_lateon[seed=1.5]", "expected an integer"),
+        ("ai.lighton.embeddings_pre_training.denseon_lateon[seed=-5]", "seed='-5': must be from 0"),
+        (
+            "ai.lighton.embeddings_pre_training[name=agnews,min_similarity=high]",
+            "min_similarity='high': expected a number",
+        ),
+    ],
+)
+def test_selector_errors_suggest_and_say_what_is_expected(selector, message) -> None:
+    from kd_pipeline.prepare import resolve
+    from kd_pipeline.selectors import SelectorError
+
+    with pytest.raises(SelectorError) as caught:
+        resolve(selector)
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_partition_names_suggest_the_nearest_config(capsys) -> None:
+    from kd_pipeline.cli import main
+
+    assert main(["materialize", "--partition", "fw-edu2"]) == 2
+    assert "unknown LightOn config 'fw-edu2' (did you mean 'fw-edu'?)" in capsys.readouterr().err
+
+
+def test_ids_names_lists_the_73_configs(capsys) -> None:
+    from kd_pipeline.cli import main
+    from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS
+
+    assert main(["ids", "--names"]) == 0
+    names = capsys.readouterr().out.split()
+    assert names == list(LIGHTON_CONFIGS) and len(names) == 73
+
+
+def test_a_negative_seed_in_a_union_spec_is_refused() -> None:
+    from kd_pipeline.recipes.unions import SpecError, UnionSpec
+
+    with pytest.raises(SpecError, match=r"seed -5 must be from 0"):
+        UnionSpec("mix", "a mixture", (), seed=-5)
+
+
+# ---- browsing the catalog of any data home (issue 12 item 13) -----------------------------
+def test_sql_command_reads_the_catalog_of_the_configured_home(tmp_path, lake_dir) -> None:
+    """The README's browse command: `kd-pipeline sql` finds the catalog of whatever data
+    home or lake is configured, and views need no quoting."""
+    env = cli_env(tmp_path)
+    home = tmp_path / "elsewhere"
+    env["KD_PIPELINE_HOME"] = str(home)
+    env.pop("KD_PIPELINE_LAKE")
+    mat = run([sys.executable, "-m", "kd_pipeline.cli", "materialize", "--partition", "npr"], env)
+    assert mat.returncode == 0, mat.stderr[-3000:]
+    assert mat.stdout.strip().splitlines()[-1] == str(home / "lake")
+    query = "SELECT partition, count(*) AS n FROM lighton.recommended GROUP BY ALL"
+    proc = run([sys.executable, "-m", "kd_pipeline.cli", "sql", query], env)
+    assert proc.returncode == 0, proc.stderr
+    assert "npr" in proc.stdout
+    bad = run([sys.executable, "-m", "kd_pipeline.cli", "sql", "SELECT * FROM nowhere"], env)
+    assert bad.returncode == 2
+    (line,) = bad.stderr.strip().splitlines()
+    assert line.startswith("kd-pipeline sql: Catalog Error: Table with name nowhere")
+    empty = run(
+        [sys.executable, "-m", "kd_pipeline.cli", "sql", "SELECT 1"],
+        {**env, "KD_PIPELINE_HOME": str(tmp_path / "new")},
+    )
+    assert empty.returncode == 2 and "no catalog at" in empty.stderr

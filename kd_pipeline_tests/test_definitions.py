@@ -51,7 +51,15 @@ def test_asset_check_snapshot() -> None:
     common = ["finite_similarity", "no_null_text_or_score", "not_empty", "schema"]
     recipe = [*common, "no_dropped_rows", "no_duplicate_rows", "row_count_matches_filter"]
     expected = sorted(
-        [f"lighton/raw:{c}" for c in [*common, "row_count_matches_upstream"]]
+        [
+            f"lighton/raw:{c}"
+            for c in [
+                *common,
+                "row_count_matches_upstream",
+                "drop_flag_set",
+                "no_unexpected_shrink",
+            ]
+        ]
         + [f"lighton/recommended:{c}" for c in recipe]
         + [f"lighton/top35:{c}" for c in [*recipe, "similarity_at_least_threshold"]]
         + [f"lighton/similarity_3:{c}" for c in [*recipe, "similarity_at_least_threshold"]]
@@ -176,11 +184,15 @@ def test_family_asset_check_snapshot() -> None:
         for k in defs.resolve_asset_graph().asset_check_keys
         if k.asset_key.path[0] not in ("lighton", "exports")
     )
+    shrink = "no_unexpected_shrink"  # every asset read from upstream files has the guard
     expected = sorted(
-        [f"{key}:{c}" for key in TEXT_KEYS for c in TEXT_CHECKS]
-        + [f"hofstaetter/teacher_scores:{c}" for c in PAIRWISE_CHECKS]
-        + [f"rank_distillm/runs:{c}" for c in [*LISTWISE_CHECKS, "no_malformed_lines"]]
-        + [f"fiqa/mined_scores:{c}" for c in [*LISTWISE_CHECKS, "known_labels", "lists_aligned"]]
+        [f"{key}:{c}" for key in TEXT_KEYS for c in [*TEXT_CHECKS, shrink]]
+        + [f"hofstaetter/teacher_scores:{c}" for c in [*PAIRWISE_CHECKS, shrink]]
+        + [f"rank_distillm/runs:{c}" for c in [*LISTWISE_CHECKS, "no_malformed_lines", shrink]]
+        + [
+            f"fiqa/mined_scores:{c}"
+            for c in [*LISTWISE_CHECKS, "known_labels", "lists_aligned", shrink]
+        ]
     )
     assert checks == expected
 

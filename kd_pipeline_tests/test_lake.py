@@ -22,6 +22,7 @@ from kd_pipeline.lake import (
     LakeError,
     PartitionBusyError,
     StagedVersion,
+    catalog_view_names,
     safe_name,
 )
 
@@ -409,18 +410,43 @@ def test_catalog_has_one_view_per_asset_with_partition_column_for_partitioned_on
     assert catalog == lake.root / CATALOG_NAME
     with duckdb.connect(str(catalog), read_only=True) as con:
         per_partition = con.execute(
-            'SELECT partition, list(id ORDER BY id) FROM fam."asset" GROUP BY ALL ORDER BY 1'
+            "SELECT partition, list(id ORDER BY id) FROM fam.asset GROUP BY ALL ORDER BY 1"
         ).fetchall()
         assert per_partition == [("p1", [1, 2]), ("p2", [3, 4, 5])]
-        assert [c[0] for c in con.execute('DESCRIBE fam."asset"').fetchall()] == [
+        assert [c[0] for c in con.execute("DESCRIBE fam.asset").fetchall()] == [
             "id",
             "label",
             "partition",
         ]
-        assert con.execute('SELECT id, label FROM fam."table"').fetchall() == [(7, "row-7")]
-        assert [c[0] for c in con.execute('DESCRIBE fam."table"').fetchall()] == ["id", "label"]
+        assert con.execute("SELECT id, label FROM fam.table_").fetchall() == [(7, "row-7")]
+        assert [c[0] for c in con.execute("DESCRIBE fam.table_").fetchall()] == ["id", "label"]
         assert sorted(r[0] for r in con.execute("SELECT id FROM solo.solo").fetchall()) == [8, 9]
     assert not list(lake.root.glob(f".{CATALOG_NAME}.*.tmp"))
+
+
+def test_catalog_view_names_need_no_quoting(lake_dir: Path) -> None:
+    """Plain SQL reaches every view: multi-part keys joined by `_`, unsafe characters and
+    reserved words made plain, two keys that would collide kept apart."""
+    lake = Lake(lake_dir)
+    publish_ids(lake, ("text", "msmarco_passage", "collection"), None, [1])
+    publish_ids(lake, ("exports", "splade", "hofstaetter_ensemble"), None, [2])
+    publish_ids(lake, ("lighton", "custom", "v-0a1b"), None, [3])
+    publish_ids(lake, ("lighton", "custom_v_0a1b"), None, [4])
+    publish_ids(lake, ("fam", "select"), None, [5])
+    with duckdb.connect(str(lake.rebuild_catalog()), read_only=True) as con:
+        for view, expected in [
+            ("text.msmarco_passage_collection", 1),
+            ("exports.splade_hofstaetter_ensemble", 2),
+            ("lighton.custom_v_0a1b", 3),
+            ("fam.select_", 5),
+        ]:
+            assert con.execute(f"SELECT id FROM {view}").fetchall() == [(expected,)], view
+        views = con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE schema_name = 'lighton'"
+        ).fetchall()
+    names = sorted(v[0] for v in views)
+    assert names[0] == "custom_v_0a1b" and names[1].startswith("custom_v_0a1b_")
+    assert catalog_view_names([("2024", "a.b")]) == {("2024", "a.b"): ("_2024", "a_b")}
 
 
 def test_catalog_follows_republished_partitions(lake_dir: Path):
@@ -430,7 +456,7 @@ def test_catalog_follows_republished_partitions(lake_dir: Path):
     publish_ids(lake, KEY, "p1", [4, 5])
     publish_ids(lake, KEY, "p2", [6])
     with duckdb.connect(str(lake.rebuild_catalog()), read_only=True) as con:
-        rows = con.execute('SELECT partition, id FROM fam."asset" ORDER BY id').fetchall()
+        rows = con.execute("SELECT partition, id FROM fam.asset ORDER BY id").fetchall()
     assert rows == [("p1", 4), ("p1", 5), ("p2", 6)]
 
 
@@ -463,7 +489,7 @@ def test_a_reader_holding_the_old_catalog_does_not_block_a_rebuild(lake_dir: Pat
         assert done.wait(timeout=20), "rebuild_catalog blocked on an open reader"
 
         with duckdb.connect(str(catalog), read_only=True) as con:
-            assert con.execute('SELECT id FROM fam."table"').fetchall() == [(7,)]
+            assert con.execute("SELECT id FROM fam.table_").fetchall() == [(7,)]
 
         # the reader keeps its consistent (old) catalog until it reconnects
         reader.stdin.write("\n")

@@ -256,3 +256,125 @@ def test_multiprocess_executor_runs_recipes_in_parallel_processes(tmp_path, lake
         pids = {e.pid for e in result.all_events if e.event_type_value == "STEP_START"}
     assert len(pids) == 4  # one process per step
     assert_consistent(Lake(lake_dir), "fw2-rus_Cyrl")
+
+
+# ---- killed runs release their pool slots; signals stop commands (issue 13 item 7) --------
+def pool_of_one(env: dict[str, str]) -> None:
+    """The instance at DAGSTER_HOME with one duckdb slot: a slot a dead run keeps would
+    block every later run forever."""
+    (Path(env["DAGSTER_HOME"]) / "dagster.yaml").write_text(
+        "concurrency:\n  pools:\n    default_limit: 1\n    granularity: op\n"
+        "telemetry:\n  enabled: false\n"
+    )
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]):
+        pass  # storage created here, not raced by the processes the test starts
+
+
+def claimed_slots(env: dict[str, str]) -> list[str]:
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        info = instance.event_log_storage.get_concurrency_info("duckdb")
+        return [slot.run_id for slot in info.claimed_slots]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def small_config(mirror: Path, config: str = "quora") -> None:
+    from kd_pipeline_tests.helpers import pairs, write_pairs
+
+    write_pairs(lighton_repo(mirror) / config / "train-0.parquet", pairs(20))
+
+
+def sigkilled_dagster_run(tmp_path: Path) -> tuple[dict[str, str], str]:
+    """A `dagster asset materialize` of a big agnews, SIGKILLed while its step holds the only
+    duckdb slot; returns the environment and the dead run's id (whose slot stays claimed)."""
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 1_500_000, "k")
+    small_config(mirror)
+    env = env_for(tmp_path, mirror)
+    pool_of_one(env)
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m"]
+    command += ["kd_pipeline.definitions", "--select", "lighton/raw", "--partition", "agnews"]
+    with open(tmp_path / "dagster-cli.log", "w") as err:
+        killed = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=err, stderr=err, start_new_session=True
+        )
+    try:
+        wait_for(lambda: claimed_slots(env), 120, "the dagster run to claim the slot")
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+    (dead_run,) = claimed_slots(env)
+    return env, dead_run
+
+
+def test_a_sigkilled_dagster_cli_run_does_not_wedge_the_pool(tmp_path, lake_dir) -> None:
+    """The next `kd-pipeline` command sees the killed run's process is gone, fails the run,
+    frees the slot, and its own run finishes."""
+    env, dead_run = sigkilled_dagster_run(tmp_path)
+    follower = Run(env, partition="quora")
+    assert follower.wait(timeout=300) == 0, follower.stderr()[-3000:]
+    assert f"run {dead_run[:8]}: its process is gone" in follower.stderr()
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert instance.get_run_by_id(dead_run).status == dg.DagsterRunStatus.FAILURE
+    assert claimed_slots(env) == []
+    assert not Lake(lake_dir).is_published(("lighton", "raw"), "agnews")
+    assert Lake(lake_dir).is_published(("lighton", "raw"), "quora")
+
+
+def test_the_daemon_sensor_releases_dead_runs_too(tmp_path, lake_dir) -> None:
+    """The same release from the `release_dead_runs` sensor (what `dagster dev`'s daemon
+    runs every minute), so runs started from the UI or dagster's CLI are covered too; then
+    another `dagster asset materialize` finishes."""
+    from kd_pipeline.definitions import defs
+
+    env, dead_run = sigkilled_dagster_run(tmp_path)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        sensor = defs.get_sensor_def("release_dead_runs")
+        result = sensor(dg.build_sensor_context(instance=instance))
+        assert "1 dead run(s) released" in str(result)
+        assert instance.get_run_by_id(dead_run).status == dg.DagsterRunStatus.FAILURE
+    assert claimed_slots(env) == []
+    command = [sys.executable, "-m", "dagster", "asset", "materialize", "-m"]
+    command += ["kd_pipeline.definitions", "--select", "lighton/raw", "--partition", "quora"]
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -> None:
+    """A `kd-pipeline materialize` waiting for a slot another (live) holder keeps stops on
+    SIGTERM / SIGINT within seconds: exit 143 / 130, its run canceled, no slot or pending
+    claim left behind, nothing published."""
+    mirror = tmp_path / "mirror"
+    small_config(mirror)
+    env = env_for(tmp_path, mirror)
+    pool_of_one(env)
+    Run(env, partition="quora").wait()  # creates the instance and slots
+    lake = Lake(lake_dir)
+    version = lake.manifest(("lighton", "raw"), "quora")["version"]
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        storage = instance.event_log_storage
+        assert storage.claim_concurrency_slot("duckdb", "holder", "step").is_claimed
+        try:
+            for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+                blocked = Run(env, partition="quora")
+                wait_for(
+                    lambda: storage.get_concurrency_info("duckdb").pending_step_count > 0,
+                    120,
+                    "the run to wait on the pool",
+                )
+                blocked.process.send_signal(sig)
+                assert blocked.wait(timeout=20) == code, blocked.stderr()[-2000:]
+                assert f"stopped by {sig.name}" in blocked.stderr()
+                info = storage.get_concurrency_info("duckdb")
+                assert [s.run_id for s in info.claimed_slots] == ["holder"]
+                assert [p.run_id for p in info.pending_steps] == ["holder"]
+        finally:
+            storage.free_concurrency_slot_for_step("holder", "step")
+        runs = instance.get_runs(limit=2)
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.CANCELED] * 2
+    assert lake.manifest(("lighton", "raw"), "quora")["version"] == version

@@ -352,7 +352,7 @@ def test_text_job_publishes_every_table_on_the_sample(lake_dir: Path) -> None:
     corpus = rows(lake_dir, FIQA_CORPUS_KEY, query="title")
     assert len(corpus) == 150 and {t for (t,) in corpus} == {""}
     catalog = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
-    (count,) = catalog.execute('SELECT count(*) FROM text."msmarco_passage/collection"').fetchone()
+    (count,) = catalog.execute("SELECT count(*) FROM text.msmarco_passage_collection").fetchone()
     assert count == 240
 
 

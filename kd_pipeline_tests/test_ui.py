@@ -159,6 +159,8 @@ class DagsterUI:
     port: int
     services: list[Service]
     lake: Path
+    dagster_home: Path
+    env: dict[str, str]
     run_id: str = ""
 
     @property
@@ -373,7 +375,7 @@ def dagster_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DagsterUI]:
                 logs / "daemon.log",
             )
         )
-        ui = DagsterUI(port=port, services=services, lake=lake)
+        ui = DagsterUI(port=port, services=services, lake=lake, dagster_home=dagster_home, env=env)
         ui.wait_until_loaded()
         ui.run_id = ui.launch_partition_run(JOB, PARTITION)
         status = ui.wait_for_run(ui.run_id)
@@ -429,6 +431,91 @@ def test_run_launched_through_graphql_materialises_graph_and_checks(dagster_ui: 
     assert schedules["lighton_weekly_refresh"] == "STOPPED"
     assert sensors["lighton_upstream_changes"] == "STOPPED"
     assert sensors["kd_automation"] == "RUNNING"
+
+
+CHECK_STATES = """
+query ($key: AssetKeyInput!, $check: String!, $partition: String) {
+  assetNodeOrError(assetKey: $key) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            partitionStatuses {
+              __typename
+              ... on AssetCheckDefaultPartitionStatuses { succeededPartitions failedPartitions }
+            }
+          }
+        }
+      }
+    }
+  }
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 5, partition: $partition) {
+    runId
+    status
+    partition
+    evaluation {
+      success
+      severity
+      partition
+      metadataEntries {
+        label
+        ... on IntMetadataEntry { intValue }
+        ... on TextMetadataEntry { text }
+      }
+    }
+  }
+}"""
+
+
+def test_failed_checks_of_a_blocked_publish_show_per_partition(dagster_ui: DagsterUI, tmp_path):
+    """A run whose blocking check fails publishes nothing, and the UI (its GraphQL API) shows
+    that check failed for that partition, with the rule's metadata; every other check of the
+    run is evaluated for the partition too (none left "Not Evaluated"), and the partition
+    materialised earlier still shows its checks succeeded."""
+    import hashlib
+    import math
+
+    from kd_pipeline_tests.helpers import lighton_repo, pairs, write_pairs
+
+    bad_partition = "quora"
+    rows = pairs(10)
+    rows[3]["similarity"] = math.nan
+    mirror = tmp_path / "mirror"
+    write_pairs(lighton_repo(mirror) / bad_partition / "train-0.parquet", rows)
+    env = {**dagster_ui.env, "KD_PIPELINE_MIRROR": str(mirror)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--partition", bad_partition],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert not Lake(dagster_ui.lake).is_published(("lighton", "raw"), bad_partition)
+
+    key = {"path": ["lighton", "raw"]}
+    data = dagster_ui.gql(
+        CHECK_STATES, {"key": key, "check": "finite_similarity", "partition": bad_partition}
+    )
+    statuses = {
+        c["name"]: c["partitionStatuses"]
+        for c in data["assetNodeOrError"]["assetChecksOrError"]["checks"]
+    }
+    assert bad_partition in statuses["finite_similarity"]["failedPartitions"]
+    assert PARTITION in statuses["finite_similarity"]["succeededPartitions"]
+    for name, status in statuses.items():
+        if name != "finite_similarity":
+            assert bad_partition in status["succeededPartitions"], (name, status)
+    (execution,) = data["assetCheckExecutions"]
+    assert execution["status"] == "FAILED" and execution["partition"] == bad_partition
+    evaluation = execution["evaluation"]
+    assert evaluation["success"] is False and evaluation["severity"] == "ERROR"
+    assert evaluation["partition"] == bad_partition
+    metadata = {m["label"]: m.get("intValue", m.get("text")) for m in evaluation["metadataEntries"]}
+    assert metadata["violations"] == 1
+    assert metadata["first_offenders"] == hashlib.md5(b"query 3").hexdigest()
 
 
 class VisibleText(HTMLParser):

@@ -354,7 +354,7 @@ def test_prepare_reuses_what_is_published(shared: dict) -> None:
         ),
         (
             "ai.lighton.embeddings_pre_training[name=nowhere]",
-            "name='nowhere': expected one of agnews",
+            "name='nowhere': not a known value; expected one of the names",
         ),
         (
             "ai.lighton.embeddings_pre_training[filter_drop=true]",
@@ -369,7 +369,7 @@ def test_prepare_reuses_what_is_published(shared: dict) -> None:
             "ai.lighton.embeddings_pre_training.denseon_lateon[mixing=random]",
             "expected one of uniform, proportional",
         ),
-        ("ai.lighton.embeddings_pre_training.denseon_lateon[seed=1.5]", "expected a int"),
+        ("ai.lighton.embeddings_pre_training.denseon_lateon[seed=1.5]", "expected an integer"),
         ("ai.lighton.embeddings_pre_training[name=quora,name=npr]", "given twice"),
     ],
 )

@@ -7,24 +7,70 @@ place and the failed results visible on the asset in the UI.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
 import duckdb
 
-from kd_pipeline.checks.rules import Rule, RuleOutcome, Table, evaluate_rules
+from kd_pipeline import settings
+from kd_pipeline.checks.rules import (
+    Rule,
+    RuleOutcome,
+    Table,
+    evaluate_rules,
+    no_unexpected_shrink,
+)
 from kd_pipeline.lake import Lake, StagedVersion
 
+SHRINK_RULE = "no_unexpected_shrink"
+SHRINK_DESCRIPTION = (
+    "An upstream read does not shrink the published partition by more than "
+    "KD_PIPELINE_MAX_SHRINK (default 50%), nor empty it."
+)
 
-def check_specs(rules: Sequence[Rule], key: dg.AssetKey) -> list[dg.AssetCheckSpec]:
-    """One check per rule; blocking rules gate downstream materialisation too."""
-    return [
-        dg.AssetCheckSpec(
-            rule.name, asset=key, description=rule.description, blocking=rule.blocking
-        )
-        for rule in rules
-    ]
+
+def shrink_rule(previous_rows: int | None = None) -> Rule:
+    """The guard every asset read from upstream files gets: a new version may not replace a
+    non-empty published one with nothing, or with fewer rows than the knob allows."""
+    return Rule(
+        SHRINK_RULE,
+        SHRINK_DESCRIPTION,
+        no_unexpected_shrink(SHRINK_RULE, previous_rows, settings.max_shrink()),
+    )
+
+
+def check_specs(
+    rules: Sequence[Rule],
+    key: dg.AssetKey,
+    *,
+    upstream: bool = False,
+    partitions_def: dg.PartitionsDefinition | None = None,
+) -> list[dg.AssetCheckSpec]:
+    """One check per rule; blocking rules gate downstream materialisation too.
+
+    upstream: the asset reads upstream files, so it also gets the shrink guard (pass the same
+    to audit_and_publish). partitions_def: the asset's; every evaluation then records its
+    partition, so the UI shows which partition a check passed or failed for.
+    """
+    if upstream:
+        rules = [*rules, Rule(SHRINK_RULE, SHRINK_DESCRIPTION, no_unexpected_shrink("", 0, 1))]
+    # Partitioned check specs are a Dagster preview: used on purpose (without them the UI
+    # shows no partition for a result and "Not Evaluated" after a blocked publish), so the
+    # warning printed on every load is silenced here, and only here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return [
+            dg.AssetCheckSpec(
+                rule.name,
+                asset=key,
+                description=rule.description,
+                blocking=rule.blocking,
+                partitions_def=partitions_def,
+            )
+            for rule in rules
+        ]
 
 
 def check_result(rule: Rule, outcome: RuleOutcome) -> dg.AssetCheckResult:
@@ -52,12 +98,18 @@ def audit_and_publish(
     metadata: Mapping[str, Any],
     manifest: Mapping[str, Any],
     table: Table | None = None,
+    *,
+    upstream: bool = False,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Audit the staged version; publish it and report, or report and refuse.
 
     table: what the rules read (default: the staged Parquet files); an export whose files
     are not Parquet at the top of the folder (NDJSON, a named run file) passes its own.
+    upstream: the data was read from upstream files: the shrink guard compares it with the
+    published version's row count.
     """
+    if upstream:
+        rules = [*rules, shrink_rule(lake.published_rows(staged.key, staged.partition))]
     if table is None:
         table = Table("read_parquet($staged_glob)", {"staged_glob": staged.parquet_glob()})
     outcomes = evaluate_rules(con, rules, table)

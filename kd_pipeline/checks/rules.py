@@ -135,6 +135,41 @@ def row_count_is(rule: str, expected: int) -> RuleFn:
     return evaluate
 
 
+def known_count(rule: str, count: int, detail: str) -> RuleFn:
+    """A rule whose violations were counted while the data was read (e.g. upstream values
+    the canonical table can no longer show): broken when count > 0."""
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        return RuleOutcome(rule, count == 0, count, (), detail)
+
+    return evaluate
+
+
+def no_unexpected_shrink(rule: str, previous_rows: int | None, max_shrink: float) -> RuleFn:
+    """The new version keeps at least (1 - max_shrink) of the previously published rows.
+
+    previous_rows None or 0 (nothing published before) always passes; with max_shrink < 1 a
+    non-empty partition replaced by an empty one always fails. From issue 13: an empty or
+    truncated upstream file must not silently replace good data.
+    """
+
+    def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
+        (count,) = table.query(con, "SELECT count(*) FROM {table}").fetchall()[0]
+        if not previous_rows:
+            return RuleOutcome(rule, True)
+        shrink = (previous_rows - count) / previous_rows
+        return RuleOutcome(
+            rule,
+            shrink <= max_shrink,
+            max(previous_rows - count, 0),
+            (),
+            f"{count} rows replace {previous_rows} published ({shrink:.0%} fewer; allowed: "
+            f"{max_shrink:.0%}, set KD_PIPELINE_MAX_SHRINK=1 to accept it)",
+        )
+
+    return evaluate
+
+
 def not_empty(rule: str) -> RuleFn:
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         (count,) = table.query(

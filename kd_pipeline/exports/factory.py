@@ -378,7 +378,9 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         freshness_policy=FRESHNESS,
         description=spec.description,
         metadata=metadata,
-        check_specs=check_specs(declared_rules(spec), key),
+        check_specs=check_specs(
+            declared_rules(spec), key, partitions_def=spec.source.partitions_def
+        ),
     )
     def _export_asset(
         context: dg.AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource

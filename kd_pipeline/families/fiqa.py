@@ -157,7 +157,7 @@ def mined_rules(queries_glob: str = "", documents_glob: str = "") -> list[Rule]:
         "upstream": FIQA_MINED_REPO_ID,
         "licence": FIQA_MINED_LICENCE,
     },
-    check_specs=check_specs(mined_rules(), MINED_KEY),
+    check_specs=check_specs(mined_rules(), MINED_KEY, upstream=True),
 )
 def fiqa_mined_scores(
     context: dg.AssetExecutionContext,
@@ -181,7 +181,7 @@ def fiqa_mined_scores(
         rows = copy_parquet(con, explode_select(local), staged.path)
         out = Table("read_parquet($g)", {"g": staged.parquet_glob()})
         lineage = {
-            **snapshot_metadata(snapshot, files),
+            **snapshot_metadata(snapshot, files, card),
             "licence": FIQA_MINED_LICENCE,
             "card_licence": card_licence,
             "texts": published_versions(the_lake, texts),
@@ -208,6 +208,7 @@ def fiqa_mined_scores(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
+            upstream=True,
         )
 
 

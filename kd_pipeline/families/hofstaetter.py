@@ -135,7 +135,12 @@ def pairwise_rules(
         "upstream": "zenodo.org/record/4068216",
         "teachers": dg.MetadataValue.json({v: f.teacher for v, f in HOFSTAETTER_FILES.items()}),
     },
-    check_specs=check_specs(pairwise_rules(), TEACHER_SCORES_KEY),
+    check_specs=check_specs(
+        pairwise_rules(),
+        TEACHER_SCORES_KEY,
+        upstream=True,
+        partitions_def=hofstaetter_partitions,
+    ),
 )
 def hofstaetter_teacher_scores(
     context: dg.AssetExecutionContext,
@@ -187,6 +192,7 @@ def hofstaetter_teacher_scores(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
+            upstream=True,
         )
 
 

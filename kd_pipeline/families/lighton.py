@@ -6,8 +6,10 @@ columns, and streaming them with DuckDB into one canonical Parquet dataset: the 
 columns with fixed types, plus stable `query_id`/`doc_id` (md5 of the text).
 """
 
+import contextlib
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -16,11 +18,19 @@ import yaml
 from dagster_duckdb import DuckDBResource
 
 from kd_pipeline.checks.audit import audit_and_publish, check_specs
-from kd_pipeline.checks.rules import Rule, finite, no_nulls, not_empty, row_count_is, schema_is
+from kd_pipeline.checks.rules import (
+    Rule,
+    finite,
+    known_count,
+    no_nulls,
+    not_empty,
+    row_count_is,
+    schema_is,
+)
 from kd_pipeline.engine import copy_parquet, engine_connection
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
 from kd_pipeline.fetch import DatasetSnapshot, FetchError
-from kd_pipeline.lake import quote_literal
+from kd_pipeline.lake import quote_identifier, quote_literal
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
 RAW_KEY = dg.AssetKey(["lighton", "raw"])
@@ -82,6 +92,21 @@ def card_front_matter(card: str | None) -> dict:
         return {}
     data = yaml.safe_load(card[3:end]) or {}
     return data if isinstance(data, dict) else {}
+
+
+def card_licence(card: str | None) -> dict[str, str]:
+    """The licence a dataset card declares: `license`, plus `license_name` and
+    `license_link` when present (a card with `license: other` names the real terms there,
+    e.g. `license_name: fiqa-2018-non-commercial`). Empty when the card states none."""
+    header = card_front_matter(card)
+    found = {}
+    for field in ("license", "license_name", "license_link"):
+        value = header.get(field)
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        if value not in (None, ""):
+            found[field] = str(value)
+    return found
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -151,78 +176,193 @@ def resolve_config_files(
 
 
 # ---- reading upstream files as the canonical table ----------------------------------------
+# How each upstream column may be stored, and how the seed tool reads its nulls:
+# - `drop`: BOOLEAN, or an integer / float holding 0 or 1 (pandas writes a float when some
+#   values are NaN); null, NaN or an absent column mean "not dropped".
+# - `duplicate`, `index`: an integer, or a float holding whole numbers with NaN for null;
+#   `duplicate` absent or all-null (type NULL) means "no duplicates".
+# - `similarity`: any number; NaN stays NaN (the finite_similarity check refuses it).
+# Any other value (a `drop` of 2, a `duplicate` of 2.5) is a SchemaError naming the file,
+# the column, the row and the value: values are validated in one pass over the flag columns
+# before the copy, which then only uses casts that cannot fail.
+_ACCEPTED_TYPES: dict[str, set[str]] = {
+    "query": {"VARCHAR"},
+    "document": {"VARCHAR"},
+    "similarity": _FLOAT | _INTEGER | {"DECIMAL"},
+    "drop": {"BOOLEAN"} | _INTEGER | _FLOAT,
+    "duplicate": _INTEGER | _FLOAT | {'"NULL"', "NULL"},
+    "index": _INTEGER | _FLOAT | {'"NULL"', "NULL"},
+}
+_REQUIRED = ("query", "document", "similarity")
+
+
 def _column_types(con: duckdb.DuckDBPyConnection, path: Path) -> dict[str, str]:
     rows = con.execute("DESCRIBE SELECT * FROM read_parquet($path)", {"path": str(path)}).fetchall()
     return {name: dtype for name, dtype, *_ in rows}
 
 
+def _base_type(dtype: str) -> str:
+    return dtype.split("(")[0]
+
+
 def _check_file_columns(path: Path, types: dict[str, str]) -> None:
-    """Decide, per column, whether a file's type can be cast to the canonical one."""
-    accepted = {
-        "query": {"VARCHAR"},
-        "document": {"VARCHAR"},
-        "similarity": _FLOAT | _INTEGER | {"DECIMAL"},
-        "drop": {"BOOLEAN"} | _INTEGER,
-        "duplicate": _INTEGER | _FLOAT | {'"NULL"', "NULL"},
-    }
-    for column, allowed in accepted.items():
+    """Decide, per column, whether a file's type can be read as the canonical one."""
+    for column, allowed in _ACCEPTED_TYPES.items():
         found = types.get(column)
         if found is None:
-            raise SchemaError(f"{path}: column {column!r} is missing (found {sorted(types)})")
-        if found.split("(")[0] not in allowed:
+            if column in _REQUIRED:
+                raise SchemaError(f"{path}: column {column!r} is missing (found {sorted(types)})")
+            continue
+        if _base_type(found) not in allowed:
             raise SchemaError(
                 f"{path}: column {column!r} has type {found}, expected one of {sorted(allowed)}"
             )
-    if "index" in types and types["index"] not in _INTEGER:
-        raise SchemaError(f"{path}: column 'index' has type {types['index']}, expected an integer")
 
 
-def canonical_select(paths: Sequence[Path], has_index: bool, types: Iterable[str]) -> str:
-    """The SELECT that turns the upstream files into the canonical table.
+def _invalid_condition(column: str, dtype: str | None) -> str | None:
+    """SQL true for a stored value the seed's reading cannot give a meaning to (None: every
+    value of that type is valid)."""
+    col = quote_identifier(column)
+    base = None if dtype is None else _base_type(dtype)
+    if base is None or base in ("BOOLEAN", '"NULL"', "NULL"):
+        return None
+    if column == "drop":
+        if base in _FLOAT:
+            return f"NOT isnan({col}) AND {col} NOT IN (0, 1)"
+        return f"{col} NOT IN (0, 1)"
+    if base in _FLOAT:
+        return (
+            f"NOT isnan({col}) AND (NOT isfinite({col}) OR {col} <> trunc({col}) "
+            f"OR TRY_CAST({col} AS BIGINT) IS NULL)"
+        )
+    return f"TRY_CAST({col} AS BIGINT) IS NULL AND {col} IS NOT NULL"
 
-    `duplicate` written by pandas can be a float with NaN for null: NaN becomes null.
+
+_EXPECTED_VALUES = {
+    "drop": "0 or 1 (null or NaN = not dropped)",
+    "duplicate": "a whole number that fits BIGINT (null or NaN = not a duplicate)",
+    "index": "a whole number that fits BIGINT (null or NaN = no index)",
+}
+
+
+@dataclass(frozen=True)
+class FileFlags:
+    """What one upstream file holds in its flag columns."""
+
+    rows: int
+    drop_unset: int  # rows whose drop is null, NaN, or absent (read as not dropped)
+
+
+def inspect_file_flags(
+    con: duckdb.DuckDBPyConnection, path: Path, types: dict[str, str]
+) -> FileFlags:
+    """One scan of a file's flag columns: its unset `drop` count, and a SchemaError naming
+    file, column, row and value for the first value that has no meaning (e.g. a drop of 2)."""
+    drop_type = types.get("drop")
+    if drop_type is None:
+        unset = "count(*)"
+    elif _base_type(drop_type) in _FLOAT:
+        unset = 'count(*) FILTER (WHERE "drop" IS NULL OR isnan("drop"))'
+    else:
+        unset = 'count(*) FILTER (WHERE "drop" IS NULL)'
+    checks = [(c, _invalid_condition(c, types.get(c))) for c in _EXPECTED_VALUES]
+    checks = [(c, cond) for c, cond in checks if cond]
+    firsts = "".join(
+        f", arg_min(CAST({quote_identifier(c)} AS VARCHAR), file_row_number) FILTER (WHERE {cond})"
+        f", min(file_row_number) FILTER (WHERE {cond})"
+        for c, cond in checks
+    )
+    row = con.execute(
+        f"SELECT count(*), {unset}{firsts} FROM read_parquet($path, file_row_number = true)",
+        {"path": str(path)},
+    ).fetchall()[0]
+    for i, (column, _) in enumerate(checks):
+        value, line = row[2 + 2 * i], row[3 + 2 * i]
+        if line is not None:
+            raise SchemaError(
+                f"{path}: column {column!r} ({types[column]}), row {line}: value {value} has no "
+                f"meaning; expected {_EXPECTED_VALUES[column]}"
+            )
+    return FileFlags(int(row[0]), int(row[1]))
+
+
+def _canonical_expr(column: str, dtype: str | None) -> str:
+    """The canonical value of an upstream column already validated by inspect_file_flags:
+    only casts that cannot fail."""
+    col = quote_identifier(column)
+    base = None if dtype is None else _base_type(dtype)
+    if column == "drop":
+        if base is None:
+            return "false"
+        return f"coalesce({col}, false)" if base == "BOOLEAN" else f"coalesce({col} = 1, false)"
+    if base is None or base in ('"NULL"', "NULL"):
+        return "CAST(NULL AS BIGINT)"
+    return f"TRY_CAST({col} AS BIGINT)"
+
+
+def canonical_select(paths: Sequence[Path], types: Mapping[Path, Mapping[str, str]]) -> str:
+    """The SELECT that turns the upstream files into the canonical table: one branch per
+    file (each cast follows that file's own column types), in file order.
+
+    `index` is kept only when every file has one.
     """
-    float_duplicate = any(t in _FLOAT for t in types)
-    duplicate = (
-        "CAST(CASE WHEN isnan(CAST(duplicate AS DOUBLE)) THEN NULL ELSE duplicate END AS BIGINT)"
-        if float_duplicate
-        else "CAST(duplicate AS BIGINT)"
-    )
-    files = "[" + ", ".join(quote_literal(str(p)) for p in paths) + "]"
-    index = 'CAST("index" AS BIGINT)' if has_index else "CAST(NULL AS BIGINT)"
-    return (
-        "SELECT md5(query) AS query_id, md5(document) AS doc_id, query, document, "
-        'CAST(similarity AS DOUBLE) AS similarity, CAST("drop" AS BOOLEAN) AS "drop", '
-        f"{duplicate} AS duplicate, "
-        f'{index} AS "index" '
-        f"FROM read_parquet({files}, union_by_name = true)"
-    )
+    has_index = all("index" in types[p] for p in paths)
+    branches = []
+    for path in paths:
+        t = types[path]
+        index = _canonical_expr("index", t.get("index")) if has_index else "CAST(NULL AS BIGINT)"
+        branches.append(
+            "SELECT md5(query) AS query_id, md5(document) AS doc_id, query, document, "
+            "CAST(similarity AS DOUBLE) AS similarity, "
+            f'{_canonical_expr("drop", t.get("drop"))} AS "drop", '
+            f"{_canonical_expr('duplicate', t.get('duplicate'))} AS duplicate, "
+            f'{index} AS "index" '
+            f"FROM read_parquet({quote_literal(str(path))})"
+        )
+    return " UNION ALL ".join(branches)
+
+
+@contextlib.contextmanager
+def nan_safe_reads(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Read upstream Parquet without DuckDB's statistics propagation.
+
+    pyarrow (and so pandas) writes row-group min/max that leave NaN out; DuckDB then proves
+    `isnan(x)` false from those statistics and folds `TRY_CAST(x AS BIGINT)` into a CAST that
+    fails on the NaN rows it thought absent (the `DOUBLE nan ... INT64` error of a pandas
+    `duplicate` column). Without the pass, every expression is evaluated on the values."""
+    (previous,) = con.execute("SELECT current_setting('disabled_optimizers')").fetchall()[0]
+    con.execute("SET disabled_optimizers = 'statistics_propagation'")
+    try:
+        yield
+    finally:
+        con.execute("SET disabled_optimizers = $v", {"v": previous or ""})
 
 
 def write_canonical(
     con: duckdb.DuckDBPyConnection, paths: Sequence[Path], out_dir: Path
 ) -> dict[str, object]:
-    """Check every file's columns, then stream them into out_dir as canonical Parquet."""
+    """Check every file's columns and flag values, then stream them into out_dir as
+    canonical Parquet. Returns the upstream row count, the ignored columns, the number of
+    rows whose `drop` was unset (null, NaN or absent) and the files lacking a flag column."""
     per_file = {p: _column_types(con, p) for p in paths}
     for path, types in per_file.items():
         _check_file_columns(path, types)
-    has_index = all("index" in t for t in per_file.values())
+    with nan_safe_reads(con):
+        flags = {p: inspect_file_flags(con, p, per_file[p]) for p in paths}
+        if paths:
+            copy_parquet(con, canonical_select(paths, per_file), out_dir)
     extra = sorted({c for t in per_file.values() for c in t} - set(CANONICAL_COLUMNS))
-    upstream_rows = sum(
-        con.execute(
-            "SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata($p)", {"p": str(p)}
-        ).fetchall()[0][0]
-        for p in paths
-    )
-    select = canonical_select(paths, has_index, (t["duplicate"] for t in per_file.values()))
-    copy_parquet(con, select, out_dir)
-    return {"upstream_rows": int(upstream_rows), "ignored_columns": extra}
+    return {
+        "upstream_rows": sum(f.rows for f in flags.values()),
+        "ignored_columns": extra,
+        "drop_unset_rows": sum(f.drop_unset for f in flags.values()),
+        "files_without_drop": [p.name for p in paths if "drop" not in per_file[p]],
+        "files_without_duplicate": [p.name for p in paths if "duplicate" not in per_file[p]],
+    }
 
 
 # ---- checks --------------------------------------------------------------------------------
-def canonical_rules(
-    expected_rows: int | None = None, extra_columns: dict[str, str] | None = None
-) -> list[Rule]:
+def canonical_rules(extra_columns: dict[str, str] | None = None) -> list[Rule]:
     """Integrity rules every canonical LightOn table (plus extra_columns, for unions) must
     satisfy to be published."""
     rules = [
@@ -252,28 +392,52 @@ def canonical_rules(
             blocking=False,
         ),
     ]
-    if expected_rows is not None:
-        rules.append(
-            Rule(
-                "row_count_matches_upstream",
-                "Every upstream row arrived: rows = sum of the files' row counts.",
-                row_count_is("row_count_matches_upstream", expected_rows),
-            )
-        )
     return rules
 
 
-RAW_RULE_NAMES = [r.name for r in canonical_rules(0)]
+DROP_UNSET_RULE = "drop_flag_set"
+
+
+def raw_rules(expected_rows: int = 0, drop_unset_rows: int = 0) -> list[Rule]:
+    """The canonical rules, plus what only the raw table can say: every upstream row
+    arrived, and how many rows had no `drop` flag (warning: the seed reads them as kept)."""
+    return [
+        *canonical_rules(),
+        Rule(
+            "row_count_matches_upstream",
+            "Every upstream row arrived: rows = sum of the files' row counts.",
+            row_count_is("row_count_matches_upstream", expected_rows),
+        ),
+        Rule(
+            DROP_UNSET_RULE,
+            "Every upstream row has a drop flag (warning only: a null, NaN or absent drop is "
+            "read as not dropped, as the seed tool reads it).",
+            known_count(
+                DROP_UNSET_RULE,
+                drop_unset_rows,
+                "upstream rows with a null, NaN or absent drop, read as not dropped",
+            ),
+            blocking=False,
+        ),
+    ]
+
+
+RAW_RULE_NAMES = [r.name for r in raw_rules()]
 
 
 # ---- the asset ---------------------------------------------------------------------------
-def snapshot_metadata(snapshot: DatasetSnapshot, files: Sequence[str]) -> dict[str, object]:
+def snapshot_metadata(
+    snapshot: DatasetSnapshot, files: Sequence[str], card: str | None = None
+) -> dict[str, object]:
+    """Lineage of a Hub dataset read: source, repository, revision, files, bytes, and the
+    licence fields of its card (`card_license`, `card_license_name`, `card_license_link`)."""
     return {
         "source": snapshot.source,
         "repo_id": snapshot.repo_id,
         "revision": snapshot.revision,
         "files": dg.MetadataValue.json(list(files)),
         "bytes": sum(snapshot.files[f].size for f in files),
+        **{f"card_{k}": v for k, v in card_licence(card).items()},
     }
 
 
@@ -287,7 +451,7 @@ def snapshot_metadata(snapshot: DatasetSnapshot, files: Sequence[str]) -> dict[s
     description="LightOn embeddings-pre-training pairs of one config, canonical columns, "
     "as published upstream (no filter).",
     metadata={"dagster/column_schema": COLUMN_SCHEMA, "upstream": LIGHTON_REPO_ID},
-    check_specs=check_specs(canonical_rules(0), RAW_KEY),
+    check_specs=check_specs(raw_rules(), RAW_KEY, upstream=True, partitions_def=lighton_partitions),
 )
 def lighton_raw(
     context: dg.AssetExecutionContext,
@@ -308,9 +472,15 @@ def lighton_raw(
     with engine_connection(duckdb, the_lake) as con, the_lake.stage(RAW_KEY.path, config) as staged:
         info = write_canonical(con, local, staged.path)
         rows = info["upstream_rows"]
-        lineage = snapshot_metadata(snapshot, files)
+        lineage = snapshot_metadata(snapshot, files, card)
+        flags = {
+            "drop_unset_rows": info["drop_unset_rows"],
+            "files_without_drop": ", ".join(info["files_without_drop"]) or "-",
+            "files_without_duplicate": ", ".join(info["files_without_duplicate"]) or "-",
+        }
         metadata = {
             **lineage,
+            **flags,
             "dagster/row_count": rows,
             "ignored_columns": ", ".join(info["ignored_columns"]) or "-",
         }
@@ -318,14 +488,16 @@ def lighton_raw(
             con,
             the_lake,
             staged,
-            canonical_rules(int(rows)),
+            raw_rules(int(rows), int(info["drop_unset_rows"])),
             metadata,
             {
                 "rows": rows,
+                "flags": flags,
                 "lineage": {k: v for k, v in lineage.items() if k != "files"},
                 "files": list(files),
                 "run_id": context.run.run_id,
             },
+            upstream=True,
         )
 
 

@@ -4,6 +4,8 @@ The names are the upstream's, character for character (they mix ``-`` and ``_``)
 the partition keys of every LightOn asset.
 """
 
+from kd_pipeline.selectors import did_you_mean
+
 LIGHTON_REPO_ID = "lightonai/embeddings-pre-training"
 
 LIGHTON_CONFIGS: tuple[str, ...] = (
@@ -91,8 +93,13 @@ LIGHTON_CONFIG_ALIASES: dict[str, str] = {
 
 
 def canonical_config_name(name: str) -> str:
-    """Map an alias to its config name; raise ValueError naming the unknown config."""
+    """Map an alias to its config name; raise ValueError naming the unknown config and the
+    nearest known one."""
     name = LIGHTON_CONFIG_ALIASES.get(name, name)
     if name not in LIGHTON_CONFIGS:
-        raise ValueError(f"unknown LightOn config {name!r}; see `kd-pipeline ids` for the 73 names")
+        hint = did_you_mean(name, LIGHTON_CONFIGS)
+        raise ValueError(
+            f"unknown LightOn config {name!r}{hint}; `kd-pipeline ids --names` lists the "
+            f"{len(LIGHTON_CONFIGS)} names"
+        )
     return name

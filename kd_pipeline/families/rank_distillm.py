@@ -139,7 +139,9 @@ def run_rules(
         "upstream": "zenodo.org/records/12528410",
         "top_k": dg.MetadataValue.json({v: r.top_k for v, r in RUN_VARIANTS.items()}),
     },
-    check_specs=check_specs(run_rules(), RUNS_KEY),
+    check_specs=check_specs(
+        run_rules(), RUNS_KEY, upstream=True, partitions_def=rank_distillm_partitions
+    ),
 )
 def rank_distillm_runs(
     context: dg.AssetExecutionContext,
@@ -199,6 +201,7 @@ def rank_distillm_runs(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
+            upstream=True,
         )
 
 

@@ -365,7 +365,7 @@ def build_text_asset(table: TextTable) -> dg.AssetsDefinition:
             "dagster/column_schema": canonical.table_schema(table.columns),
             "upstream": source,
         },
-        check_specs=check_specs(text_rules(table), table.key),
+        check_specs=check_specs(text_rules(table), table.key, upstream=True),
     )
     def _text_asset(
         context: dg.AssetExecutionContext,
@@ -408,6 +408,7 @@ def build_text_asset(table: TextTable) -> dg.AssetsDefinition:
                     "parse": {**report.metadata(), **report.extra},
                     "run_id": context.run.run_id,
                 },
+                upstream=True,
             )
 
     return _text_asset

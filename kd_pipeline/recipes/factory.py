@@ -147,7 +147,11 @@ def build_filter_asset(spec: FilterSpec) -> dg.AssetsDefinition:
             "dagster/column_schema": COLUMN_SCHEMA,
             "knobs": dg.MetadataValue.json(spec.knobs.as_dict()),
         },
-        check_specs=check_specs(filter_rules(spec.knobs, declared_threshold, 0), key),
+        check_specs=check_specs(
+            filter_rules(spec.knobs, declared_threshold, 0),
+            key,
+            partitions_def=lighton_partitions,
+        ),
     )
     def _filter_asset(
         context: dg.AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource

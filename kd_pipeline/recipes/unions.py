@@ -50,6 +50,22 @@ class UnionGroup:
     knobs: FilterKnobs
 
 
+MAX_SEED = 2**63 - 1
+
+
+def seed_problem(seed: object) -> str | None:
+    """Why a union seed cannot be used (None when it can): null (concatenation) or an
+    integer from 0 to 2**63-1, what numpy's generator accepts. Used by the spec loader, the
+    run config and the selector alike."""
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return "must be null or an integer"
+    if not 0 <= seed <= MAX_SEED:
+        return f"must be from 0 to {MAX_SEED} (null = concatenation)"
+    return None
+
+
 @dataclass(frozen=True)
 class UnionSpec:
     """A mixture: groups in order, and how to combine them."""
@@ -64,10 +80,9 @@ class UnionSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
-        ):
-            raise SpecError(f"union {self.name!r}: seed must be null or an integer")
+        problem = seed_problem(self.seed)
+        if problem:
+            raise SpecError(f"union {self.name!r}: seed {self.seed!r} {problem}")
         if self.mixing not in MIXINGS:
             raise SpecError(f"union {self.name!r}: mixing must be one of {list(MIXINGS)}")
         seen: dict[str, str] = {}
