@@ -157,6 +157,26 @@ def _per_line(mask: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.bincount(np.searchsorted(ends, np.flatnonzero(mask)), minlength=len(ends) + 1)
 
 
+def _counts(
+    a: np.ndarray,
+    ends: np.ndarray,
+    marks: Callable[[np.ndarray, bool], np.ndarray],
+    candidates: np.ndarray,
+    previous: bool = False,
+) -> np.ndarray:
+    """_per_line of marks(bytes, previous byte marked) over a chunk, where only candidate
+    lines need an exact count: when none of the lines the chunk holds whole is one, they
+    count 0, and only the line it continues and the line it leaves open are counted (two
+    short slices, not a pass over the chunk)."""
+    n = len(ends)
+    if n == 0 or candidates[1:].any():
+        return _per_line(marks(a, previous), ends)
+    counts = np.zeros(n + 1, np.int64)
+    counts[0] = np.count_nonzero(marks(a[: ends[0]], previous))
+    counts[n] = np.count_nonzero(marks(a[ends[-1] + 1 :], False))
+    return counts
+
+
 def _is_any(a: np.ndarray, values: bytes) -> np.ndarray:
     mask = a == values[0]
     for value in values[1:]:
@@ -171,6 +191,17 @@ class _Settings:
     blank: bytes
     max_bytes: int
     max_fields: int
+
+    def separators(self, part: np.ndarray, previous: bool) -> np.ndarray:
+        """The bytes of part that start a separator: each delimiter, or with runs the
+        first of each run (previous: the byte before part is a delimiter)."""
+        marks = _is_any(part, self.delimiters)
+        if self.runs and len(marks):
+            marks &= ~np.concatenate(([previous], marks[:-1]))
+        return marks
+
+    def blank_marks(self, part: np.ndarray, _previous: bool) -> np.ndarray:
+        return _is_any(part, self.blank)
 
 
 def _scan(
@@ -226,17 +257,18 @@ def _chunk(
     nuls = _per_line(a == _NUL, ends)
     lone_crs = _per_line(crs, ends)
     separators = np.zeros(n + 1, np.int64)
+    last = bool(len(a)) and int(a[-1]) in settings.delimiters
     if settings.delimiters:
-        marks = _is_any(a, settings.delimiters)
-        last = bool(marks[-1]) if len(a) else False
-        if settings.runs:  # a run of delimiters is one separator: count where runs start
-            marks &= ~np.concatenate(([carry.last_is_delimiter], marks[:-1]))
-        separators = _per_line(marks, ends)
-    else:
-        last = False
+        # a line with more fields than max_fields is at least this long (with runs, each
+        # separator but a leading one follows a field byte), so shorter lines need no count
+        shortest = 2 * settings.max_fields - 1 if settings.runs else settings.max_fields
+        separators = _counts(
+            a, ends, settings.separators, length[:n] >= shortest, carry.last_is_delimiter
+        )
     blank_bytes = np.zeros(n + 1, np.int64)
-    if settings.blank:
-        blank_bytes = _per_line(_is_any(a, settings.blank), ends)
+    if settings.blank:  # only a line starting with a blank byte can be all blank
+        starts_blank = np.concatenate(([False], _is_any(a[ends[:-1] + 1], settings.blank)))
+        blank_bytes = _counts(a, ends, settings.blank_marks, starts_blank)
     length[0] += carry.length
     separators[0] += carry.separators
     nuls[0] += carry.nuls

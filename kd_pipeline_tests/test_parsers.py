@@ -4,11 +4,15 @@ NUL blocks, wide lines, blank lines; every line a row or a reported `file:line` 
 from __future__ import annotations
 
 import gzip
+import re
+import tempfile
 import time
 from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kd_pipeline import lines, parsers
 from kd_pipeline.families import text
@@ -343,6 +347,71 @@ def test_census_counts_fields_of_a_line_spanning_chunks(tmp_path: Path, monkeypa
         path, delimiters=delimiters, max_bytes=1000, max_fields=30, runs=runs
     )
     assert census.rejected == 0
+
+
+def _reference_census(data: bytes, runs: bool, blank: bytes, max_bytes: int, max_fields: int):
+    """What the census must find, line by line in plain Python."""
+    pieces = data.split(b"\n")
+    lines_ = pieces if pieces[-1] else pieces[:-1]
+    rejected, blanks, crlf = [], [], 0
+    for number, line in enumerate(lines_, 1):
+        terminated = number < len(pieces)
+        ends_crlf = terminated and line.endswith(b"\r")
+        crlf += ends_crlf
+        content = line[:-1] if ends_crlf else line
+        separators = re.findall(rb"[\t ]+" if runs else rb"\t", content)
+        fields = 1 + len(separators)
+        if len(content) > max_bytes or b"\0" in content or b"\r" in content or fields > max_fields:
+            rejected.append(number)
+        elif not content.strip(blank) if blank else not content:
+            blanks.append(number)
+    return len(lines_), rejected, len(blanks), crlf
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(st.sampled_from([b"a", b"bb", b"\t", b" ", b"\r", b"\n", b"\r\n", b"\0"])).map(
+        b"".join
+    ),
+    chunk=st.integers(1, 12),
+    runs=st.booleans(),
+    json_blank=st.booleans(),
+)
+def test_census_agrees_with_a_line_by_line_reading(
+    data: bytes, chunk: int, runs: bool, json_blank: bool
+) -> None:
+    """Any bytes, any chunk size: the vectorised census finds what reading line by line
+    finds (lines, rejected lines, blank lines, CRLF ends), and the cleaned copy is the
+    file with rejected lines emptied and CRLF made LF."""
+    blank = b" \t" if json_blank else b""
+    reference = _reference_census(data, runs, blank, max_bytes=9, max_fields=3)
+    saved = lines.CHUNK_BYTES
+    lines.CHUNK_BYTES = chunk
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "f.tsv"
+            path.write_bytes(data)
+            census = lines.take_census(
+                path,
+                delimiters=b"\t " if runs else b"\t",
+                runs=runs,
+                blank=blank,
+                max_bytes=9,
+                max_fields=3,
+            )
+            copy = Path(folder) / "copy"
+            lines.write_clean_copy(path, census, copy)
+            cleaned = copy.read_bytes()
+    finally:
+        lines.CHUNK_BYTES = saved
+    found = (census.lines, census.rejected_numbers, census.blank_lines, census.crlf_lines)
+    assert found == reference
+    pieces = data.split(b"\n")
+    expected = [
+        b"" if n in reference[1] else (p[:-1] if n < len(pieces) and p.endswith(b"\r") else p)
+        for n, p in enumerate(pieces, 1)
+    ]
+    assert cleaned == b"\n".join(expected)
 
 
 def test_reconciliation_tells_filtered_rows_from_lost_lines(
