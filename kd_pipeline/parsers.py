@@ -7,10 +7,12 @@
   a link, a device) makes the whole archive refused, and a truncated or corrupt archive is
   a clear error.
 - **Every line is accounted for.** Before the engine reads a file, the line census
-  (`kd_pipeline.lines`) counts its lines and rejects the ones DuckDB's reader would lose
-  or choke on (longer than MAX_LINE_BYTES, more than MAX_FIELDS fields); the engine reads
-  the file, or an LF copy with those lines blanked; the rows read are reconciled with the
-  line count.
+  (`kd_pipeline.lines`) counts its lines and rejects the ones DuckDB's reader would lose,
+  merge or choke on (longer than MAX_LINE_BYTES, more fields than the format's
+  `max_fields`, a NUL byte, a CR that does not end the line); the engine reads the file,
+  or a cleaned copy (rejected lines blank, LF ends) under a scratch folder on the output's
+  volume, its free space checked first; the rows read are reconciled with the line count,
+  and every line unaccounted for is a malformed line.
 - **Delimited text** (TSV, TREC runs and qrels) is parsed by DuckDB's CSV reader with the
   columns and types given explicitly (never sniffed, no quoting: upstream texts contain
   `"`), streamed through a SELECT into Parquet. A line the reader rejects is never dropped
@@ -18,9 +20,11 @@
   (the line re-split on runs of whitespace), and every line that still does not parse is
   counted and reported as `<file>:<line>: <error>` in the `ParseReport`; the families turn
   that report into a blocking check, so a malformed file is never published.
-- **JSON lines** (BEIR) are read by DuckDB with explicit columns; a malformed line stops
-  the read and is the report's malformed line (file, line, DuckDB's message), re-labelled
-  with the archive member.
+- **JSON lines** (BEIR) are read by DuckDB with explicit columns, CRLF or mixed ends as
+  they are (a CR is JSON whitespace), whitespace-only lines blank; a malformed line stops
+  the read and is the report's malformed line (file, line, DuckDB's message without its
+  own line number), re-labelled with the archive member.
+- **No raw engine error**: any `duckdb.Error` becomes one ParseError line naming the file.
 """
 
 from __future__ import annotations
