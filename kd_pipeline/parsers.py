@@ -638,8 +638,19 @@ def _run_engine(
     try:
         return run(con, sql, out_dir, params)
     except duckdb.Error as exc:
-        message = str(exc).replace(str(readable), label).strip().splitlines()[0]
-        raise EngineError(label, _ENGINE_LINE_NUMBER.sub("", message).strip()) from None
+        raise EngineError(label, engine_reason(exc, {str(readable): label})) from None
+
+
+def engine_reason(exc: duckdb.Error, names: Mapping[str, str]) -> str:
+    """An engine error as one line for a user: its first line, each path the engine read
+    replaced by the name the user knows (names: path read -> name), without the engine's
+    own line numbers (they count a CRLF as two lines). Used by every reader here and by
+    validate-splade."""
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    for read, name in names.items():
+        message = message.replace(read, name)
+    return _ENGINE_LINE_NUMBER.sub("", message).strip()
 
 
 # ---- JSON lines ------------------------------------------------------------------------------

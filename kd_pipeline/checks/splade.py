@@ -32,6 +32,7 @@ import duckdb
 from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
 from kd_pipeline.lake import quote_literal
 from kd_pipeline.lines import LineCensus, LinesError, cleaned_copy, take_census, unaccounted
+from kd_pipeline.parsers import engine_reason
 
 SCORES_FILE = "hard-negatives-cross-encoder-scores"
 MASTER_FILES = {"queries": "query_master", "documents": "doc_master", "positives": "positive_lists"}
@@ -536,8 +537,7 @@ def _stage_lines(
         else:
             con.execute(create + select.replace("{lines}", _plain_lines(plan)))
     except duckdb.Error as exc:
-        messages = str(exc).strip().splitlines()
-        reason = next((m for m in messages if m.startswith("Maximum line size")), messages[0])
+        reason = engine_reason(exc, plan.names)
         for path in files:
             _file_malformed(
                 con,
