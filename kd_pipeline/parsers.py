@@ -39,6 +39,7 @@ import secrets
 import shutil
 import stat
 import tarfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -47,6 +48,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.lake import quote_literal
@@ -55,11 +58,15 @@ from kd_pipeline.lines import (
     LineCensus,
     LinesError,
     cleaned_copy,
-    ensure_room,
     open_text_bytes,
     take_census,
     unaccounted,
 )
+
+try:  # DuckDB >= 1.4 moved the SQL types here
+    from duckdb.sqltypes import BOOLEAN
+except ImportError:  # pragma: no cover - older DuckDB
+    from duckdb.typing import BOOLEAN
 
 _WHITESPACE = quote_literal(" \t\x0b\x0c\r")
 _COPY_CHUNK = 1 << 20
@@ -361,7 +368,6 @@ def append_parquet(
 
 
 MAX_LINE_BYTES = 8 << 20  # longer lines are rejected by the census (no upstream row nears it)
-STAGED_SHARE = 2  # staged Parquet before a filter: assumed at most 1/2 of the text's bytes
 
 
 @contextlib.contextmanager
@@ -477,12 +483,12 @@ def copy_delimited(
     long, too wide, or holding NUL bytes or a lone CR, the engine's rejects table holds the
     rest, and the rows read are reconciled with the file's line count (each line
     unaccounted for is a malformed line). Line ends may be LF, CRLF or a mix of both.
-    keep: a SQL condition on the parsed rows (e.g. `rank <= $top_k`); the file is then
-    parsed once into staged Parquet under scratch, so the reconciliation counts every row
-    read, and `extra["rows_filtered_out"]` counts the rows the condition dropped.
-    scratch: where cleaned copies and staged rows go (default out_dir's parent, the
-    output's volume); its free space is checked first. Raises ParseError naming the file
-    when it cannot be read, the scratch volume has no room, or the engine fails.
+    keep: a SQL condition on the parsed rows (e.g. `rank <= $top_k`), applied in the same
+    query that parses the file and counting the rows it drops (`_KeepTally`), so one pass
+    both filters and reconciles every line; `extra["rows_filtered_out"]` is that count.
+    scratch: where cleaned copies go (default out_dir's parent, the output's volume); its
+    free space is checked first. Raises ParseError naming the file when it cannot be read,
+    the scratch volume has no room for a copy, or the engine fails.
     """
     label = label or path.name
     scratch = scratch or out_dir.parent
@@ -501,23 +507,48 @@ def copy_delimited(
     expected = census.lines - census.blank_lines - census.rejected - skip
     with engine_input(path, census, scratch, label, line_ends_matter=True) as readable:
         read = _Delimited(con, readable, fmt, delimiter, skip, label)
-        if keep is None:
-            parsed = read.parse(select, out_dir, params)
-            return _reconciled(label, fmt.name, census, parsed, parsed.rows, expected, extra)
-        staged = scratch / f".staged-{secrets.token_hex(6)}"
-        try:
-            with _as_parse_error():
-                ensure_room(
-                    scratch,
-                    census.bytes // STAGED_SHARE,
-                    f"{label}: the rows staged before the filter",
-                )
-            parsed = read.parse("SELECT * FROM {rows}", staged, None)
-            rows, dropped = read.filter_staged(staged, parsed.rows, select, keep, out_dir, params)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-    report = _reconciled(label, fmt.name, census, parsed, rows, expected, extra)
-    return replace(report, extra={**report.extra, "rows_filtered_out": dropped})
+        with _KeepTally(con, keep) as tally:
+            parsed = read.parse(select, out_dir, params, tally)
+    report = _reconciled(label, fmt.name, census, parsed, parsed.rows, expected, extra)
+    if keep is None:
+        return report
+    return replace(report, extra={**report.extra, "rows_filtered_out": tally.dropped})
+
+
+class _KeepTally:
+    """A filter that counts the rows it drops in the query that applies it: the keep
+    condition is passed through a vectorised Python function (one call per batch of rows
+    the engine hands over, not per row) that adds up the rows failing it (false or NULL)
+    and returns the flags unchanged. Without a condition, rows pass untouched."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, keep: str | None) -> None:
+        self._con, self._keep = con, keep
+        self._name = f"kd_keep_tally_{secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def _tally(self, flags: pa.Array) -> pa.Array:
+        kept = pc.sum(flags).as_py() or 0
+        with self._lock:
+            self.dropped += len(flags) - kept
+        return flags
+
+    def __enter__(self) -> _KeepTally:
+        if self._keep is not None:
+            self._con.create_function(
+                self._name, self._tally, [BOOLEAN], BOOLEAN, type="arrow", side_effects=True
+            )
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._keep is not None:
+            self._con.remove_function(self._name)
+
+    def rows(self, source: str) -> str:
+        """source's rows that satisfy the condition (each failing one counted)."""
+        if self._keep is None:
+            return source
+        return f"(SELECT * FROM {source} WHERE {self._name}({self._keep}))"
 
 
 @dataclass(frozen=True)
@@ -531,9 +562,15 @@ class _Delimited:
     skip: int
     label: str
 
-    def parse(self, select: str, out_dir: Path, params: Mapping[str, Any] | None) -> _Parsed:
-        """Stream select over the parsed rows into out_dir; count the engine's rejects,
-        re-split them on whitespace where the format allows it."""
+    def parse(
+        self,
+        select: str,
+        out_dir: Path,
+        params: Mapping[str, Any] | None,
+        tally: _KeepTally,
+    ) -> _Parsed:
+        """Stream select over the parsed rows that tally keeps into out_dir; count the
+        engine's rejects, re-split them on whitespace where the format allows it."""
         con, fmt = self.con, self.fmt
         rejects = f"kd_rejects_{secrets.token_hex(4)}"
         source = read_csv_sql(self.readable, fmt, self.delimiter, self.skip, rejects)
@@ -541,7 +578,10 @@ class _Delimited:
             fields = ", ".join(_unpadded(n) if t == "VARCHAR" else n for n, t in fmt.columns)
             source = f"(SELECT {fields} FROM {source})"
         try:
-            engine_rows = self.run(copy_parquet, select.replace("{rows}", source), out_dir, params)
+            written = self.run(
+                copy_parquet, select.replace("{rows}", tally.rows(source)), out_dir, params
+            )
+            engine_rows = written + tally.dropped  # every row the reader returned
             lines = (
                 f"(SELECT line, any_value(csv_line) AS csv_line FROM {rejects}_errors "
                 "GROUP BY line)"
@@ -553,7 +593,11 @@ class _Delimited:
                 (recovered,) = con.execute(f"SELECT count(*) FROM {resplit}").fetchall()[0]
                 if recovered:
                     appended = append_parquet(
-                        con, select.replace("{rows}", resplit), out_dir, "resplit", params
+                        con,
+                        select.replace("{rows}", tally.rows(resplit)),
+                        out_dir,
+                        "resplit",
+                        params,
                     )
                 bad = f"line NOT IN (SELECT line FROM {resplit})"
             (malformed,) = con.execute(
@@ -567,33 +611,12 @@ class _Delimited:
             con.execute(f"DROP TABLE IF EXISTS {rejects}_errors")
             con.execute(f"DROP TABLE IF EXISTS {rejects}_scans")
         return _Parsed(
-            int(engine_rows) + int(appended),
+            int(written) + int(appended),
             int(engine_rows),
             int(recovered),
             int(malformed),
             [(int(line), str(message).strip()) for line, message in examples],
         )
-
-    def filter_staged(
-        self,
-        staged: Path,
-        staged_rows: int,
-        select: str,
-        keep: str,
-        out_dir: Path,
-        params: Mapping[str, Any] | None,
-    ) -> tuple[int, int]:
-        """(rows written, rows the keep condition dropped): select over the staged rows
-        that satisfy keep, streamed into out_dir."""
-        if not staged_rows:
-            return 0, 0
-        rows = f"read_parquet({quote_literal(str(staged / '*.parquet'))})"
-        kept = f"(SELECT * FROM {rows} WHERE {keep})"
-        written = self.run(copy_parquet, select.replace("{rows}", kept), out_dir, params)
-        count = f"SELECT count(*) FROM {rows} WHERE NOT ({keep})"
-        used = {k: v for k, v in (params or {}).items() if f"${k}" in count}
-        (dropped,) = self.run(_fetch_one, count, None, used)
-        return int(written), int(dropped)
 
     def run(
         self,

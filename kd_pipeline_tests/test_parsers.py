@@ -426,6 +426,12 @@ def test_reconciliation_tells_filtered_rows_from_lost_lines(
     assert report.extra["lines_beyond_top_k"] == 7
     report = write_run(duckdb.connect(), path, _out(tmp_path, "all"), top_k=10)
     assert (report.rows, report.extra["lines_beyond_top_k"]) == (10, 0)
+    padded = [*run]  # lines only the whitespace re-split reads, one kept, one beyond top_k
+    padded[1], padded[6] = b"1 \tQ0  d2 2 97.0 sys", b"1  Q0\td7 7  92.0 sys"
+    path = _write(tmp_path, "padded.trec", b"\n".join(padded) + b"\n")
+    report = write_run(duckdb.connect(), path, _out(tmp_path, "padded"), top_k=3)
+    assert (report.rows, report.recovered_lines, report.malformed_lines) == (3, 2, 0)
+    assert report.extra["lines_beyond_top_k"] == 7
     monkeypatch.setattr(parsers, "MAX_LINE_BYTES", 1 << 30)
     long = b"2 Q0 d1 1 1.0 " + b"x" * (40 << 20)
     path = _write(tmp_path, "run2.trec", b"\n".join([*run, long, *run]) + b"\n")

@@ -60,11 +60,10 @@ def write_run(
 ) -> ParseReport:
     """Parse a TREC run into out_dir as the canonical listwise table, ranks <= top_k.
 
-    The run is parsed once (staged, then filtered: `parsers.copy_delimited` with `keep`),
-    so every line is reconciled in one pass; `extra["lines_beyond_top_k"]` counts the rows
-    ranked below top_k. With qrels, annotate `is_positive` and append the relevant
-    documents of each ranked query that the kept list misses
-    (`extra["unretrieved_positives"]` rows, rank null).
+    The run is parsed, filtered and reconciled in one pass (`parsers.copy_delimited` with
+    `keep`); `extra["lines_beyond_top_k"]` counts the rows ranked below top_k. With qrels,
+    annotate `is_positive` and append the relevant documents of each ranked query that the
+    kept list misses (`extra["unretrieved_positives"]` rows, rank null).
     """
     keep = "rank <= $top_k"
     if qrels_glob is None:
