@@ -284,7 +284,8 @@ def verified_as(dest: Path, marker: Path, md5: str | None) -> bool:
     """Whether dest is a finished download verified against md5 (any, when md5 is None)
     whose bytes are still the ones verified: the marker's fingerprint still matches (large
     files), or the bytes hash to what was recorded (small files, a changed fingerprint, a
-    marker from before fingerprints). A copy whose bytes changed is not verified."""
+    marker from before fingerprints). A copy whose bytes changed is not verified, nor one
+    whose marker records no md5 at all (an old marker of a download made without one)."""
     if not dest.is_file() or not marker.is_file():
         return False
     lines = [*marker.read_text().splitlines(), "", "", ""]
@@ -294,8 +295,10 @@ def verified_as(dest: Path, marker: Path, md5: str | None) -> bool:
     if fingerprint == file_fingerprint(dest).lower() and _trust_fingerprint(dest):
         return True
     recorded = actual or expected  # a marker from before fingerprints holds the md5 only
+    if not recorded:  # nothing to compare with: an old marker of a download without an md5
+        return False
     now = file_md5(dest)
-    if recorded and now != recorded:
+    if now != recorded:
         return False
     write_verified_marker(marker, dest, expected, now)
     return True

@@ -7,10 +7,12 @@
   a link, a device) makes the whole archive refused, and a truncated or corrupt archive is
   a clear error.
 - **Every line is accounted for.** Before the engine reads a file, the line census
-  (`kd_pipeline.lines`) counts its lines and rejects the ones DuckDB's reader would lose
-  or choke on (longer than MAX_LINE_BYTES, more than MAX_FIELDS fields); the engine reads
-  the file, or an LF copy with those lines blanked; the rows read are reconciled with the
-  line count.
+  (`kd_pipeline.lines`) counts its lines and rejects the ones DuckDB's reader would lose,
+  merge or choke on (longer than MAX_LINE_BYTES, more fields than the format's
+  `max_fields`, a NUL byte, a CR that does not end the line); the engine reads the file,
+  or a cleaned copy (rejected lines blank, LF ends) under a scratch folder on the output's
+  volume, its free space checked first; the rows read are reconciled with the line count,
+  and every line unaccounted for is a malformed line.
 - **Delimited text** (TSV, TREC runs and qrels) is parsed by DuckDB's CSV reader with the
   columns and types given explicitly (never sniffed, no quoting: upstream texts contain
   `"`), streamed through a SELECT into Parquet. A line the reader rejects is never dropped
@@ -18,38 +20,54 @@
   (the line re-split on runs of whitespace), and every line that still does not parse is
   counted and reported as `<file>:<line>: <error>` in the `ParseReport`; the families turn
   that report into a blocking check, so a malformed file is never published.
-- **JSON lines** (BEIR) are read by DuckDB with explicit columns; a malformed line stops
-  the read and is the report's malformed line (file, line, DuckDB's message), re-labelled
-  with the archive member.
+- **JSON lines** (BEIR) are read by DuckDB with explicit columns, CRLF or mixed ends as
+  they are (a CR is JSON whitespace), whitespace-only lines blank; a malformed line stops
+  the read and is the report's malformed line (file, line, DuckDB's message without its
+  own line number), re-labelled with the archive member.
+- **No raw engine error**: any `duckdb.Error` becomes one ParseError line naming the file.
 """
 
 from __future__ import annotations
 
-import bz2
 import contextlib
 import gzip
 import json
 import lzma
 import os
+import re
 import secrets
 import shutil
 import stat
 import tarfile
-import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.lake import quote_literal
-from kd_pipeline.lines import LineCensus, take_census, write_clean_copy
+from kd_pipeline.lines import (
+    REPORTED,
+    LineCensus,
+    LinesError,
+    cleaned_copy,
+    open_text_bytes,
+    take_census,
+    unaccounted,
+)
 
-REPORTED_LINES = 5
+try:  # DuckDB >= 1.4 moved the SQL types here
+    from duckdb.sqltypes import BOOLEAN
+except ImportError:  # pragma: no cover - older DuckDB
+    from duckdb.typing import BOOLEAN
+
 _WHITESPACE = quote_literal(" \t\x0b\x0c\r")
 _COPY_CHUNK = 1 << 20
 
@@ -98,21 +116,6 @@ def _copy_stream(source: Any, target: Path) -> None:
         shutil.copyfileobj(source, out, _COPY_CHUNK)
 
 
-def _decompressed(archive: Path) -> BinaryIO:
-    """archive's bytes decompressed by the standard library's readers, chosen by magic
-    bytes: they read every gzip member (parallel gzip tools write several) and check each
-    member's CRC-32 and length trailer (bz2 and xz their own checks) when read to the end."""
-    with open(archive, "rb") as handle:
-        magic = handle.read(6)
-    if magic.startswith(b"\x1f\x8b"):
-        return gzip.open(archive, "rb")  # type: ignore[return-value]
-    if magic.startswith(b"BZh"):
-        return bz2.open(archive, "rb")  # type: ignore[return-value]
-    if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(archive, "rb")  # type: ignore[return-value]
-    return open(archive, "rb")
-
-
 def _read_to_end(stream: BinaryIO) -> None:
     """Decompress what is left of stream, so its trailers (CRC, length) are checked."""
     while stream.read(_COPY_CHUNK):
@@ -127,7 +130,7 @@ def _unpack_tar(archive: Path, wanted: Sequence[str], dest: Path) -> dict[str, P
     matching a wanted name wins.)"""
     out: dict[str, Path] = {}
     seen: list[str] = []
-    with _decompressed(archive) as stream:
+    with open_text_bytes(archive) as stream:
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for member in tar:
                 name = safe_member_name(member.name, archive.name)
@@ -230,6 +233,14 @@ class DelimitedFormat:
     delimiter: str | None = "\t"  # None: tab or space, whichever the first line uses
     any_whitespace: bool = False  # fields never contain whitespace: re-split rejected lines
     header: tuple[str, ...] | None = None  # a first line equal to these is skipped
+
+    @property
+    def max_fields(self) -> int:
+        """More fields on a line are rejected by the census, unparsed: far more than any
+        padded line of the format has, few enough that DuckDB's rejects table (a row per
+        extra field, each holding the line) stays small: at most 4 x columns + 16 rows of
+        at most MAX_LINE_BYTES for a line that reaches it."""
+        return 4 * len(self.columns) + 16
 
 
 TREC_RUN = DelimitedFormat(
@@ -359,37 +370,45 @@ def append_parquet(
 MAX_LINE_BYTES = 8 << 20  # longer lines are rejected by the census (no upstream row nears it)
 
 
-# More fields on one line are rejected by the census, unparsed: far more than any padded
-# line of our formats, few enough that DuckDB's reject table (a row per extra field) stays
-# small for the lines that do reach it.
-MAX_FIELDS = 1000
-
-
-def _census(path: Path, label: str, delimiters: bytes, runs: bool, fields: int) -> LineCensus:
+@contextlib.contextmanager
+def _as_parse_error() -> Iterator[None]:
+    """The census's own errors (unreadable file, no room for a copy) as ParseError."""
     try:
-        return take_census(
-            path, delimiters=delimiters, max_bytes=MAX_LINE_BYTES, max_fields=fields, runs=runs
-        )
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ParseError(f"{label}: cannot be read ({type(exc).__name__}: {exc})") from None
+        yield
+    except LinesError as exc:
+        raise ParseError(str(exc)) from None
+
+
+def _census(path: Path, label: str, **options: Any) -> LineCensus:
+    with _as_parse_error():
+        return take_census(path, label=label, max_bytes=MAX_LINE_BYTES, **options)
 
 
 @contextlib.contextmanager
 def engine_input(
-    path: Path, census: LineCensus, scratch: Path, *, force: bool = False
+    path: Path, census: LineCensus, scratch: Path, label: str, *, line_ends_matter: bool
 ) -> Iterator[Path]:
-    """path itself, or (when the census found lines to keep from the engine, or mixed line
-    ends, or force) a cleaned copy in scratch, removed on exit."""
-    if not (force or census.needs_clean_copy()):
+    """What the engine reads: path itself, or a cleaned copy under scratch
+    (`lines.cleaned_copy`: rejected lines blanked, LF ends; disk space checked first)
+    when the census rejected lines, or found mixed line ends and line_ends_matter (DuckDB's
+    CSV reader stops on them; its JSON reader reads a CR as whitespace). Raises ParseError
+    naming the file when the copy has no room or cannot be written."""
+    if not (census.rejected or (line_ends_matter and census.mixed_line_ends)):
         yield path
         return
-    folder = Path(tempfile.mkdtemp(prefix=".clean-", dir=scratch))
-    try:
-        target = folder / path.name
-        write_clean_copy(path, census, target)
-        yield target
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    with _as_parse_error(), cleaned_copy(path, census, scratch, label) as copy:
+        yield copy
+
+
+def census_metadata(census: LineCensus) -> dict[str, Any]:
+    """What a census adds to a parse report's metadata."""
+    return {
+        "lines_in_file": census.lines,
+        "blank_lines": census.blank_lines,
+        "first_blank_lines": census.first_blank,
+        "crlf_lines": census.crlf_lines,
+        "longest_line_bytes": census.longest,
+    }
 
 
 def _census_report(
@@ -401,29 +420,46 @@ def _census_report(
         format=fmt_name,
         rows=0,
         malformed_lines=census.rejected,
-        examples=tuple(f"{label}:{n}: {why}" for n, why in census.examples),
+        examples=tuple(census.reasons(label)),
         extra={**census_metadata(census), **extra},
     )
 
 
-def census_metadata(census: LineCensus) -> dict[str, Any]:
-    """What a census adds to a parse report's metadata."""
-    return {
-        "lines_in_file": census.lines,
-        "blank_lines": census.blank_lines,
-        "first_blank_lines": census.first_blank,
-        "crlf_lines": census.crlf_lines,
-    }
+@dataclass(frozen=True)
+class _Parsed:
+    """What one engine pass over a delimited file returned."""
+
+    rows: int  # rows written (the engine's, then the re-split ones)
+    engine_rows: int  # rows the engine's reader returned
+    recovered: int  # rejected lines saved by the whitespace re-split
+    malformed: int  # lines still rejected
+    examples: list[tuple[int, str]]  # the first REPORTED of them (line, message)
 
 
-def _unaccounted(label: str, census: LineCensus, expected: int, read: int) -> list[str]:
-    """The reconciliation of lines and rows, as a report line when they disagree."""
-    if read == expected:
-        return []
-    return [
-        f"{label}: {census.lines} lines, of which {expected} should be rows or rejects, but "
-        f"the reader returned {read}: {abs(expected - read)} line(s) unaccounted for"
-    ]
+def _reconciled(
+    label: str,
+    fmt_name: str,
+    census: LineCensus,
+    parsed: _Parsed,
+    rows: int,
+    expected: int,
+    extra: dict[str, Any],
+) -> ParseReport:
+    """The report of a parse: the census's rejects, the engine's, and the reconciliation
+    of the lines with what the engine returned (every line unaccounted for counts)."""
+    read = parsed.engine_rows + parsed.recovered + parsed.malformed
+    gap = unaccounted(census, expected, read)
+    named = sorted(census.examples + parsed.examples)[:REPORTED]
+    return ParseReport(
+        file=label,
+        format=fmt_name,
+        rows=rows,
+        recovered_lines=parsed.recovered,
+        malformed_lines=parsed.malformed + census.rejected + abs(expected - read),
+        examples=tuple([f"{label}: {gap}"] if gap else [])
+        + tuple(f"{label}:{n}: {why}" for n, why in named),
+        extra={**extra, **census_metadata(census)},
+    )
 
 
 def copy_delimited(
@@ -435,105 +471,179 @@ def copy_delimited(
     *,
     label: str | None = None,
     params: Mapping[str, Any] | None = None,
-    filtered: bool = False,
+    keep: str | None = None,
+    scratch: Path | None = None,
 ) -> ParseReport:
-    """Parse path as fmt and stream `select` (SQL reading the parsed rows as `{rows}`) into
-    out_dir as Parquet. Returns what was read, including every line that did not parse.
+    """Parse path as fmt and stream `select` (SQL reading the parsed rows as `{rows}`, one
+    output row per row) into out_dir as Parquet. Returns what was read, including every
+    line that did not parse.
 
     Every line of the file ends up as a row, a blank line (counted), or a malformed line
     (counted, the first few named `<file>:<line>: <reason>`): the census rejects lines too
-    long or too wide for the engine, the engine's rejects table holds the rest, and the
-    rows read are reconciled with the file's line count (a difference is a malformed entry).
-    filtered: select may drop rows (a WHERE): when rows written and rejects do not add up
-    to the lines, the rows read are counted by a second parse.
-    Line ends may be LF, CRLF or a mix of both.
+    long, too wide, or holding NUL bytes or a lone CR, the engine's rejects table holds the
+    rest, and the rows read are reconciled with the file's line count (each line
+    unaccounted for is a malformed line). Line ends may be LF, CRLF or a mix of both.
+    keep: a SQL condition on the parsed rows (e.g. `rank <= $top_k`), applied in the same
+    query that parses the file and counting the rows it drops (`_KeepTally`), so one pass
+    both filters and reconciles every line; `extra["rows_filtered_out"]` is that count.
+    scratch: where cleaned copies go (default out_dir's parent, the output's volume); its
+    free space is checked first. Raises ParseError naming the file when it cannot be read,
+    the scratch volume has no room for a copy, or the engine fails.
     """
     label = label or path.name
+    scratch = scratch or out_dir.parent
     delimiter = fmt.delimiter or detect_delimiter(path)
     skip = 1 if _has_header(path, fmt) else 0
     separators = b"\t " if fmt.any_whitespace else delimiter.encode()
-    census = _census(path, label, separators, fmt.any_whitespace, MAX_FIELDS)
-    extra = {"delimiter": "tab" if delimiter == "\t" else "space", "header_skipped": bool(skip)}
-    if census.rejected > len(census.rejected_numbers):
+    census = _census(
+        path, label, delimiters=separators, runs=fmt.any_whitespace, max_fields=fmt.max_fields
+    )
+    extra: dict[str, Any] = {
+        "delimiter": "tab" if delimiter == "\t" else "space",
+        "header_skipped": bool(skip),
+    }
+    if not census.all_remembered:
         return _census_report(label, fmt.name, census, extra)
-    rejects = f"kd_rejects_{secrets.token_hex(4)}"
-    with engine_input(path, census, out_dir.parent) as readable:
-        source = read_csv_sql(readable, fmt, delimiter, skip, rejects)
+    expected = census.lines - census.blank_lines - census.rejected - skip
+    with engine_input(path, census, scratch, label, line_ends_matter=True) as readable:
+        read = _Delimited(con, readable, fmt, delimiter, skip, label)
+        with _KeepTally(con, keep) as tally:
+            parsed = read.parse(select, out_dir, params, tally)
+    report = _reconciled(label, fmt.name, census, parsed, parsed.rows, expected, extra)
+    if keep is None:
+        return report
+    return replace(report, extra={**report.extra, "rows_filtered_out": tally.dropped})
+
+
+class _KeepTally:
+    """A filter that counts the rows it drops in the query that applies it: the keep
+    condition is passed through a vectorised Python function (one call per batch of rows
+    the engine hands over, not per row) that adds up the rows failing it (false or NULL)
+    and returns the flags unchanged. Without a condition, rows pass untouched."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, keep: str | None) -> None:
+        self._con, self._keep = con, keep
+        self._name = f"kd_keep_tally_{secrets.token_hex(4)}"
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def _tally(self, flags: pa.Array) -> pa.Array:
+        kept = pc.sum(flags).as_py() or 0
+        with self._lock:
+            self.dropped += len(flags) - kept
+        return flags
+
+    def __enter__(self) -> _KeepTally:
+        if self._keep is not None:
+            self._con.create_function(
+                self._name, self._tally, [BOOLEAN], BOOLEAN, type="arrow", side_effects=True
+            )
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._keep is not None:
+            self._con.remove_function(self._name)
+
+    def rows(self, source: str) -> str:
+        """source's rows that satisfy the condition (each failing one counted)."""
+        if self._keep is None:
+            return source
+        return f"(SELECT * FROM {source} WHERE {self._name}({self._keep}))"
+
+
+@dataclass(frozen=True)
+class _Delimited:
+    """One readable delimited file and how the engine reads it."""
+
+    con: duckdb.DuckDBPyConnection
+    readable: Path
+    fmt: DelimitedFormat
+    delimiter: str
+    skip: int
+    label: str
+
+    def parse(
+        self,
+        select: str,
+        out_dir: Path,
+        params: Mapping[str, Any] | None,
+        tally: _KeepTally,
+    ) -> _Parsed:
+        """Stream select over the parsed rows that tally keeps into out_dir; count the
+        engine's rejects, re-split them on whitespace where the format allows it."""
+        con, fmt = self.con, self.fmt
+        rejects = f"kd_rejects_{secrets.token_hex(4)}"
+        source = read_csv_sql(self.readable, fmt, self.delimiter, self.skip, rejects)
         if fmt.any_whitespace:  # fields hold no whitespace: padding around a separator is one
             fields = ", ".join(_unpadded(n) if t == "VARCHAR" else n for n, t in fmt.columns)
             source = f"(SELECT {fields} FROM {source})"
         try:
-            rows = _run_engine(
-                con,
-                copy_parquet,
-                select.replace("{rows}", source),
-                out_dir,
-                params,
-                label,
-                readable,
+            written = self.run(
+                copy_parquet, select.replace("{rows}", tally.rows(source)), out_dir, params
             )
-            first_pass = rows
+            engine_rows = written + tally.dropped  # every row the reader returned
             lines = (
                 f"(SELECT line, any_value(csv_line) AS csv_line FROM {rejects}_errors "
                 "GROUP BY line)"
             )
-            recovered_lines = 0
+            recovered = appended = 0
+            bad = "true"
             if fmt.any_whitespace:
                 resplit = _resplit_sql(fmt, lines)
-                (recovered_lines,) = con.execute(f"SELECT count(*) FROM {resplit}").fetchall()[0]
-                if recovered_lines:
-                    rows += append_parquet(
-                        con, select.replace("{rows}", resplit), out_dir, "resplit", params
+                (recovered,) = con.execute(f"SELECT count(*) FROM {resplit}").fetchall()[0]
+                if recovered:
+                    appended = append_parquet(
+                        con,
+                        select.replace("{rows}", tally.rows(resplit)),
+                        out_dir,
+                        "resplit",
+                        params,
                     )
                 bad = f"line NOT IN (SELECT line FROM {resplit})"
-            else:
-                bad = "true"
             (malformed,) = con.execute(
                 f"SELECT count(DISTINCT line) FROM {rejects}_errors WHERE {bad}"
             ).fetchall()[0]
             examples = con.execute(
                 f"SELECT line, arg_min(error_message, column_idx) FROM {rejects}_errors "
-                f"WHERE {bad} GROUP BY line ORDER BY line LIMIT {REPORTED_LINES}"
+                f"WHERE {bad} GROUP BY line ORDER BY line LIMIT {REPORTED}"
             ).fetchall()
-            expected = census.lines - census.blank_lines - census.rejected - skip
-            if filtered and first_pass + recovered_lines + malformed != expected:
-                # rows the select dropped, or lines lost: only a count of the rows read
-                # tells which (a second parse, so only when the totals disagree)
-                every = ", ".join(n for n, _ in fmt.columns)
-                (first_pass,) = _run_engine(
-                    con,
-                    _fetch_one,
-                    f"SELECT count(hash({every})) FROM {source}",
-                    None,
-                    None,
-                    label,
-                    readable,
-                )
         finally:
             con.execute(f"DROP TABLE IF EXISTS {rejects}_errors")
             con.execute(f"DROP TABLE IF EXISTS {rejects}_scans")
-    unaccounted = _unaccounted(
-        label, census, expected, int(first_pass) + int(recovered_lines) + int(malformed)
-    )
-    named = sorted(
-        [(n, why) for n, why in census.examples]
-        + [(int(line), message.strip()) for line, message in examples]
-    )[:REPORTED_LINES]
-    return ParseReport(
-        file=label,
-        format=fmt.name,
-        rows=int(rows),
-        recovered_lines=int(recovered_lines),
-        malformed_lines=int(malformed) + census.rejected + len(unaccounted),
-        examples=tuple(unaccounted) + tuple(f"{label}:{n}: {why}" for n, why in named),
-        extra={**extra, **census_metadata(census)},
-    )
+        return _Parsed(
+            int(written) + int(appended),
+            int(engine_rows),
+            int(recovered),
+            int(malformed),
+            [(int(line), str(message).strip()) for line, message in examples],
+        )
+
+    def run(
+        self,
+        run: Callable[..., Any],
+        sql: str,
+        out_dir: Path | None,
+        params: Mapping[str, Any] | None,
+    ) -> Any:
+        return _run_engine(self.con, run, sql, out_dir, params, self.label, self.readable)
 
 
 def _fetch_one(
     con: duckdb.DuckDBPyConnection, sql: str, _out: None, params: Mapping[str, Any] | None
 ) -> tuple[Any, ...]:
     return con.execute(sql, params or {}).fetchall()[0]
+
+
+class EngineError(ParseError):
+    """The engine refused a file; `reason` is its message as one line, naming the file by
+    its label and without the engine's own line numbers (they count a CRLF as two lines)."""
+
+    def __init__(self, label: str, reason: str) -> None:
+        super().__init__(f"{label}: cannot be parsed: {reason}")
+        self.reason = reason
+
+
+_ENGINE_LINE_NUMBER = re.compile(r",? at byte \d+|,? in line \d+|,? on line:? \d+", re.IGNORECASE)
 
 
 def _run_engine(
@@ -545,20 +655,32 @@ def _run_engine(
     label: str,
     readable: Path,
 ) -> Any:
-    """run(con, sql, out_dir, params), with an engine error that the census could not
-    foresee turned into a ParseError naming the file (never a raw engine exception)."""
+    """run(con, sql, out_dir, params), with any engine error (a file the census could not
+    judge, an unexpected compression, a full disk) turned into an EngineError naming the
+    file (never a raw engine exception)."""
     try:
         return run(con, sql, out_dir, params)
-    except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        message = str(exc).replace(str(readable), label).strip().splitlines()[0]
-        raise ParseError(f"{label}: cannot be parsed: {message}") from None
+    except duckdb.Error as exc:
+        raise EngineError(label, engine_reason(exc, {str(readable): label})) from None
+
+
+def engine_reason(exc: duckdb.Error, names: Mapping[str, str]) -> str:
+    """An engine error as one line for a user: its first line, each path the engine read
+    replaced by the name the user knows (names: path read -> name), without the engine's
+    own line numbers (they count a CRLF as two lines). Used by every reader here and by
+    validate-splade."""
+    text = str(exc).strip()
+    message = text.splitlines()[0] if text else type(exc).__name__
+    for read, name in names.items():
+        message = message.replace(read, name)
+    return _ENGINE_LINE_NUMBER.sub("", message).strip()
 
 
 # ---- JSON lines ------------------------------------------------------------------------------
 def first_invalid_json_line(path: Path) -> int | None:
     """The number of the first non-blank line that is not a JSON object (None if none).
     Used once the engine has refused the file: its own line numbers are off by one."""
-    with open(path, "rb") as handle:
+    with open_text_bytes(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -570,6 +692,9 @@ def first_invalid_json_line(path: Path) -> int | None:
     return None
 
 
+JSON_BLANK = b" \t"  # a line of only these is blank: DuckDB's JSON reader skips it
+
+
 def copy_json_lines(
     con: duckdb.DuckDBPyConnection,
     path: Path,
@@ -578,38 +703,45 @@ def copy_json_lines(
     out_dir: Path,
     *,
     label: str | None = None,
+    scratch: Path | None = None,
 ) -> ParseReport:
     """Stream a JSON-lines file (explicit columns; extra keys ignored) through `select`
-    (reading `{rows}`) into out_dir. Line ends may be LF, CRLF or mixed (the engine reads
-    an LF copy when any line ends in CRLF, so its line numbers are the file's); a line
-    longer than MAX_LINE_BYTES is rejected by the census; the first malformed line stops
+    (reading `{rows}`) into out_dir. Line ends may be LF, CRLF or mixed (read directly: a
+    CR is JSON whitespace); a whitespace-only line is blank; a line longer than
+    MAX_LINE_BYTES or holding a NUL byte or a lone CR is rejected by the census (the
+    engine reads a copy under scratch with it blanked); the first malformed line stops
     the read and is the report's malformed line, named `<file>:<line>: <reason>`; rows
     read are reconciled with the file's non-blank lines."""
     label = label or path.name
-    census = _census(path, label, b"\n", False, 1 << 62)
-    if census.rejected > len(census.rejected_numbers):
+    scratch = scratch or out_dir.parent
+    census = _census(path, label, delimiters=b"", max_fields=1 << 62, blank=JSON_BLANK)
+    if not census.all_remembered:
         return _census_report(label, "JSON lines", census, {})
-    forced = census.crlf_lines > 0  # DuckDB's JSON reader counts a CRLF as two lines
-    with engine_input(path, census, out_dir.parent, force=forced) as readable:
+    failure: list[str] = []
+    with engine_input(path, census, scratch, label, line_ends_matter=False) as readable:
         source = (
             f"read_json({quote_literal(str(readable))}, format='newline_delimited', "
             f"columns={_struct_literal(columns)}, maximum_object_size={MAX_LINE_BYTES + 2})"
         )
         try:
-            rows = copy_parquet(con, select.replace("{rows}", source), out_dir)
-            failure: list[str] = []
-        except (duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-            rows = 0
-            message = str(exc).replace(str(readable), label).strip().splitlines()[0]
-            failure = [f"{label}:{first_invalid_json_line(readable) or '?'}: {message}"]
+            rows = _run_engine(
+                con, copy_parquet, select.replace("{rows}", source), out_dir, None, label, readable
+            )
+        except EngineError as exc:
+            line = first_invalid_json_line(readable)
+            if line is None:
+                raise
+            rows, failure = 0, [f"{label}:{line}: {exc.reason}"]
     expected = census.lines - census.blank_lines - census.rejected
-    unaccounted = [] if failure else _unaccounted(label, census, expected, int(rows))
-    named = [f"{label}:{n}: {why}" for n, why in census.examples]
+    gap = None if failure else unaccounted(census, expected, int(rows))
+    missing = abs(expected - int(rows)) if gap else 0
     return ParseReport(
         file=label,
         format="JSON lines",
         rows=int(rows),
-        malformed_lines=census.rejected + len(failure) + len(unaccounted),
-        examples=tuple(unaccounted + failure + named)[:REPORTED_LINES],
+        malformed_lines=census.rejected + len(failure) + missing,
+        examples=tuple(([f"{label}: {gap}"] if gap else []) + failure + census.reasons(label))[
+            :REPORTED
+        ],
         extra=census_metadata(census),
     )

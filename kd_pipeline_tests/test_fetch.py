@@ -22,6 +22,7 @@ from kd_pipeline.fetch import (
     mirror_path_for_url,
     read_url,
     url_cache_path,
+    verified_as,
 )
 from kd_pipeline.lake import Lake
 from kd_pipeline.resources import sample_mirror
@@ -179,6 +180,21 @@ def test_a_copy_cached_before_md5_keys_is_adopted_only_for_its_own_md5(
         adopted = fetcher.url_file(url, _md5(b"old\n"))
         assert adopted.read_bytes() == b"old\n" and server.requests == []
         assert adopted == url_cache_path(cache, url, _md5(b"old\n")) and not legacy.exists()
+
+
+def test_an_old_marker_without_an_md5_verifies_nothing(tmp_path) -> None:
+    """A marker from before fingerprints holds only the md5 the download was checked
+    against: one written for a download without an md5 is empty, and proves nothing about
+    the bytes; one holding an md5 still verifies exactly the bytes with that md5."""
+    dest = tmp_path / "scores.tsv"
+    dest.write_bytes(b"tampered\n")
+    marker = tmp_path / "scores.tsv.verified"
+    marker.write_text("\n")
+    assert verified_as(dest, marker, None) is False
+    marker.write_text(_md5(b"original\n") + "\n")
+    assert verified_as(dest, marker, None) is False
+    marker.write_text(_md5(b"tampered\n") + "\n")
+    assert verified_as(dest, marker, None) is True
 
 
 def test_download_gives_up_after_bounded_retries(tmp_path) -> None:

@@ -126,7 +126,17 @@ def test_write_run_with_qrels_marks_positives_and_adds_the_missed_ones(tmp_path:
         "blank_lines": 0,
         "first_blank_lines": [],
         "crlf_lines": 0,
+        "longest_line_bytes": 15,
+        "lines_beyond_top_k": 0,
     }
+    report = write_run(con, path, tmp_path / "top1", 1, str(qrels))  # d2 ranked beyond top_k
+    got = con.execute(
+        "SELECT doc_id, rank FROM read_parquet($g) ORDER BY query_id, rank NULLS LAST, doc_id",
+        {"g": str(tmp_path / "top1" / "*.parquet")},
+    ).fetchall()
+    assert got == [("d1", 1), ("d2", None), ("d9", None), ("d5", 1)]
+    assert (report.rows, report.malformed_lines) == (2, 0)
+    assert (report.extra["lines_beyond_top_k"], report.extra["unretrieved_positives"]) == (1, 2)
 
 
 def test_every_variant_on_the_sample(lake_dir: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kd_pipeline.checks import splade
+from kd_pipeline import lines
 from kd_pipeline.checks.splade import (
     SPLADE_RULES,
     LayoutError,
@@ -276,10 +276,11 @@ def test_an_unreadable_file_is_one_violation_naming_it(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_a_line_longer_than_the_first_read_allows_is_read_again(tmp_path: Path, gz: bool) -> None:
+def test_a_line_over_8_mib_is_read_in_one_pass(tmp_path: Path, gz: bool) -> None:
+    """DuckDB's line limit comes from the census's longest line: no failed first read."""
     data = valid_data()
-    data.documents[0]["text"] = "long " * (splade.LINE_MIB * 2**20 // 5 + 1)
-    entries = splade.LINE_MIB * 2**20 // len('"1000000":0.25,') + 1  # a score line as long
+    data.documents[0]["text"] = "long " * ((8 << 20) // 5 + 1)
+    entries = (8 << 20) // len('"1000000":0.25,') + 1  # a score line as long
     data.scores[0]["scores"].update({str(10**6 + i): 0.25 for i in range(entries)})
     assert not failing(write(data, tmp_path / "splade", gz_masters=gz))
 
@@ -312,6 +313,64 @@ def test_mixed_line_ends_are_read(tmp_path: Path, gz: bool) -> None:
         mixed = b"".join(line + (b"\r\n" if i % 2 else b"\n") for i, line in enumerate(lines))
         path.write_bytes(gzip.compress(mixed) if gz else mixed)
     assert not failing(root)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda line: line[:10] + b"\r" + line[10:], "carriage return inside a line"),
+        (lambda line: line + b"\r", "carriage return inside a line"),  # \r\r\n, or a last CR
+        (lambda line: line[:10] + b"\0" * 4096 + line[10:], "NUL bytes"),  # a zeroed block
+    ],
+    ids=["cr-inside", "cr-cr-lf", "nul-block"],
+)
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_line_the_census_rejects_refuses_its_file_by_line(
+    tmp_path: Path, gz: bool, damage: Callable[[bytes], bytes], reason: str
+) -> None:
+    """A CR that does not end a line (the consumer's line reader splits there) or a NUL
+    byte: the file is one rows_well_formed violation naming it and the line, never a
+    reader crash; the last line of a file ending in CR the same."""
+    root = write(valid_data(), tmp_path / "splade", gz_masters=gz)
+    suffix = ".ndjson.gz" if gz else ".ndjson"
+
+    def rewrite(stem: str, change: Callable[[list[bytes]], bytes]) -> int:
+        path = root / "train" / f"{stem}{suffix}"
+        raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+        rows = raw.splitlines()
+        changed = change(rows)
+        path.write_bytes(gzip.compress(changed) if gz else changed)
+        return len(rows)
+
+    rewrite("doc_master", lambda rows: b"\r\n".join([*rows[:2], damage(rows[2]), *rows[3:], b""]))
+    message = failing(root)["rows_well_formed"]
+    assert f"train/doc_master{suffix} (file): line 3: {reason}" in message
+    assert "the file is refused" in message
+    last = rewrite("query_master", lambda rows: b"\n".join(rows) + b"\r")
+    assert (
+        f"train/query_master{suffix} (file): line {last}: carriage return"
+        in (failing(root)["rows_well_formed"])
+    )
+
+
+def test_an_lf_copy_without_room_names_the_file_and_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mixed line ends need an LF copy, made under the scratch folder given (else next to
+    the folder); without room (the spare it must leave set above any disk) the file is
+    refused in one line naming the bytes, not a traceback; with room nothing is left."""
+    root = write(valid_data(), tmp_path / "splade", gz_scores=False)
+    path = root / "train" / "doc_master.ndjson"
+    rows = path.read_bytes().splitlines()
+    path.write_bytes(b"".join(r + (b"\r\n" if i % 2 else b"\n") for i, r in enumerate(rows)))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    outcomes = verdicts(root, scratch=scratch)
+    assert all(o.passed for o in outcomes.values()) and list(scratch.iterdir()) == []
+    monkeypatch.setattr(lines, "SPARE_BYTES", 1 << 60)
+    message = failing(root)["rows_well_formed"]
+    assert "train/doc_master.ndjson (file): a cleaned copy (LF ends" in message
+    assert f"needs {path.stat().st_size - len(rows) // 2:,} bytes" in message
 
 
 def test_a_corrupt_gzip_trailer_names_the_file(tmp_path: Path) -> None:

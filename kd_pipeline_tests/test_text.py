@@ -115,6 +115,10 @@ def test_real_mojibake_of_the_same_texts_is_fixed(codec: str) -> None:
         (_baked(_baked("résumé")), "résumé"),  # damaged twice
         (_baked("東京 😀"), "東京 😀"),  # 3- and 4-byte sequences
         ("naïve café, 東京, Â alone, ü", "naïve café, 東京, Â alone, ü"),  # nothing to repair
+        # genuine and damaged text in one passage: the damage repaired, the rest kept
+        ("naïve " + _baked("café") + " Zürich", "naïve café Zürich"),
+        ("Grüße aus " + _baked("Straße") + " – „gut“", "Grüße aus Straße – „gut“"),
+        ("Ελλάδα " + _baked("€5") + " Zürich", "Ελλάδα €5 Zürich"),
     ],
 )
 def test_repair_mojibake(damaged: str, expected: str) -> None:

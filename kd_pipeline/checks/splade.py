@@ -17,21 +17,22 @@ Layout (a path may be a file or a folder of `.ndjson` / `.ndjson.gz` files)::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-import shutil
+import os
 import tempfile
 import threading
-import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 
 from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
 from kd_pipeline.lake import quote_literal
-from kd_pipeline.lines import LineCensus, take_census, write_clean_copy
+from kd_pipeline.lines import LineCensus, LinesError, cleaned_copy, take_census, unaccounted
+from kd_pipeline.parsers import engine_reason
 
 SCORES_FILE = "hard-negatives-cross-encoder-scores"
 MASTER_FILES = {"queries": "query_master", "documents": "doc_master", "positives": "positive_lists"}
@@ -48,7 +49,6 @@ _INTEGER_TYPES = ("UBIGINT", "BIGINT")
 _LIST_TYPES = ('["UBIGINT"]', '["BIGINT"]', '["HUGEINT"]', '["NULL"]')
 _NUMBER_TYPES = ("UBIGINT", "BIGINT", "HUGEINT", "DOUBLE")
 _NEVER_IN_JSON = "\x01"  # a raw control character: JSON escapes it inside strings
-LINE_MIB = 8  # the longest line of a first read
 LONG_LINE_MIB = 48  # the longest line read at all (a longer one fails its file, named)
 _DERIVED_TABLES = ("positive_scores", "qid_presence")  # built by rules, once per load
 SCRATCH_DB = "kd_splade_scratch"  # where a background thread's tables are shared
@@ -172,17 +172,17 @@ class SpladeTables:
         return f"{self.prefix}staging"
 
 
-def _lines_source(files: Sequence[Path], max_line_mib: int = LINE_MIB) -> str:
+def _lines_source(files: Sequence[Path], max_line_bytes: int) -> str:
     """A DuckDB source of the files' lines, one VARCHAR `line` each (a blank line is NULL),
     as Python iterates them. A raw control character never occurs in valid JSON, so no
-    line is ever split. DuckDB's buffer must exceed the longest line; a small buffer keeps
-    both threads busy on a small file, so `_stage` retries a longer line with LONG_LINE_MIB."""
+    line is ever split. DuckDB's line limit is set from the census's longest line (its
+    buffer must hold two; a small buffer keeps both threads busy on a small file)."""
     names = "[" + ", ".join(quote_literal(str(p)) for p in files) + "]"
+    limit = max(max_line_bytes + 2, 1 << 20)
     return (
         f"read_csv({names}, columns = {{'line': 'VARCHAR'}}, delim = '{_NEVER_IN_JSON}', "
         "quote = '', escape = '', header = false, auto_detect = false, filename = true, "
-        f"max_line_size = {max_line_mib * 2**20}, "
-        f"buffer_size = {max(BUFFER_MIB, 2 * max_line_mib) * 2**20})"
+        f"max_line_size = {limit}, buffer_size = {max(BUFFER_MIB << 20, 2 * limit)})"
     )
 
 
@@ -301,7 +301,10 @@ def _id_label(key: str) -> str:
 
 
 def load_splade(
-    con: duckdb.DuckDBPyConnection, layout: SpladeLayout, prefix: str = "splade_"
+    con: duckdb.DuckDBPyConnection,
+    layout: SpladeLayout,
+    prefix: str = "splade_",
+    scratch: Path | None = None,
 ) -> SpladeTables:
     """Read a SPLADE folder's files into temp tables, recording every malformed line.
 
@@ -311,9 +314,11 @@ def load_splade(
     spaced row is still well formed). A file DuckDB cannot read at all (not UTF-8, not
     gzip) is one malformed entry naming the file, not an exception. Before any of that,
     every file gets a line census (`ReadPlan`): gzip files are decompressed whole (CRC and
-    length checked), a line longer than LONG_LINE_MIB refuses its file (no line is ever
-    skipped), mixed LF/CRLF line ends are read from an LF copy, and the lines each file
-    yields are reconciled with the lines it has.
+    length checked), a line the census rejects (longer than LONG_LINE_MIB, holding a NUL
+    byte or a CR that does not end it) refuses its file, named with that line (no line is
+    ever skipped), mixed LF/CRLF line ends are read from an LF copy in scratch (default:
+    `default_scratch`; its free space checked first), and the lines each file yields are
+    reconciled with the lines it has.
     """
     t = SpladeTables(prefix, tuple(layout.splits), str(layout.root))
     con.execute(
@@ -324,11 +329,11 @@ def load_splade(
         f"CREATE OR REPLACE TEMP TABLE {t.lines} (file VARCHAR, split VARCHAR, rows BIGINT)"
     )
     groups = [parts[kind.table] for kind in _MASTERS for parts in layout.splits.values()]
-    censuses = _Censuses([*groups, layout.scores])
+    censuses = _Censuses([*groups, layout.scores], scratch or default_scratch(layout.root))
     gzipped = [p for p in layout.scores if p.name.endswith(".gz")]
     # started at once on the files themselves: their census runs meanwhile, and only when
     # it asks for something else (a refused file, an LF copy) is the score file read again
-    optimistic = ReadPlan(list(layout.scores), {}, {}, [])
+    optimistic = ReadPlan(list(layout.scores), longest=LONG_LINE_MIB << 20)
     pending = _GzipLines(con, f"{prefix}score_lines", optimistic) if gzipped else None
     try:
         _load_all(con, t, layout, censuses, pending)
@@ -363,18 +368,25 @@ def _load_all(
     _load_scores(con, t, scores, pending)
 
 
+def default_scratch(root: Path) -> Path:
+    """Where LF copies go when the caller names no folder: next to the folder validated
+    (the export's output volume) when writable, else the system's temporary folder."""
+    parent = Path(root).resolve().parent
+    return parent if os.access(parent, os.W_OK) else Path(tempfile.gettempdir())
+
+
 class _Censuses:
     """The ReadPlan of each group of files, made on two background threads from the start
     (gzip inflation and numpy release the GIL), so the census of one file overlaps DuckDB's
     work on the files before it."""
 
-    def __init__(self, groups: Sequence[Sequence[Path]]) -> None:
+    def __init__(self, groups: Sequence[Sequence[Path]], scratch: Path) -> None:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="line-census")
         self._plans: dict[tuple[Path, ...], Future[ReadPlan]] = {}
         for group in groups:
             key = tuple(group)
             if key not in self._plans:
-                self._plans[key] = self._pool.submit(ReadPlan.make, group)
+                self._plans[key] = self._pool.submit(ReadPlan.make, group, scratch)
 
     def plan(self, files: Sequence[Path]) -> ReadPlan:
         return self._plans[tuple(files)].result()
@@ -390,42 +402,54 @@ class _Censuses:
 class ReadPlan:
     """What DuckDB reads for some files, after a line census of each (kd_pipeline.lines):
     the file itself, or an LF copy of a file with mixed line ends; a file that cannot be
-    read whole (corrupt gzip) or holds a line longer than LONG_LINE_MIB is refused, named,
-    and not read at all, since reading it would skip a line."""
+    read whole (corrupt gzip), holds a line the census rejects, or whose copy has no room
+    is refused, named, and not read at all, since reading it would skip or split a line."""
 
-    readable: list[Path]
-    names: dict[str, str]  # path read -> the file's own path (for copies)
-    census: dict[str, LineCensus]  # the file's own path -> its census
-    refused: list[tuple[Path, str]]
-    scratch: Path | None = None
+    readable: list[Path] = field(default_factory=list)
+    names: dict[str, str] = field(default_factory=dict)  # path read -> the file's own path
+    census: dict[str, LineCensus] = field(default_factory=dict)  # own path -> its census
+    refused: list[tuple[Path, str]] = field(default_factory=list)
+    longest: int = 0  # the longest line to read, in bytes
+    copies: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     @classmethod
-    def make(cls, files: Sequence[Path]) -> ReadPlan:
-        plan = cls([], {}, {}, [])
+    def make(cls, files: Sequence[Path], scratch: Path) -> ReadPlan:
+        """The plan for files; never raises for a file's fault (it is refused instead).
+        LF copies go to a fresh folder under scratch (decompressed: up to each file's
+        decompressed size, checked against the free space first)."""
+        plan = cls()
         for path in files:
             try:
                 census = take_census(
-                    path, delimiters=b"", max_bytes=LONG_LINE_MIB << 20, max_fields=1 << 62
+                    path,
+                    delimiters=b"",
+                    max_bytes=LONG_LINE_MIB << 20,
+                    max_fields=1 << 62,
+                    label=str(path),
                 )
-            except (OSError, EOFError, zlib.error) as exc:
-                plan.refused.append((path, f"cannot be read: {type(exc).__name__}: {exc}"))
-                continue
-            if census.rejected:
-                number, why = census.examples[0]
-                plan.refused.append(
-                    (path, f"line {number}: {why}; the file is refused, as no line is skipped")
-                )
+                if census.rejected:
+                    number, why = census.examples[0]
+                    more = f" (and {census.rejected - 1:,} more)" if census.rejected > 1 else ""
+                    plan.refused.append(
+                        (
+                            path,
+                            f"line {number}: {why}{more}; the file is refused, as no line "
+                            "is skipped",
+                        )
+                    )
+                    continue
+                readable = path
+                if census.mixed_line_ends:
+                    readable = plan.copies.enter_context(
+                        cleaned_copy(path, census, scratch, str(path))
+                    )
+                    plan.names[str(readable)] = str(path)
+            except LinesError as exc:
+                plan.refused.append((path, str(exc).removeprefix(f"{path}: ")))
                 continue
             plan.census[str(path)] = census
-            if census.mixed_line_ends:
-                if plan.scratch is None:
-                    plan.scratch = Path(tempfile.mkdtemp(prefix="kd-splade-"))
-                copy = plan.scratch / f"{len(plan.readable)}-{path.name.removesuffix('.gz')}"
-                write_clean_copy(path, census, copy)
-                plan.names[str(copy)] = str(path)
-                plan.readable.append(copy)
-            else:
-                plan.readable.append(path)
+            plan.readable.append(readable)
+            plan.longest = max(plan.longest, census.longest)
         return plan
 
     def file_column(self) -> str:
@@ -438,9 +462,8 @@ class ReadPlan:
         return f"CASE filename {cases} ELSE filename END"
 
     def close(self) -> None:
-        if self.scratch is not None:
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            self.scratch = None
+        """Remove the LF copies."""
+        self.copies.close()
 
 
 def _stage(
@@ -456,7 +479,7 @@ def _stage(
     be read (each recorded as malformed). Gzip files are decompressed into a table first
     (or were, by pending): decompression is sequential, and the JSON work on the table then
     runs on every thread. The lines read per file must be the lines the census counted."""
-    plan = files if isinstance(files, ReadPlan) else ReadPlan.make(files)
+    plan = files if isinstance(files, ReadPlan) else ReadPlan.make(files, default_scratch(t.root))
     try:
         for path, problem in plan.refused:
             _file_malformed(con, t, path, split, problem)
@@ -476,15 +499,9 @@ def _stage(
         )
     read = {f: int(n) for f, n, _ in per_file}
     for name, census in plan.census.items():
-        if read.get(name, 0) != census.lines:
-            _file_malformed(
-                con,
-                t,
-                Path(name),
-                split,
-                f"{census.lines} lines, but the reader returned {read.get(name, 0)}: "
-                "lines unaccounted for",
-            )
+        gap = unaccounted(census, census.lines, read.get(name, 0))  # a blank line is a row
+        if gap:
+            _file_malformed(con, t, Path(name), split, gap)
     return sum(int(slow) for _, _, slow in per_file)
 
 
@@ -518,12 +535,9 @@ def _stage_lines(
             finally:  # the decompressed text is not needed once staged
                 con.execute(f"DROP TABLE IF EXISTS {pending.table}")
         else:
-            _with_long_lines(
-                lambda mib: con.execute(create + select.replace("{lines}", _plain_lines(plan, mib)))
-            )
-    except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException) as exc:
-        messages = str(exc).strip().splitlines()
-        reason = next((m for m in messages if m.startswith("Maximum line size")), messages[0])
+            con.execute(create + select.replace("{lines}", _plain_lines(plan)))
+    except duckdb.Error as exc:
+        reason = engine_reason(exc, plan.names)
         for path in files:
             _file_malformed(
                 con,
@@ -538,19 +552,9 @@ def _stage_lines(
     ).fetchall()
 
 
-def _plain_lines(plan: ReadPlan, max_line_mib: int) -> str:
-    source = _lines_source(plan.readable, max_line_mib)
+def _plain_lines(plan: ReadPlan) -> str:
+    source = _lines_source(plan.readable, plan.longest)
     return f"(SELECT {plan.file_column()} AS file, line FROM {source})"
-
-
-def _with_long_lines(read: Callable[[int], object]) -> None:
-    """read(max_line_mib), again with LONG_LINE_MIB when a line is longer than LINE_MIB."""
-    try:
-        read(LINE_MIB)
-    except duckdb.InvalidInputException as exc:
-        if "Maximum line size" not in str(exc):
-            raise
-        read(LONG_LINE_MIB)
 
 
 class _GzipLines:
@@ -571,11 +575,7 @@ class _GzipLines:
 
     def _read(self, cursor: duckdb.DuckDBPyConnection, plan: ReadPlan) -> None:
         try:
-            _with_long_lines(
-                lambda mib: cursor.execute(
-                    f"CREATE OR REPLACE TABLE {self.table} AS {_plain_lines(plan, mib)}"
-                )
-            )
+            cursor.execute(f"CREATE OR REPLACE TABLE {self.table} AS {_plain_lines(plan)}")
         except duckdb.Error as exc:  # raised again by wait(), in the caller's thread
             self._error = exc
         finally:
@@ -1092,7 +1092,8 @@ SPLADE_RULES: tuple[SpladeRule, ...] = (
     ),
     SpladeRule(
         "has_training_queries",
-        "The query master of each split read is not empty.",
+        "The query master of each split read (train, validation, or those asked for) is not "
+        "empty: a split without queries crashes the consumer at its first epoch or evaluation.",
         has_training_queries,
     ),
     SpladeRule(
@@ -1173,8 +1174,10 @@ def validate_folder(
     scores: Path | None = None,
     splits: Sequence[str] | None = None,
     alternative: str = POINTWISE_ALTERNATIVE,
+    scratch: Path | None = None,
 ) -> list[tuple[SpladeRule, RuleOutcome]]:
-    """Resolve, load and judge a SPLADE folder (the CLI's whole job)."""
+    """Resolve, load and judge a SPLADE folder (the CLI's whole job); scratch: where LF
+    copies of files with mixed line ends go (`load_splade`)."""
     layout = resolve_layout(root, scores=scores, splits=splits)
-    tables = load_splade(con, layout)
+    tables = load_splade(con, layout, scratch=scratch)
     return evaluate_splade(con, tables, alternative)

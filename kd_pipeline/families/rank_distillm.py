@@ -60,33 +60,32 @@ def write_run(
 ) -> ParseReport:
     """Parse a TREC run into out_dir as the canonical listwise table, ranks <= top_k.
 
-    With qrels, annotate `is_positive` and append the relevant documents of each ranked
-    query that the kept list misses (`extra["unretrieved_positives"]` rows, rank null).
+    The run is parsed, filtered and reconciled in one pass (`parsers.copy_delimited` with
+    `keep`); `extra["lines_beyond_top_k"]` counts the rows ranked below top_k. With qrels,
+    annotate `is_positive` and append the relevant documents of each ranked query that the
+    kept list misses (`extra["unretrieved_positives"]` rows, rank null).
     """
+    keep = "rank <= $top_k"
     if qrels_glob is None:
         select = (
-            "SELECT query_id, doc_id, rank, score, CAST(NULL AS BOOLEAN) AS is_positive "
-            "FROM {rows} WHERE rank <= $top_k"
+            "SELECT query_id, doc_id, rank, score, CAST(NULL AS BOOLEAN) AS is_positive FROM {rows}"
         )
-        return copy_delimited(
-            con,
-            path,
-            TREC_RUN,
-            select,
-            out_dir,
-            label=label,
-            params={"top_k": top_k},
-            filtered=True,
+        params: dict[str, object] = {"top_k": top_k}
+    else:
+        select = (
+            "SELECT r.query_id, r.doc_id, r.rank, r.score, p.doc_id IS NOT NULL AS is_positive "
+            f"FROM {{rows}} r LEFT JOIN {_POSITIVES} p "
+            "ON r.query_id = p.query_id AND r.doc_id = p.doc_id"
         )
-    select = (
-        "SELECT r.query_id, r.doc_id, r.rank, r.score, p.doc_id IS NOT NULL AS is_positive "
-        f"FROM {{rows}} r LEFT JOIN {_POSITIVES} p "
-        "ON r.query_id = p.query_id AND r.doc_id = p.doc_id WHERE r.rank <= $top_k"
-    )
-    params = {"top_k": top_k, "qrels": qrels_glob}
+        params = {"top_k": top_k, "qrels": qrels_glob}
     report = copy_delimited(
-        con, path, TREC_RUN, select, out_dir, label=label, params=params, filtered=True
+        con, path, TREC_RUN, select, out_dir, label=label, params=params, keep=keep
     )
+    extra = dict(report.extra)
+    extra["lines_beyond_top_k"] = extra.pop("rows_filtered_out")
+    report = replace(report, extra=extra)
+    if qrels_glob is None:
+        return report
     kept = "read_parquet($kept)"
     unretrieved = append_parquet(
         con,
