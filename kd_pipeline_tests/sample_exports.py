@@ -42,7 +42,7 @@ class BuiltExports:
     failed: dict[tuple[str, str | None], str]
 
     def path(self, key: str, partition: str | None = None) -> Path:
-        """The published folder of asset `key` (e.g. `exports/splade/fiqa`) and partition;
+        """The published folder of asset `key` (e.g. `exports/splade/splade_fiqa`) and partition;
         fails the calling test, quoting the job's error, when it was not published."""
         path = Lake(self.lake).published_path(key.split("/"), partition)
         if not path.is_dir():

@@ -505,6 +505,22 @@ def test_duplicate_export_keys_are_refused(tmp_path: Path) -> None:
         load_export_specs(tmp_path / "exports.yaml")
 
 
+def test_export_labels_that_would_read_the_same_are_refused(tmp_path: Path) -> None:
+    """splade + `triplets_x` and splade_triplets + `x` are two keys with one last part
+    (`splade_triplets_x`), which the UI and the lake catalog show alone."""
+    (tmp_path / "exports.yaml").write_text(
+        "exports:\n"
+        "  - {name: triplets_x, format: splade, source: hofstaetter/teacher_scores}\n"
+        "  - {name: x, format: splade_triplets, source: hofstaetter/teacher_scores}\n"
+    )
+    with pytest.raises(SpecError) as error:
+        load_export_specs(tmp_path / "exports.yaml")
+    assert str(error.value) == (
+        f"{tmp_path / 'exports.yaml'}: exports/splade_triplets/splade_triplets_x clashes with "
+        "exports/splade/splade_triplets_x (both read splade_triplets_x)"
+    )
+
+
 # ---- parallel gzip -------------------------------------------------------------------------
 def test_parallel_gzip_is_one_stream_to_every_reader_and_deterministic(tmp_path: Path) -> None:
     source = tmp_path / "rows.ndjson"

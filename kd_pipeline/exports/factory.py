@@ -34,7 +34,14 @@ from kd_pipeline.exports.candidates import (
     present_splits,
     restrict_to_split,
 )
-from kd_pipeline.exports.card import VALIDATION_DIR, configs_block, render_card, write_card
+from kd_pipeline.exports.card import (
+    VALIDATION_DIR,
+    configs_block,
+    licence_header,
+    licences_for,
+    render_card,
+    write_card,
+)
 from kd_pipeline.exports.format import ExportRun, Written, knob_values
 from kd_pipeline.exports.specs import ExportSpec, load_export_specs
 from kd_pipeline.lake import Lake, LakeError
@@ -204,6 +211,7 @@ def build_card(
         "source": spec.source.name,
         "texts": [k.to_user_string() for k in spec.texts.keys] if spec.texts else [],
         "versions read (lake snapshot)": dict(lineage["versions"]),
+        "upstream lineage (as recorded by the assets read)": dict(lineage["upstream"]),
         "spec": "kd_pipeline/exports/exports.yaml",
         "knobs": dict(knob_json),
         "split": {**knob_values(spec.split), "queries": dict(counts.get("split_queries", {}))},
@@ -213,7 +221,7 @@ def build_card(
         title=fmt.title,
         description=spec.description,
         configs=configs,
-        reads=[spec.source.name, *provenance["texts"]],
+        licences=licences_for(lineage["upstream"]),
         provenance=provenance,
         consumer=fmt.consumer,
     )
@@ -286,8 +294,14 @@ def run_export(
                 for k in upstream
             },
             "split": knob_values(spec.split),
-            **({"licence": spec.source.licence} if spec.source.licence else {}),
+            "upstream": {
+                k.to_user_string(): recorded_lineage(
+                    lake, spec, k, partition if k == spec.source.key else None
+                )
+                for k in upstream
+            },
         }
+        lineage["licence"] = licence_header(licences_for(lineage["upstream"]))
         files = _merged_files(written, spec.format.writes_splits)
         written_counts = _merged_counts(written)
         splits = [s for s in SPLITS if counts["split_queries"].get(s)] or ["train"]
@@ -311,8 +325,7 @@ def run_export(
                 }
             ),
         }
-        if spec.source.licence:
-            metadata["licence"] = spec.source.licence
+        metadata["licence"] = " ".join(lineage["licence"].values())
         if spec.format.name in {"margin_mse", "pointwise", "splade_triplets"}:
             metadata["preview"] = preview(
                 con, written["train"].table, _preview_columns(spec, knobs, spec.source.ordered)
@@ -340,6 +353,41 @@ def _preview_columns(spec: ExportSpec, knobs: Any, ordered: bool) -> list[str]:
     return names
 
 
+# what an upstream lineage entry says about the bytes read; files and sizes stay in the
+# read asset's own manifest
+_LINEAGE_DROPPED = {"files", "bytes", "texts"}
+
+
+def recorded_lineage(
+    lake: Lake, spec: ExportSpec, key: dg.AssetKey, partition: str | None
+) -> list[dict[str, Any]]:
+    """The upstream lineage the lake recorded for one asset an export reads (its manifest's
+    `lineage`: source, revision or url + md5, card licence fields), one entry per distinct
+    upstream read. A source built from another lake asset (spec.source.lineage_from: the
+    LightOn recipes from lighton/raw) gives that asset's lineage: of its own partition for a
+    partitioned recipe, of every partition its manifest names for a union."""
+    manifest = _manifest(lake, key, partition)
+    via = spec.source.lineage_from if key == spec.source.key else None
+    if via is None:
+        entries = [manifest.get("lineage") or {}]
+    else:
+        built_from = [partition] if partition else sorted(manifest.get("upstream") or {})
+        entries = [_manifest(lake, via, p).get("lineage") or {} for p in built_from]
+    found: list[dict[str, Any]] = []
+    for entry in entries:
+        kept = {k: v for k, v in entry.items() if k not in _LINEAGE_DROPPED}
+        if kept and kept not in found:
+            found.append(kept)
+    return found
+
+
+def _manifest(lake: Lake, key: dg.AssetKey, partition: str | None) -> dict[str, Any]:
+    try:
+        return lake.manifest(key.path, partition)
+    except LakeError:  # the manifest is lineage only; a missing one is not a failure
+        return {}
+
+
 def _version(lake: Lake, key: dg.AssetKey, partition: str | None) -> str:
     try:
         return str(lake.manifest(key.path, partition).get("version", "?"))
@@ -348,7 +396,7 @@ def _version(lake: Lake, key: dg.AssetKey, partition: str | None) -> str:
 
 
 def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
-    """exports/<format>/<name>: the spec's format over its source (and texts)."""
+    """exports/<format>/<format>_<name>: the spec's format over its source (and texts)."""
     key = spec.key
     deps = [
         dg.AssetDep(spec.source.key),

@@ -63,7 +63,7 @@ class Written:
 class ExportFormat:
     """One training format."""
 
-    name: str  # the asset key's middle part: exports/<name>/<spec name>
+    name: str  # the asset key's middle part: exports/<name>/<name>_<spec name>
     title: str  # one line for descriptions
     kinds: frozenset[str]
     knobs: type  # a frozen dataclass: defaults, validation in __post_init__
