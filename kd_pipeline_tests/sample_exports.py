@@ -35,11 +35,13 @@ EXPORT_RUNS: list[tuple[str, str | None]] = [
 
 @dataclass(frozen=True)
 class BuiltExports:
-    """A lake holding the sample's families and their exports; `failed` names each export
-    job that did not succeed (job, partition) -> its failure text."""
+    """A lake holding the sample's families and their exports; `results` holds each export
+    job's run (job, partition) -> its result, `failed` each that did not succeed -> its
+    failure text."""
 
     lake: Path
     failed: dict[tuple[str, str | None], str]
+    results: dict[tuple[str, str | None], dg.ExecuteInProcessResult]
 
     def path(self, key: str, partition: str | None = None) -> Path:
         """The published folder of asset `key` (e.g. `exports/splade/splade_fiqa`) and partition;
@@ -56,15 +58,18 @@ def build_sample_exports(lake: Path) -> BuiltExports:
     recorded, so each test of that export fails with the job's own message."""
     instance = dg.DagsterInstance.ephemeral()
     failed: dict[tuple[str, str | None], str] = {}
+    results: dict[tuple[str, str | None], dg.ExecuteInProcessResult] = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KD_PIPELINE_LAKE", str(lake))
         for job, partition in FAMILY_RUNS + EXPORT_RUNS:
             result = defs.resolve_job_def(job).execute_in_process(
                 partition_key=partition, instance=instance, raise_on_error=False
             )
+            if (job, partition) in EXPORT_RUNS:
+                results[(job, partition)] = result
             if result.success:
                 continue
             if (job, partition) in FAMILY_RUNS:
                 pytest.fail(f"family job {job} [{partition}] failed: {failures(result)}")
             failed[(job, partition)] = failures(result)
-    return BuiltExports(lake, failed)
+    return BuiltExports(lake, failed, results)

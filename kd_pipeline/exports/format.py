@@ -18,6 +18,7 @@ import dagster as dg
 import duckdb
 
 from kd_pipeline.checks.rules import Rule, Table
+from kd_pipeline.exports.knobs import check_integer
 from kd_pipeline.exports.scores import ScoreTransform
 
 
@@ -112,5 +113,4 @@ class PartFiles:
 
 
 def check_rows_per_file(value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"rows_per_file={value!r}: expected an integer >= 1 or null")
+    check_integer("rows_per_file", value, minimum=1, optional=True)

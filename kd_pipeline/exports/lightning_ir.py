@@ -30,6 +30,7 @@ from kd_pipeline.checks.rules import (
 from kd_pipeline.engine import parquet_options
 from kd_pipeline.exports.candidates import CANDIDATES
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.knobs import check_integer
 from kd_pipeline.lake import quote_literal
 
 COLUMNS = {"query_id": "VARCHAR", "doc_id": "VARCHAR", "rank": "INTEGER", "score": "DOUBLE"}
@@ -53,8 +54,7 @@ class LightningIrKnobs:
             r"[a-z0-9][a-z0-9/_-]*", str(self.ir_datasets_id)
         ):
             raise ValueError(f"ir_datasets_id={self.ir_datasets_id!r} is not an ir_datasets id")
-        if self.max_rank is not None and (not isinstance(self.max_rank, int) or self.max_rank < 1):
-            raise ValueError(f"max_rank={self.max_rank!r}: expected >= 1 or null")
+        check_integer("max_rank", self.max_rank, minimum=1, optional=True)
         if not isinstance(self.trec, bool):
             raise ValueError("trec: expected true or false")
 

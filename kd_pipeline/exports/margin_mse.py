@@ -23,6 +23,7 @@ from kd_pipeline.exports.candidates import (
     list_candidates,
 )
 from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.knobs import check_integer
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,7 @@ class MarginMseKnobs(NegativeChoice, PartFiles):
     def __post_init__(self) -> None:
         super().__post_init__()
         PartFiles.__post_init__(self)
-        if not isinstance(self.negatives_per_row, int) or self.negatives_per_row < 1:
-            raise ValueError(f"negatives_per_row={self.negatives_per_row!r}: expected >= 1")
+        check_integer("negatives_per_row", self.negatives_per_row, minimum=1)
 
 
 def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:

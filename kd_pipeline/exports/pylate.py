@@ -24,6 +24,7 @@ from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
 from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.knobs import check_integer
 
 TRAIN = {"query_id": "VARCHAR", "document_ids": "VARCHAR[]", "scores": "FLOAT[]"}
 
@@ -37,9 +38,7 @@ class PylateKnobs(PartFiles):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        n = self.documents_per_query
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"documents_per_query={n!r}: expected an integer >= 1")
+        check_integer("documents_per_query", self.documents_per_query, minimum=1)
 
 
 def write_pylate(run: ExportRun) -> Written:

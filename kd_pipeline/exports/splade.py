@@ -30,6 +30,7 @@ from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.knobs import check_integer
 from kd_pipeline.lake import quote_literal
 
 ID_MAP_PREFIX = "id-map-"
@@ -51,10 +52,7 @@ class SpladeKnobs:
     def __post_init__(self) -> None:
         if self.ids not in ("auto", "dense"):
             raise ValueError(f"ids={self.ids!r}: expected auto or dense")
-        if self.gzip_level is not None and (
-            not isinstance(self.gzip_level, int) or not 1 <= self.gzip_level <= 9
-        ):
-            raise ValueError(f"gzip_level={self.gzip_level!r}: expected 1..9 or null")
+        check_integer("gzip_level", self.gzip_level, minimum=1, maximum=9, optional=True)
         if self.gzip_files not in ("scores", "all"):
             raise ValueError(f"gzip_files={self.gzip_files!r}: expected scores or all")
 

@@ -19,6 +19,7 @@ from kd_pipeline.checks.rules import Rule, Table, not_empty, row_count_is, rows_
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES, seeded_order
 from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.knobs import check_integer
 
 COLUMNS = {
     "query_text": "VARCHAR",
@@ -43,10 +44,8 @@ class TripletKnobs(PartFiles):
             raise ValueError(
                 f"sampling_mode={self.sampling_mode!r}: expected query_based or positive_pair_based"
             )
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs!r}: expected >= 1")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: expected an integer")
+        check_integer("epochs", self.epochs, minimum=1)
+        check_integer("seed", self.seed)
 
 
 def write_triplets(run: ExportRun) -> Written:
