@@ -132,6 +132,10 @@ def test_card_licence_other_name_and_link_are_recorded(
     assert {k: meta[k] for k in expected} == expected
     lineage = Lake(lake_dir).manifest(MINED_KEY.path)["lineage"]
     assert {k: v for k, v in lineage.items() if k.startswith("card_")} == expected
+    # every declared check of the asset is evaluated (the shrink guard among them)
+    declared = {s.name for s in defs.resolve_assets_def(MINED_KEY).check_specs}
+    assert "no_unexpected_shrink" in declared
+    assert {n for k, n in checks(result) if k == MINED_KEY.to_user_string()} == declared
 
 
 def _rewrite(mirror: Path, table: pa.Table) -> None:

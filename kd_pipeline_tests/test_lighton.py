@@ -317,6 +317,14 @@ def test_null_and_absent_flags_read_as_the_seed_reads_them(lake_dir, tmp_path, m
     warned = _check(result, "drop_flag_set")
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
     assert warned.metadata["violations"].value == 2 + 4 + 3
+    # every declared check is evaluated, the shrink guard included, and nothing else
+    from kd_pipeline.definitions import defs
+    from kd_pipeline.families.lighton import RAW_KEY
+
+    declared = {s.name for s in defs.resolve_assets_def(RAW_KEY).check_specs}
+    assert "no_unexpected_shrink" in declared
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations if e.asset_key == RAW_KEY} == declared
     # the recommended subset keeps the rows whose drop was unset
     recommended = duckdb.execute(
         "SELECT count(*) FROM read_parquet($g) WHERE query IN ('query 1', 'query 6')",

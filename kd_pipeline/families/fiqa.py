@@ -206,7 +206,6 @@ def fiqa_mined_scores(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
-            upstream=True,
         )
 
 

@@ -474,7 +474,6 @@ def lighton_raw(
                 "files": list(files),
                 "run_id": context.run.run_id,
             },
-            upstream=True,
         )
 
 
