@@ -720,16 +720,41 @@ def test_multi_negative_margin_mse_rows_have_one_length(sample: SampleExports) -
         str(sample.path("exports/margin_mse/margin_mse_fiqa").resolve()), split="train"
     )
     assert {len(s) for s in rows["score"]} == {4}
-    written = Lake(sample.lake).manifest(["exports", "margin_mse", "margin_mse_fiqa"])["written"]
     negatives = fiqa_negatives_with_text(sample)
-    short = sorted(q for q, n in negatives.items() if n < 4)
-    assert short and len(short) < len(negatives)  # both cases occur on the sample
-    assert written["queries_with_too_few_negatives"] == len(short)
-    kept = duckdb.execute(
-        "SELECT count(DISTINCT query) FROM read_parquet($g)",
-        {"g": str(sample.path("exports/margin_mse/margin_mse_fiqa") / "*.parquet")},
-    ).fetchall()[0][0]
-    assert kept == len(negatives) - len(short)
+    # 4 per row: every sample query has enough; 15 per row (a spec of its own, published
+    # under its own key): the query whose negative has no text falls short
+    margin_mse_15 = parse_spec(
+        {
+            "name": "fiqa_15",
+            "format": "margin_mse",
+            "source": "fiqa/mined_scores",
+            "texts": {"queries": "text/fiqa/queries", "documents": "text/fiqa/corpus"},
+            "knobs": {"negatives_per_row": 15, "negative_selection": "hardest"},
+        },
+        "test",
+        known_sources(),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+        built = dg.materialize(
+            [factory.build_export_asset(margin_mse_15)],
+            resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+    assert built.success, failures(built)
+    for k, key in [(4, "exports/margin_mse/margin_mse_fiqa"), (15, margin_mse_15.key)]:
+        path = key.split("/") if isinstance(key, str) else key.path
+        written = Lake(sample.lake).manifest(path)["written"]
+        short = sorted(q for q, n in negatives.items() if n < k)
+        assert written["queries_with_too_few_negatives"] == len(short), k
+        kept = duckdb.execute(
+            "SELECT count(DISTINCT query) FROM read_parquet($g)",
+            {"g": str(Lake(sample.lake).published_path(path) / "*.parquet")},
+        ).fetchall()[0][0]
+        assert kept == len(negatives) - len(short) > 0, k
+        if k == 15:
+            assert short  # the case of the count: some query falls short
 
 
 def fiqa_negatives_with_text(sample: SampleExports) -> dict[str, int]:
@@ -835,7 +860,14 @@ def test_every_export_folder_loads_by_its_card(
         loaded = datasets.load_dataset(str(folder), config["config_name"])
         assert sorted(loaded) == sorted(f["split"] for f in config["data_files"]), config
         for entry in config["data_files"]:
-            counted = [n for name, n in manifest["files"].items() if fnmatch(name, entry["path"])]
+            counted = [
+                n
+                for name, n in manifest["files"].items()
+                # a file, a glob, or a folder (`queries/`) the manifest counted
+                if fnmatch(name, entry["path"])
+                or name == entry["path"]
+                or (name.endswith("/") and entry["path"].startswith(name))
+            ]
             assert counted, (entry, manifest["files"])
             assert len(loaded[entry["split"]]) == sum(counted) > 0, (entry, manifest["files"])
     assert [c["config_name"] for c in header["configs"] if c.get("default")] == names[:1] or (
