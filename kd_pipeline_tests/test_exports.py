@@ -1180,3 +1180,34 @@ def test_card_body_names_each_recorded_licence_with_its_revision() -> None:
         "licence `fiqa-2018-non-commercial`, https://example.org/fiqa-terms."
     )
     assert texts.name == "fiqa-2018"
+
+
+# ---- dagster/row_count is the rows a trainer iterates -----------------------------------------
+# per format, the train file(s) counted independently of the export code: the PyLate
+# query/document tables, the lightning-ir `.run` copy and the validation files are not rows
+TRAIN_ROWS = {
+    "splade": ("train/query_master.ndjson*", "json"),
+    "splade_triplets": ("part-*.parquet", "parquet"),
+    "margin_mse": ("part-*.parquet", "parquet"),
+    "pointwise": ("part-*.parquet", "parquet"),
+    "pylate_kd": ("train-part-*.parquet", "parquet"),
+    "lightning_ir": ("*.parquet", "parquet"),
+    "tevatron": ("train.jsonl*", "json"),
+}
+
+
+def test_row_count_is_the_train_rows_of_each_format(sample: SampleExports) -> None:
+    reported = {
+        (e.asset_key.to_user_string(), e.partition): e.materialization.metadata
+        for result in sample.results.values()
+        for e in result.get_asset_materialization_events()
+    }
+    assert {k.split("/")[1] for k, _ in reported} == set(TRAIN_ROWS)
+    for (key, partition), metadata in reported.items():
+        pattern, kind = TRAIN_ROWS[key.split("/")[1]]
+        glob = str(sample.path(key, partition).resolve() / pattern)
+        reader = "read_parquet" if kind == "parquet" else "read_json_objects"
+        ((rows,),) = duckdb.execute(f"SELECT count(*) FROM {reader}($g)", {"g": glob}).fetchall()
+        if key.startswith("exports/lightning_ir/"):  # one Parquet run file besides the id map
+            assert len(list(sample.path(key, partition).glob("*.parquet"))) == 1
+        assert metadata["dagster/row_count"].value == rows > 0, (key, partition)

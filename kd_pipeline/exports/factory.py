@@ -307,9 +307,8 @@ def run_export(
         splits = [s for s in SPLITS if counts["split_queries"].get(s)] or ["train"]
         write_card(staged.path, build_card(spec, partition, splits, knob_json, lineage, counts))
         _fsync_files(staged.path)
-        main_rows = counts["queries"] if spec.format.name == "splade" else sum(files.values())
         metadata: dict[str, Any] = {
-            "dagster/row_count": main_rows,
+            "dagster/row_count": spec.format.row_count(written["train"]),
             "format": spec.format.title,
             "files": dg.MetadataValue.json(files),
             "selection": dg.MetadataValue.json(counts),
@@ -326,10 +325,9 @@ def run_export(
             ),
         }
         metadata["licence"] = " ".join(lineage["licence"].values())
-        if spec.format.name in {"margin_mse", "pointwise", "splade_triplets"}:
-            metadata["preview"] = preview(
-                con, written["train"].table, _preview_columns(spec, knobs, spec.source.ordered)
-            )
+        if spec.format.preview_columns is not None:
+            columns = spec.format.preview_columns(knobs, spec.source.ordered)
+            metadata["preview"] = preview(con, written["train"].table, columns)
         manifest = {
             "format": spec.format.name,
             "files": files,
@@ -342,15 +340,6 @@ def run_export(
         yield from audit_and_publish(
             con, lake, staged, rules, metadata, manifest, table=written["train"].table
         )
-
-
-def _preview_columns(spec: ExportSpec, knobs: Any, ordered: bool) -> list[str]:
-    names = [c.name for c in spec.format.column_schema.columns]
-    if spec.format.name == "margin_mse" and getattr(knobs, "negatives_per_row", 1) > 1:
-        return ["query", "positive", "negative_1", "score"]
-    if spec.format.name == "pointwise" and not ordered:
-        return [n for n in names if n != "position"]
-    return names
 
 
 # what an upstream lineage entry says about the bytes read; files and sizes stay in the

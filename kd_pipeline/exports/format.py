@@ -79,9 +79,21 @@ class ExportFormat:
     # format names split folders itself), the default config, the consumer's loading call
     hf_configs: Mapping[str, str]
     consumer: str
+    # the export's `dagster/row_count`, from what `write` returned for the train split: the
+    # rows a trainer iterates (not the query or document tables beside them, nor a second
+    # copy of the same run in another file format, nor the validation split)
+    row_count: Callable[[Written], int]
+    # the columns of the `preview` metadata, for the knobs and whether the source is
+    # ordered (None: the format's rows are not a readable table, no preview)
+    preview_columns: Callable[[Any, bool], list[str]] | None = None
     hf_default: str = "default"
     writes_splits: bool = False  # writes train and validation itself (SPLADE); else the
     # factory runs `write` once per split, validation into `validation/`
+
+
+def rows_of(name: str) -> Callable[[Written], int]:
+    """A row_count: the rows `write` counted for one file (or glob, or folder) name."""
+    return lambda written: int(written.files[name])
 
 
 def parse_knobs(knob_type: type, values: Mapping[str, Any], where: str) -> Any:

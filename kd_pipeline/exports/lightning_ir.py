@@ -181,6 +181,7 @@ FORMAT = ExportFormat(
     rules=lightning_ir_rules,
     query_column="query_id",
     hf_configs={"default": "__*.parquet"},
+    row_count=lambda written: int(written.files[written.counts["file"]]),  # not the .run copy
     consumer=(
         'lightning-ir: `RunDataset("<folder>/__<system>__<dataset>.parquet", ...)` (the '
         "file name names the ir_datasets collection); `datasets.load_dataset(folder)` reads "

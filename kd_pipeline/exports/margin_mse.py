@@ -22,7 +22,7 @@ from kd_pipeline.exports.candidates import (
     NegativeChoice,
     list_candidates,
 )
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
 from kd_pipeline.exports.knobs import check_integer
 
 
@@ -177,6 +177,12 @@ FORMAT = ExportFormat(
     rules=margin_mse_rules,
     query_column="query",
     hf_configs={"default": "part-*.parquet"},
+    row_count=rows_of("part-*.parquet"),
+    preview_columns=lambda knobs, _ordered: (
+        ["query", "positive", "negative_1", "score"]
+        if knobs.negatives_per_row > 1
+        else ["query", "positive", "negative", "score"]
+    ),
     consumer=(
         "`datasets.load_dataset(folder)` (splits `train`, and `validation` when the source "
         "has one), then sentence-transformers' `MarginMSELoss` (the label `score` is last)."

@@ -23,7 +23,7 @@ from kd_pipeline.checks.candidates import one_list_length
 from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
 from kd_pipeline.exports.knobs import check_integer
 
 TRAIN = {"query_id": "VARCHAR", "document_ids": "VARCHAR[]", "scores": "FLOAT[]"}
@@ -177,6 +177,7 @@ FORMAT = ExportFormat(
         "documents": "documents/*.parquet",
     },
     hf_default="train",
+    row_count=rows_of("train-part-*.parquet"),
     consumer=(
         'PyLate\'s knowledge-distillation example: `load_dataset(folder, "train", '
         'split="train")`, `load_dataset(folder, "queries", split="train")`, '

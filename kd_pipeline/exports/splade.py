@@ -269,6 +269,8 @@ FORMAT = ExportFormat(
         "positive_lists": "{split}/positive_lists.ndjson*",
     },
     hf_default="query_master",
+    # one training example per train query (its positives and scored negatives)
+    row_count=lambda written: int(written.counts["split_queries"].get("train", 0)),
     consumer=(
         "light-splade: point its dataset at `train/query_master.ndjson`, "
         "`train/doc_master.ndjson`, `train/positive_lists.ndjson` and "

@@ -18,7 +18,7 @@ import dagster as dg
 from kd_pipeline.checks.rules import Rule, Table, not_empty, row_count_is, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES, seeded_order
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
 from kd_pipeline.exports.knobs import check_integer
 
 COLUMNS = {
@@ -167,6 +167,8 @@ FORMAT = ExportFormat(
     rules=triplet_rules,
     query_column="query_text",
     hf_configs={"default": "part-*.parquet"},
+    row_count=rows_of("part-*.parquet"),
+    preview_columns=lambda _knobs, _ordered: list(COLUMNS),
     consumer=(
         "`datasets.load_dataset(folder)` (splits `train`, and `validation` when the source "
         "has one): rows as light-splade's dataset yields them, `(query_text, pos_text, "

@@ -158,6 +158,7 @@ FORMAT = ExportFormat(
     rules=tevatron_rules,
     query_column="query_id",
     hf_configs={"default": "{split}.jsonl*"},
+    row_count=lambda written: int(written.counts["lines"]),
     consumer=(
         "Tevatron: `--dataset_name json --dataset_path <folder>/train.jsonl` (its legacy "
         'distillation format), or `datasets.load_dataset(folder, split="train")`.'
