@@ -1105,6 +1105,67 @@ def test_min_max_over_the_whole_export_for_pointwise_pairs(
     assert scaled["score"] == pytest.approx([(s - low) / (high - low) for s in raw["score"]])
 
 
+def test_min_max_over_the_whole_export_spans_its_splits(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score_scope: export on a source with a validation split: one min and max for the
+    whole export (taken before the split), so a score maps to one value in both splits."""
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    specs = [
+        parse_spec(
+            {
+                "name": name,
+                "format": "pointwise",
+                "source": "hofstaetter/teacher_scores",
+                "texts": {
+                    "queries": "text/msmarco_passage/queries_train",
+                    "documents": "text/msmarco_passage/collection",
+                },
+                "knobs": knobs,
+            },
+            "test",
+            known_sources(),
+            {s.source.name: s.split for s in load_export_specs()},  # the file's splits
+        )
+        for name, knobs in [
+            ("hof_raw", {}),
+            ("hof_scaled", {"score_transform": "minmax", "score_scope": "export"}),
+        ]
+    ]
+    result = dg.materialize(
+        [factory.build_export_asset(spec) for spec in specs],
+        partition_key="bert",
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    raw, scaled = (
+        {
+            split: {
+                "score": list(
+                    load_parquet(Lake(sample.lake).published_path(s.key.path, "bert"), pattern)[
+                        "score"
+                    ]
+                )
+            }
+            for split, pattern in [("train", "*.parquet"), ("validation", "validation/*.parquet")]
+        }
+        for s in specs
+    )
+    everything = raw["train"]["score"] + raw["validation"]["score"]
+    low, high = min(everything), max(everything)
+    for split in ("train", "validation"):
+        assert scaled[split]["score"] == pytest.approx(
+            [(s - low) / (high - low) for s in raw[split]["score"]]
+        ), split
+    union = scaled["train"]["score"] + scaled["validation"]["score"]
+    assert (min(union), max(union)) == (0.0, 1.0)
+    # the case of the fault: the validation split alone does not span the whole range
+    own = raw["validation"]["score"]
+    assert (min(own), max(own)) != (low, high)
+
+
 # ---- the card's licence comes from the recorded lineage --------------------------------------
 FIQA_LINEAGE = {"repo_id": "stefan-jo/fiqa-train-mined-reranker-scores", "revision": "abc123"}
 

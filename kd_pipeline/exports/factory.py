@@ -27,6 +27,7 @@ from kd_pipeline.checks.candidates import one_split_per_query
 from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
 from kd_pipeline.engine import engine_connection
 from kd_pipeline.exports.candidates import (
+    CANDIDATES,
     SPLITS,
     TextGlobs,
     keep_all_splits,
@@ -134,7 +135,9 @@ def _source_glob(lake: Lake, spec: ExportSpec, partition: str | None) -> str:
 def write_splits(spec: ExportSpec, run: ExportRun) -> dict[str, Written]:
     """Write the export: once (a format that lays out its splits itself), or once per
     split with the candidate tables holding only that split's queries, train at the top of
-    the folder and validation under `validation/`."""
+    the folder and validation under `validation/`. score_scope: export is scaled over the
+    whole export: its statistics are taken here, before the split."""
+    run = replace(run, scale=run.transform.export_scale(run.con, CANDIDATES))
     if spec.format.writes_splits:
         return {"train": spec.format.write(run)}
     splits = present_splits(run.con)

@@ -19,7 +19,7 @@ import duckdb
 
 from kd_pipeline.checks.rules import Rule, Table
 from kd_pipeline.exports.knobs import check_integer
-from kd_pipeline.exports.scores import ScoreTransform
+from kd_pipeline.exports.scores import ExportScale, ScoreTransform
 
 
 class SpecError(ValueError):
@@ -45,6 +45,12 @@ class ExportRun:
     transform: ScoreTransform = field(default_factory=ScoreTransform)
     export: str = ""  # the asset key, for messages
     ordered: bool = False  # the source's rows are in training order (kd_rows exists)
+    # score_scope: export: the whole export's score statistics, taken before the split
+    scale: ExportScale | None = None
+
+    def apply_transform(self, table: str, group: str = "query_id") -> dict[str, Any]:
+        """The spec's score transform on a temp table of this run (see scores.py)."""
+        return self.transform.apply(self.con, table, group, self.scale)
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def write_run(run: ExportRun) -> Written:
     stem = run_file_stem(system, dataset)
     cut = "" if knobs.max_rank is None else f"WHERE teacher_rank <= {knobs.max_rank}"
     run.con.execute(f"CREATE OR REPLACE TEMP TABLE kd_run AS SELECT * FROM {CANDIDATES} {cut}")
-    scaled = run.transform.apply(run.con, "kd_run")
+    scaled = run.apply_transform("kd_run")
     select = (
         "SELECT query_id, doc_id, teacher_rank AS rank, score FROM kd_run ORDER BY query_id, rank"
     )

@@ -55,7 +55,7 @@ def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:
 def write_margin_mse(run: ExportRun) -> Written:
     knobs: MarginMseKnobs = run.knobs
     listed = list_candidates(run.con, knobs)
-    scaled = run.transform.apply(run.con, listed)
+    scaled = run.apply_transform(listed)
     negatives = (
         f"(SELECT query_id, doc_id, score, list_rank AS neg_rank FROM {listed} "
         "WHERE NOT is_positive)"

@@ -49,7 +49,7 @@ def write_pointwise(run: ExportRun) -> Written:
             f"teacher_rank FROM {CANDIDATES}"
         )
         order, position = "p.query_id, p.teacher_rank", ""
-    scaled = run.transform.apply(con, "kd_pointwise")
+    scaled = run.apply_transform("kd_pointwise")
     rows = copy_parquet(
         con,
         f"SELECT {position}q.text AS query, d.text AS document, p.score "

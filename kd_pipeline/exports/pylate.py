@@ -55,7 +55,7 @@ def write_pylate(run: ExportRun) -> Written:
         f"SELECT count(*) FROM (SELECT query_id FROM {CANDIDATES} GROUP BY query_id "
         f"HAVING count(*) < {n})"
     ).fetchall()
-    scaled = run.transform.apply(con, "kd_pylate")
+    scaled = run.apply_transform("kd_pylate")
     rows = copy_parquet(
         con,
         "SELECT query_id, list(doc_id ORDER BY teacher_rank) AS document_ids, "

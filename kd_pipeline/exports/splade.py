@@ -125,7 +125,7 @@ def write_splade(run: ExportRun) -> Written:
         f"c.score, c.is_positive, c.teacher_rank, s.split FROM {CANDIDATES} c "
         f"JOIN kd_split s USING (query_id){joins}"
     )
-    scaled = run.transform.apply(con, "kd_numbered", "qid")
+    scaled = run.apply_transform("kd_numbered", "qid")
     copy_parquet(
         con,
         "SELECT 'query' AS kind, id, query_id AS upstream_id FROM kd_qids UNION ALL "

@@ -51,7 +51,7 @@ class TripletKnobs(PartFiles):
 def write_triplets(run: ExportRun) -> Written:
     knobs: TripletKnobs = run.knobs
     con, seed = run.con, knobs.seed
-    scaled = run.transform.apply(con, CANDIDATES)
+    scaled = run.apply_transform(CANDIDATES)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE kd_epochs AS SELECT CAST(range AS INTEGER) AS epoch "
         f"FROM range({knobs.epochs})"

@@ -55,7 +55,7 @@ def write_tevatron(run: ExportRun) -> Written:
     knobs: TevatronKnobs = run.knobs
     con = run.con
     listed = list_candidates(con, knobs)
-    scaled = run.transform.apply(con, listed)
+    scaled = run.apply_transform(listed)
     file = f"{run.split}.jsonl"
     positives = f"(SELECT * FROM {listed} WHERE is_positive)"
     negatives = f"(SELECT * FROM {listed} WHERE NOT is_positive)"
