@@ -4,6 +4,9 @@ of their own. The consumer training tests (`test_train_*.py`) read the published
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +14,12 @@ import dagster as dg
 import pytest
 
 from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
+from kd_pipeline.engine import default_duckdb_resource
+from kd_pipeline.exports import factory
+from kd_pipeline.exports.specs import load_export_specs
 from kd_pipeline.families.upstream import RUN_VARIANTS
 from kd_pipeline.lake import Lake
+from kd_pipeline.resources import LakeResource
 from kd_pipeline_tests.helpers import failures
 
 LIGHTON_CONFIG = "agnews"
@@ -73,3 +80,38 @@ def build_sample_exports(lake: Path) -> BuiltExports:
                 pytest.fail(f"family job {job} [{partition}] failed: {failures(result)}")
             failed[(job, partition)] = failures(result)
     return BuiltExports(lake, failed, results)
+
+
+MIXTURE_EXPORT = "exports/pointwise/pointwise_denseon_lateon"
+
+
+def build_mixture(root: Path) -> Path:
+    """The DenseON-LateON mixture over the 73 sample configs, prepared from the CLI as a
+    user prepares it (a lake and a Dagster home of its own under root), then its export
+    MIXTURE_EXPORT as exports.yaml declares it, built through Dagster; returns the lake."""
+    lake = root / "lake"
+    (root / "dagster").mkdir(parents=True)
+    env = {**os.environ, "KD_PIPELINE_LAKE": str(lake), "DAGSTER_HOME": str(root / "dagster")}
+    selector = "ai.lighton.embeddings_pre_training.denseon_lateon"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kd_pipeline.cli", "prepare", selector],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"prepare {selector} failed: {proc.stderr[-3000:]}")
+    (spec,) = [s for s in load_export_specs() if s.key.to_user_string() == MIXTURE_EXPORT]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_PIPELINE_LAKE", str(lake))
+        result = dg.materialize(
+            [factory.build_export_asset(spec)],
+            resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+    if not result.success:
+        pytest.fail(f"{MIXTURE_EXPORT} failed: {failures(result)}")
+    return lake

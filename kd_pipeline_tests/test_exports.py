@@ -9,9 +9,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -909,34 +906,6 @@ def test_pylate_loads_as_its_documentation_says(sample: SampleExports) -> None:
 
 
 # ---- ordered exports keep their order (fault 4) --------------------------------------------
-@pytest.fixture(scope="module")
-def mixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The DenseON-LateON mixture over the 73 sample configs, prepared from the CLI."""
-    root = tmp_path_factory.mktemp("mixture")
-    (root / "dagster").mkdir()
-    env = {
-        **os.environ,
-        "KD_PIPELINE_LAKE": str(root / "lake"),
-        "DAGSTER_HOME": str(root / "dagster"),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kd_pipeline.cli",
-            "prepare",
-            "ai.lighton.embeddings_pre_training.denseon_lateon",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "lake"
-
-
 def test_the_mixture_export_is_the_mixture_row_for_row_across_12_part_files(
     mixture: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
