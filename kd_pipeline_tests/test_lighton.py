@@ -333,6 +333,32 @@ def test_null_and_absent_flags_read_as_the_seed_reads_them(lake_dir, tmp_path, m
     assert recommended == 2
 
 
+def test_an_all_null_drop_written_by_pandas_reads_as_not_dropped(lake_dir, tmp_path, monkeypatch):
+    """pandas writes a `drop` of [None, None, ...] as a column of type null (as pyarrow's
+    pa.null()): every row is kept and counted as unset, like an absent column."""
+    import pandas as pd
+
+    rows = pairs(5)
+    frame = pd.DataFrame(
+        {
+            "query": [r["query"] for r in rows],
+            "document": [r["document"] for r in rows],
+            "similarity": [r["similarity"] for r in rows],
+            "drop": [None] * len(rows),
+        }
+    )
+    shard = lighton_repo(tmp_path / "mirror") / "agnews" / "train-0.parquet"
+    shard.parent.mkdir(parents=True)
+    frame.to_parquet(shard)
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(tmp_path / "mirror"))
+    result = _materialize("agnews")
+    assert result.success, failures(result)
+    assert [r[5] for r in _raw_rows(Lake(lake_dir), "agnews")] == [False] * 5
+    meta = result.asset_materializations_for_node("lighton__raw")[0].metadata
+    assert meta["drop_unset_rows"].value == 5
+    assert meta["files_without_drop"].value == "-"  # the column is there, all null
+
+
 def test_null_text_or_score_still_blocks(lake_dir, tmp_path, monkeypatch):
     mirror = tmp_path / "mirror"
     rows = pairs(5)
