@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="query the lake's catalog (read-only), e.g. "
         "'SELECT count(*) FROM text.msmarco_passage_collection'",
         description="Views: <family>.<name>, e.g. lighton.recommended (with a partition "
-        "column), text.msmarco_passage_collection, exports.splade_hofstaetter_ensemble. The "
+        "column), text.msmarco_passage_collection, exports.splade_hofstaetter. The "
         "catalog is the one of the current lake (KD_PIPELINE_LAKE, else <KD_PIPELINE_HOME>/lake).",
     )
     sql.add_argument("query")

@@ -295,17 +295,25 @@ def _plain_identifier(text: str, reserved: AbstractSet[str]) -> str:
     return name + "_" if name in reserved else name
 
 
+# Schemas whose keys' last part already names the asset in full: an export's is
+# `<format>_<name>`, unique among exports (kd_pipeline.exports.specs.load_export_specs).
+LAST_PART_SCHEMAS = frozenset({"exports"})
+
+
 def catalog_view_names(
     keys: Sequence[tuple[str, ...]], reserved: AbstractSet[str] = frozenset()
 ) -> dict[tuple[str, ...], tuple[str, str]]:
     """(schema, view) of each asset key in the catalog, both plain identifiers: schema =
-    the first part, view = the other parts joined by `_` (a one-part key repeats its name).
+    the first part, view = the other parts joined by `_` (a one-part key repeats its name),
+    except in the schemas of LAST_PART_SCHEMAS, whose view is the last part alone (an
+    export key `exports/splade/splade_hofstaetter` reads `exports.splade_hofstaetter`).
     Two keys that would read the same get a short hash of the key on the second one."""
     names: dict[tuple[str, ...], tuple[str, str]] = {}
     taken: set[tuple[str, str]] = set()
     for key in sorted(keys):
         schema = _plain_identifier(key[0], reserved)
-        view = _plain_identifier("_".join(key[1:]) or key[0], reserved)
+        parts = key[-1:] if key[0] in LAST_PART_SCHEMAS else key[1:]
+        view = _plain_identifier("_".join(parts) or key[0], reserved)
         if (schema, view) in taken:
             digest = hashlib.sha256("/".join(key).encode()).hexdigest()[:8]
             view = f"{view}_{digest}"

@@ -91,18 +91,38 @@ def sample_rows_per_config() -> int:
     return int(raw)
 
 
-_MEMORY = re.compile(r"\d+(\.\d+)?\s*([KMGT]i?B|B|%)", re.IGNORECASE)
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B|%)", re.IGNORECASE)
+_MEMORY_UNITS = {"B": 1} | {
+    f"{prefix}{suffix}": base**power
+    for power, prefix in enumerate("KMGT", start=1)
+    for suffix, base in (("B", 1000), ("IB", 1024))
+}
+MIN_MEMORY_BYTES = 64 * 1024**2  # below this DuckDB cannot even open a Parquet scan
 
 
 def duckdb_memory_limit() -> str:
     """Per-step DuckDB memory limit (`KD_PIPELINE_DUCKDB_MEMORY`, e.g. 4GB, 512MiB, 50%;
-    default 4GB); DuckDB spills to the lake's scratch folder past it."""
+    default 4GB); DuckDB spills to the lake's scratch folder past it. Units as DuckDB reads
+    them (KB = 1000 bytes, KiB = 1024); a size must be at least 64MiB and a percentage of
+    memory above 0 and at most 100, else ValueError naming the variable."""
     raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
     if not raw:
         return "4GB"
-    if not _MEMORY.fullmatch(raw):
+    match = _MEMORY.fullmatch(raw)
+    if match is None:
         raise ValueError(
             f"{MEMORY_LIMIT_ENV}={raw!r}: expected a size such as 4GB, 512MB, 2GiB or 50%"
+        )
+    number, unit = float(match.group(1)), match.group(2).upper()
+    if unit == "%":
+        if not 0 < number <= 100:
+            raise ValueError(
+                f"{MEMORY_LIMIT_ENV}={raw!r}: expected a percentage of memory above 0 and "
+                "at most 100%"
+            )
+    elif number * _MEMORY_UNITS[unit] < MIN_MEMORY_BYTES:
+        raise ValueError(
+            f"{MEMORY_LIMIT_ENV}={raw!r}: expected a size of at least 64MiB (such as 4GB)"
         )
     return raw
 
@@ -217,11 +237,40 @@ def _mirror_folder() -> Path | None:
     return choice.mirror
 
 
+def _usable_folder(variable: str) -> Path | None:
+    """The folder an environment variable names, when set: it must be a folder, or a path
+    where one can be created (its nearest existing parent a writable folder); ValueError
+    naming the variable otherwise (e.g. a path to a file)."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{variable}={raw!r}: expected a folder, found a file")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        what = "a file" if not parent.is_dir() else "a folder it cannot write to"
+        raise ValueError(
+            f"{variable}={raw!r}: expected a folder, or a path where one can be created "
+            f"({parent} is {what})"
+        )
+    return path
+
+
+def _data_folders() -> None:
+    """KD_PIPELINE_HOME and KD_PIPELINE_LAKE, when set, name usable folders."""
+    _usable_folder(HOME_ENV)
+    _usable_folder(LAKE_ENV)
+
+
 # Every setting, read and validated once by `settings_problems` (the CLI, every run's
 # resources) before anything starts.
 _ALL_SETTINGS: tuple[Callable[[], object], ...] = (
     source_choice,
     _mirror_folder,
+    _data_folders,
     sample_rows_per_config,
     duckdb_memory_limit,
     duckdb_threads,

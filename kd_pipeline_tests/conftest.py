@@ -10,7 +10,7 @@ import huggingface_hub
 import pytest
 from huggingface_hub import constants, file_download
 
-from kd_pipeline_tests.sample_exports import BuiltExports, build_sample_exports
+from kd_pipeline_tests.sample_exports import BuiltExports, build_mixture, build_sample_exports
 
 pytest_plugins = ["pytester"]  # test_readme.py runs pytest on a skipped test
 TIMEOUT = 5
@@ -87,6 +87,13 @@ def point_pipeline_at_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> Non
 def sample_exports(tmp_path_factory: pytest.TempPathFactory) -> BuiltExports:
     """Every family and every export of the sample, built once through Dagster."""
     return build_sample_exports(tmp_path_factory.mktemp("sample_exports") / "lake")
+
+
+@pytest.fixture(scope="session")
+def mixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lake holding the DenseON-LateON mixture over the 73 sample configs and its export
+    (exports/pointwise/pointwise_denseon_lateon), built once (see build_mixture)."""
+    return build_mixture(tmp_path_factory.mktemp("mixture"))
 
 
 @pytest.fixture

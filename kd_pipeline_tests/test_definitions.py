@@ -338,8 +338,11 @@ def test_export_jobs_cover_each_sources_exports() -> None:
 
 def ui_node_label(key: dg.AssetKey) -> str:
     """What the Dagster UI (dagster-webserver 1.13, `AssetNameRow` in the asset graph)
-    writes on a node: the key's last part, middle-truncated past 31 characters
-    (`ASSET_NODE_NAME_MAX_LENGTH`). Read from the UI bundle this package ships."""
+    writes on a node: the key's last part (middle-truncated past 31 characters,
+    `ASSET_NODE_NAME_MAX_LENGTH`; the callers assert labels fit, so no truncation is
+    modelled). A model of the UI, not a reading of it: that the installed bundle still
+    labels nodes this way is checked by
+    test_the_ui_bundle_still_labels_nodes_by_the_last_key_part."""
     return key.path[-1]
 
 

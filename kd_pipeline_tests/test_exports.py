@@ -9,10 +9,8 @@ import gzip
 import hashlib
 import json
 import math
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 
 import dagster as dg
@@ -25,9 +23,10 @@ from kd_pipeline.checks.candidates import increasing_in_file_order, one_split_pe
 from kd_pipeline.checks.rules import Table
 from kd_pipeline.checks.splade import resolve_layout, validate_folder
 from kd_pipeline.cli import main
-from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, defs
+from kd_pipeline.definitions import defs
 from kd_pipeline.engine import copy_parquet, default_duckdb_resource
 from kd_pipeline.exports import factory
+from kd_pipeline.exports.card import licence_header, licences_for
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import SpecError
 from kd_pipeline.exports.lightning_ir import dataset_from_file_name
@@ -39,25 +38,10 @@ from kd_pipeline.lake import Lake
 from kd_pipeline.resources import LakeResource
 from kd_pipeline_tests.family_runs import checks
 from kd_pipeline_tests.helpers import failures
+from kd_pipeline_tests.sample_exports import EXPORT_RUNS, LIGHTON_CONFIG, BuiltExports
 from kd_pipeline_tests.splade_folders import light_splade_data
 
-LIGHTON_CONFIG = "agnews"
 RANKZEPHYR = "rankzephyr.bm25_10000.sampled100"
-FAMILY_RUNS: list[tuple[str, str | None]] = [
-    ("text_collections", None),
-    ("hofstaetter_teacher_scores", "bert"),
-    ("hofstaetter_teacher_scores", "ensemble"),
-    *(("rank_distillm_runs", v) for v in RUN_VARIANTS),
-    ("fiqa_mined", None),
-    (LIGHTON_PARTITIONED_JOB, LIGHTON_CONFIG),
-]
-EXPORT_RUNS: list[tuple[str, str | None]] = [
-    ("exports_hofstaetter_teacher_scores", "bert"),
-    ("exports_hofstaetter_teacher_scores", "ensemble"),
-    *(("exports_rank_distillm_runs", v) for v in RUN_VARIANTS),
-    ("exports_fiqa_mined_scores", None),
-    ("exports_lighton_recommended", LIGHTON_CONFIG),
-]
 
 
 @dataclass
@@ -88,25 +72,20 @@ def run(job: str, partition: str | None, instance: dg.DagsterInstance):
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleExports:
-    """Every family on the sample, then every export job (hofstaetter/bert twice, to
-    show a second build is byte-identical)."""
-    lake = tmp_path_factory.mktemp("exports") / "lake"
-    out = SampleExports(lake)
+def sample(sample_exports: BuiltExports) -> SampleExports:
+    """The session's sample exports (conftest `sample_exports`: every family, then every
+    export job), with hofstaetter/bert's export job run once more to show a second build
+    is byte-identical."""
+    out = SampleExports(sample_exports.lake, dict(sample_exports.results))
+    for key in (
+        "exports/splade/splade_hofstaetter",
+        "exports/splade_triplets/splade_triplets_hofstaetter",
+    ):
+        out.first_hashes[key] = json.dumps(tree_hashes(out.path(key, "bert")))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KD_PIPELINE_LAKE", str(lake))
-        instance = dg.DagsterInstance.ephemeral()
-        for job, partition in FAMILY_RUNS:
-            result = run(job, partition, instance)
-            assert result.success, (job, partition, failures(result))
-        for job, partition in EXPORT_RUNS:
-            out.results[(job, partition)] = run(job, partition, instance)
-        for key in (
-            "exports/splade/splade_hofstaetter",
-            "exports/splade_triplets/splade_triplets_hofstaetter",
-        ):
-            out.first_hashes[key] = json.dumps(tree_hashes(out.path(key, "bert")))
-        run("exports_hofstaetter_teacher_scores", "bert", instance)
+        mp.setenv("KD_PIPELINE_LAKE", str(sample_exports.lake))
+        again = run("exports_hofstaetter_teacher_scores", "bert", dg.DagsterInstance.ephemeral())
+    assert again.success, failures(again)
     return out
 
 
@@ -203,7 +182,16 @@ def test_splade_id_map_leads_back_to_upstream_ids(sample: SampleExports) -> None
     assert all(str(i) == u for _, i, u in id_map)  # FiQA ids are integers: kept as they are
     manifest = Lake(sample.lake).manifest(["exports", "splade", "splade_fiqa"])
     assert manifest["written"]["query_ids"] == "upstream"
-    assert manifest["lineage"]["licence"].startswith("non-commercial")
+    # the source's card licence, as fiqa/mined_scores recorded it, and the texts' terms
+    (mined,) = manifest["lineage"]["upstream"]["fiqa/mined_scores"]
+    recorded = Lake(sample.lake).manifest(["fiqa", "mined_scores"])["lineage"]
+    assert mined["card_license"] == recorded["card_license"] == "cc-by-nc-4.0"
+    assert mined["revision"] == recorded["revision"]
+    assert manifest["lineage"]["licence"] == {
+        "license": "other",
+        "license_name": "terms-of-every-source",
+        "license_link": "README.md#licence",
+    }
 
 
 def test_rankzephyr_positives_are_the_teachers_top_passage(sample: SampleExports) -> None:
@@ -477,6 +465,24 @@ BAD_SPECS = {
         "temperature=0",
     ),
     "bad rows_per_file": ({"format": "margin_mse", "knobs": {"rows_per_file": 0}}, "rows_per_file"),
+    # YAML `true` is a bool, which Python counts as 1: refused by every integer knob
+    "bool negatives_per_row": (
+        {"format": "margin_mse", "knobs": {"negatives_per_row": True}},
+        "negatives_per_row=True: expected an integer >= 1",
+    ),
+    "bool max_negatives": (
+        {"format": "tevatron", "knobs": {"max_negatives": True}},
+        "max_negatives=True: expected an integer >= 1 or null",
+    ),
+    "bool seed": (
+        {"format": "tevatron", "knobs": {"negative_selection": "random", "seed": False}},
+        "seed=False: expected an integer",
+    ),
+    "bool positive_top_k": (
+        {"knobs": {"positives": "teacher_top", "positive_top_k": True}},
+        "positive_top_k=True: expected an integer >= 1",
+    ),
+    "float gzip_level": ({"knobs": {"gzip_level": 2.0}}, "gzip_level=2.0: expected an integer"),
     "label too long": ({"name": "a_source_name_far_too_long"}, "the lineage graph shows 31"),
 }
 
@@ -503,6 +509,27 @@ def test_duplicate_export_keys_are_refused(tmp_path: Path) -> None:
     (tmp_path / "exports.yaml").write_text("exports:\n" + entry * 2)
     with pytest.raises(SpecError, match="defined twice"):
         load_export_specs(tmp_path / "exports.yaml")
+
+
+TEXTS = "{queries: text/msmarco_passage/queries_train, documents: text/msmarco_passage/collection}"
+
+
+def test_export_labels_that_would_read_the_same_are_refused(tmp_path: Path) -> None:
+    """splade + `triplets_x` and splade_triplets + `x` are two keys with one last part
+    (`splade_triplets_x`), which the UI and the lake catalog show alone."""
+    (tmp_path / "exports.yaml").write_text(
+        "exports:\n"
+        "  - {name: triplets_x, format: splade, source: hofstaetter/teacher_scores, texts: "
+        f"{TEXTS}}}\n"
+        "  - {name: x, format: splade_triplets, source: hofstaetter/teacher_scores, texts: "
+        f"{TEXTS}}}\n"
+    )
+    with pytest.raises(SpecError) as error:
+        load_export_specs(tmp_path / "exports.yaml")
+    assert str(error.value) == (
+        f"{tmp_path / 'exports.yaml'}: exports/splade_triplets/splade_triplets_x clashes with "
+        "exports/splade/splade_triplets_x (both read splade_triplets_x)"
+    )
 
 
 # ---- parallel gzip -------------------------------------------------------------------------
@@ -690,8 +717,63 @@ def test_multi_negative_margin_mse_rows_have_one_length(sample: SampleExports) -
         str(sample.path("exports/margin_mse/margin_mse_fiqa").resolve()), split="train"
     )
     assert {len(s) for s in rows["score"]} == {4}
-    written = Lake(sample.lake).manifest(["exports", "margin_mse", "margin_mse_fiqa"])["written"]
-    assert "queries_with_too_few_negatives" in written
+    negatives = fiqa_negatives_with_text(sample)
+    # 4 per row: every sample query has enough; 15 per row (a spec of its own, published
+    # under its own key): the query whose negative has no text falls short
+    margin_mse_15 = parse_spec(
+        {
+            "name": "fiqa_15",
+            "format": "margin_mse",
+            "source": "fiqa/mined_scores",
+            "texts": {"queries": "text/fiqa/queries", "documents": "text/fiqa/corpus"},
+            "knobs": {"negatives_per_row": 15, "negative_selection": "hardest"},
+        },
+        "test",
+        known_sources(),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+        built = dg.materialize(
+            [factory.build_export_asset(margin_mse_15)],
+            resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+            instance=dg.DagsterInstance.ephemeral(),
+            raise_on_error=False,
+        )
+    assert built.success, failures(built)
+    for k, key in [(4, "exports/margin_mse/margin_mse_fiqa"), (15, margin_mse_15.key)]:
+        path = key.split("/") if isinstance(key, str) else key.path
+        written = Lake(sample.lake).manifest(path)["written"]
+        short = sorted(q for q, n in negatives.items() if n < k)
+        assert written["queries_with_too_few_negatives"] == len(short), k
+        kept = duckdb.execute(
+            "SELECT count(DISTINCT query) FROM read_parquet($g)",
+            {"g": str(Lake(sample.lake).published_path(path) / "*.parquet")},
+        ).fetchall()[0][0]
+        assert kept == len(negatives) - len(short) > 0, k
+        if k == 15:
+            assert short  # the case of the count: some query falls short
+
+
+def fiqa_negatives_with_text(sample: SampleExports) -> dict[str, int]:
+    """Per FiQA query with a text and a scored positive that has a text: its scored
+    non-positive candidates whose document has a text (from the source and the texts,
+    independently of the export code)."""
+    return dict(
+        duckdb.execute(
+            "WITH m AS (SELECT * FROM read_parquet($m) m "
+            "SEMI JOIN read_parquet($c) c USING (doc_id) WHERE m.score IS NOT NULL), "
+            "q AS (SELECT query_id FROM m SEMI JOIN read_parquet($q) USING (query_id) "
+            "WHERE is_positive) "
+            "SELECT q.query_id, count(*) FILTER (WHERE NOT m.is_positive) "
+            "FROM (SELECT DISTINCT query_id FROM q) q JOIN m USING (query_id) "
+            "GROUP BY q.query_id",
+            {
+                "m": str(sample.path("fiqa/mined_scores") / "*.parquet"),
+                "c": str(sample.path("text/fiqa/corpus") / "*.parquet"),
+                "q": str(sample.path("text/fiqa/queries") / "*.parquet"),
+            },
+        ).fetchall()
+    )
 
 
 UNFILLABLE = {
@@ -774,15 +856,38 @@ def test_every_export_folder_loads_by_its_card(
     for config in header["configs"]:
         loaded = datasets.load_dataset(str(folder), config["config_name"])
         assert sorted(loaded) == sorted(f["split"] for f in config["data_files"]), config
-        assert all(len(rows) > 0 for rows in loaded.values()), config
+        for entry in config["data_files"]:
+            counted = [
+                n
+                for name, n in manifest["files"].items()
+                # a file, a glob, or a folder (`queries/`) the manifest counted
+                if fnmatch(name, entry["path"])
+                or name == entry["path"]
+                or (name.endswith("/") and entry["path"].startswith(name))
+            ]
+            assert counted, (entry, manifest["files"])
+            assert len(loaded[entry["split"]]) == sum(counted) > 0, (entry, manifest["files"])
     assert [c["config_name"] for c in header["configs"] if c.get("default")] == names[:1] or (
         len(names) == 1
     )
-    assert header["license"] == "other" and header["license_name"]
-    if "fiqa" in key:
-        assert "fiqa-mined-non-commercial" in header["license_name"]
-        assert "fiqa-2018" in header["license_name"]
+    licence = {k: v for k, v in header.items() if k.startswith("license")}
+    if key.startswith("exports/pointwise/"):  # LightOn alone: the sample card's Hub id
+        assert licence == {"license": "apache-2.0"}
+    else:  # a family and its text collections: each one's terms, listed in the card
+        assert licence == {
+            "license": "other",
+            "license_name": "terms-of-every-source",
+            "license_link": "README.md#licence",
+        }
     body = (folder / "README.md").read_text(encoding="utf-8")
+    source = manifest["lineage"]["source"]
+    recorded = Lake(sample.lake).manifest(source.split("/"), partition)
+    if "lineage" in recorded:  # a family: its revision or md5 is carried into the card
+        for field in ("revision", "md5"):
+            if field in recorded["lineage"]:
+                assert str(recorded["lineage"][field]) in body, field
+        if "card_license" in recorded["lineage"]:
+            assert f"card_license: {recorded['lineage']['card_license']}" in body
     for upstream, version in manifest["lineage"]["versions"].items():
         assert upstream in body and str(version) in body
     assert f"format: {manifest['format']}" in body
@@ -801,34 +906,6 @@ def test_pylate_loads_as_its_documentation_says(sample: SampleExports) -> None:
 
 
 # ---- ordered exports keep their order (fault 4) --------------------------------------------
-@pytest.fixture(scope="module")
-def mixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The DenseON-LateON mixture over the 73 sample configs, prepared from the CLI."""
-    root = tmp_path_factory.mktemp("mixture")
-    (root / "dagster").mkdir()
-    env = {
-        **os.environ,
-        "KD_PIPELINE_LAKE": str(root / "lake"),
-        "DAGSTER_HOME": str(root / "dagster"),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kd_pipeline.cli",
-            "prepare",
-            "ai.lighton.embeddings_pre_training.denseon_lateon",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "lake"
-
-
 def test_the_mixture_export_is_the_mixture_row_for_row_across_12_part_files(
     mixture: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -995,3 +1072,172 @@ def test_min_max_over_the_whole_export_for_pointwise_pairs(
     low, high = min(raw["score"]), max(raw["score"])
     assert (min(scaled["score"]), max(scaled["score"])) == (0.0, 1.0)
     assert scaled["score"] == pytest.approx([(s - low) / (high - low) for s in raw["score"]])
+
+
+def test_min_max_over_the_whole_export_spans_its_splits(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """score_scope: export on a source with a validation split: one min and max for the
+    whole export (taken before the split), so a score maps to one value in both splits."""
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    specs = [
+        parse_spec(
+            {
+                "name": name,
+                "format": "pointwise",
+                "source": "hofstaetter/teacher_scores",
+                "texts": {
+                    "queries": "text/msmarco_passage/queries_train",
+                    "documents": "text/msmarco_passage/collection",
+                },
+                "knobs": knobs,
+            },
+            "test",
+            known_sources(),
+            {s.source.name: s.split for s in load_export_specs()},  # the file's splits
+        )
+        for name, knobs in [
+            ("hof_raw", {}),
+            ("hof_scaled", {"score_transform": "minmax", "score_scope": "export"}),
+        ]
+    ]
+    result = dg.materialize(
+        [factory.build_export_asset(spec) for spec in specs],
+        partition_key="bert",
+        resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert result.success, failures(result)
+    raw, scaled = (
+        {
+            split: {
+                "score": list(
+                    load_parquet(Lake(sample.lake).published_path(s.key.path, "bert"), pattern)[
+                        "score"
+                    ]
+                )
+            }
+            for split, pattern in [("train", "*.parquet"), ("validation", "validation/*.parquet")]
+        }
+        for s in specs
+    )
+    everything = raw["train"]["score"] + raw["validation"]["score"]
+    low, high = min(everything), max(everything)
+    for split in ("train", "validation"):
+        assert scaled[split]["score"] == pytest.approx(
+            [(s - low) / (high - low) for s in raw[split]["score"]]
+        ), split
+    union = scaled["train"]["score"] + scaled["validation"]["score"]
+    assert (min(union), max(union)) == (0.0, 1.0)
+    # the case of the fault: the validation split alone does not span the whole range
+    own = raw["validation"]["score"]
+    assert (min(own), max(own)) != (low, high)
+
+
+# ---- the card's licence comes from the recorded lineage --------------------------------------
+FIQA_LINEAGE = {"repo_id": "stefan-jo/fiqa-train-mined-reranker-scores", "revision": "abc123"}
+
+
+@pytest.mark.parametrize(
+    ("reads", "expected"),
+    [
+        # one source whose card names a Hub licence id: that id, alone
+        (
+            {"lighton/recommended": [{"repo_id": "l/e", "revision": "r", "card_license": "mit"}]},
+            {"license": "mit"},
+        ),
+        # one source whose card says other: its own name and link
+        (
+            {
+                "fiqa/mined_scores": [
+                    {
+                        **FIQA_LINEAGE,
+                        "card_license": "other",
+                        "card_license_name": "fiqa-2018-non-commercial",
+                        "card_license_link": "https://example.org/fiqa-terms",
+                    }
+                ]
+            },
+            {
+                "license": "other",
+                "license_name": "fiqa-2018-non-commercial",
+                "license_link": "https://example.org/fiqa-terms",
+            },
+        ),
+        # a Hub source and a text collection under other terms: never two ids joined
+        (
+            {
+                "fiqa/mined_scores": [{**FIQA_LINEAGE, "card_license": "cc-by-nc-4.0"}],
+                "text/fiqa/queries": [{"url": "u", "md5": "m"}],
+            },
+            {
+                "license": "other",
+                "license_name": "terms-of-every-source",
+                "license_link": "README.md#licence",
+            },
+        ),
+        # a source whose card states no licence falls back to the table's terms
+        (
+            {"fiqa/mined_scores": [FIQA_LINEAGE]},
+            {
+                "license": "other",
+                "license_name": "fiqa-mined-non-commercial",
+                "license_link": "README.md#licence",
+            },
+        ),
+    ],
+)
+def test_card_licence_is_one_hub_id_or_other_with_name_and_link(reads, expected) -> None:
+    assert licence_header(licences_for(reads)) == expected
+
+
+def test_card_body_names_each_recorded_licence_with_its_revision() -> None:
+    reads = {
+        "fiqa/mined_scores": [
+            {
+                **FIQA_LINEAGE,
+                "card_license": "other",
+                "card_license_name": "fiqa-2018-non-commercial",
+                "card_license_link": "https://example.org/fiqa-terms",
+            }
+        ],
+        "text/fiqa/corpus": [{"url": "u", "md5": "m"}],
+    }
+    [hub, texts] = licences_for(reads)
+    assert hub.terms == (
+        "stefan-jo/fiqa-train-mined-reranker-scores (revision abc123): its dataset card's "
+        "licence `fiqa-2018-non-commercial`, https://example.org/fiqa-terms."
+    )
+    assert texts.name == "fiqa-2018"
+
+
+# ---- dagster/row_count is the rows a trainer iterates -----------------------------------------
+# per format, the train file(s) counted independently of the export code: the PyLate
+# query/document tables, the lightning-ir `.run` copy and the validation files are not rows
+TRAIN_ROWS = {
+    "splade": ("train/query_master.ndjson*", "json"),
+    "splade_triplets": ("part-*.parquet", "parquet"),
+    "margin_mse": ("part-*.parquet", "parquet"),
+    "pointwise": ("part-*.parquet", "parquet"),
+    "pylate_kd": ("train-part-*.parquet", "parquet"),
+    "lightning_ir": ("*.parquet", "parquet"),
+    "tevatron": ("train.jsonl*", "json"),
+}
+
+
+def test_row_count_is_the_train_rows_of_each_format(sample: SampleExports) -> None:
+    reported = {
+        (e.asset_key.to_user_string(), e.partition): e.materialization.metadata
+        for result in sample.results.values()
+        for e in result.get_asset_materialization_events()
+    }
+    assert {k.split("/")[1] for k, _ in reported} == set(TRAIN_ROWS)
+    for (key, partition), metadata in reported.items():
+        pattern, kind = TRAIN_ROWS[key.split("/")[1]]
+        glob = str(sample.path(key, partition).resolve() / pattern)
+        reader = "read_parquet" if kind == "parquet" else "read_json_objects"
+        ((rows,),) = duckdb.execute(f"SELECT count(*) FROM {reader}($g)", {"g": glob}).fetchall()
+        if key.startswith("exports/lightning_ir/"):  # one Parquet run file besides the id map
+            assert len(list(sample.path(key, partition).glob("*.parquet"))) == 1
+        assert metadata["dagster/row_count"].value == rows > 0, (key, partition)

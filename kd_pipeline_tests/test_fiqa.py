@@ -80,7 +80,8 @@ def test_mined_scores_on_the_sample(lake_dir: Path) -> None:
 
     meta = materialized(result, MINED_KEY)
     assert meta["licence"] == FIQA_MINED_LICENCE == "non-commercial (see dataset card)"
-    assert meta["card_licence"] == "cc-by-nc-4.0"
+    assert meta["card_license"] == "cc-by-nc-4.0"  # the sample card's, as LightOn records it
+    assert "card_license_name" not in meta and "card_licence" not in meta
     assert meta["unresolved_ids"].startswith("ids without a text: 1 of 640 rows")
     assert meta["files"] == [PARQUET] and meta["revision"].startswith("mirror-")
     assert Lake(lake_dir).manifest(MINED_KEY.path)["lineage"]["licence"] == FIQA_MINED_LICENCE
@@ -102,6 +103,39 @@ def test_mined_scores_from_the_hub_pin_the_revision(
         meta = materialized(result, MINED_KEY)
         assert meta["source"] == "hub" and meta["revision"] == hub.revision(FIQA_MINED_REPO_ID)
         assert meta["dagster/row_count"] == 640
+
+
+def test_card_licence_other_name_and_link_are_recorded(
+    lake_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A card with `license: other` names its terms in license_name / license_link: all
+    three reach the metadata and the manifest's lineage (the fields LightOn records)."""
+    mirror = stand_in_mirror(tmp_path / "mirror")
+    card = mirror / "hf" / "datasets" / FIQA_MINED_REPO_ID / "README.md"
+    card.write_text(
+        CARD.replace(
+            "license: cc-by-nc-4.0\n",
+            "license: other\nlicense_name: fiqa-2018-non-commercial\n"
+            "license_link: https://example.org/fiqa-terms\n",
+        ),
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
+    result = run_job(FIQA_JOB)
+    assert result.success, failures(result)
+    expected = {
+        "card_license": "other",
+        "card_license_name": "fiqa-2018-non-commercial",
+        "card_license_link": "https://example.org/fiqa-terms",
+    }
+    meta = materialized(result, MINED_KEY)
+    assert {k: meta[k] for k in expected} == expected
+    lineage = Lake(lake_dir).manifest(MINED_KEY.path)["lineage"]
+    assert {k: v for k, v in lineage.items() if k.startswith("card_")} == expected
+    # every declared check of the asset is evaluated (the shrink guard among them)
+    declared = {s.name for s in defs.resolve_assets_def(MINED_KEY).check_specs}
+    assert "no_unexpected_shrink" in declared
+    assert {n for k, n in checks(result) if k == MINED_KEY.to_user_string()} == declared
 
 
 def _rewrite(mirror: Path, table: pa.Table) -> None:

@@ -425,28 +425,47 @@ def test_catalog_has_one_view_per_asset_with_partition_column_for_partitioned_on
 
 
 def test_catalog_view_names_need_no_quoting(lake_dir: Path) -> None:
-    """Plain SQL reaches every view: multi-part keys joined by `_`, unsafe characters and
-    reserved words made plain, two keys that would collide kept apart."""
+    """Plain SQL reaches every view: multi-part keys joined by `_`, an export by its key's
+    last part (`exports/splade/splade_hofstaetter` -> `exports.splade_hofstaetter`), unsafe
+    characters and reserved words made plain, two keys that would collide kept apart."""
+    from kd_pipeline.exports.specs import load_export_specs
+
     lake = Lake(lake_dir)
+    specs = load_export_specs()
+    for number, spec in enumerate(specs):
+        publish_ids(lake, tuple(spec.key.path), None, [100 + number])
     publish_ids(lake, ("text", "msmarco_passage", "collection"), None, [1])
-    publish_ids(lake, ("exports", "splade", "hofstaetter_ensemble"), None, [2])
     publish_ids(lake, ("lighton", "custom", "v-0a1b"), None, [3])
     publish_ids(lake, ("lighton", "custom_v_0a1b"), None, [4])
     publish_ids(lake, ("fam", "select"), None, [5])
     with duckdb.connect(str(lake.rebuild_catalog()), read_only=True) as con:
+        for number, spec in enumerate(specs):
+            view = f"exports.{spec.label}"
+            assert con.execute(f"SELECT id FROM {view}").fetchall() == [(100 + number,)], view
         for view, expected in [
+            ("exports.splade_hofstaetter", specs_id(specs, "exports/splade/splade_hofstaetter")),
+            ("exports.pylate_kd_fiqa", specs_id(specs, "exports/pylate_kd/pylate_kd_fiqa")),
             ("text.msmarco_passage_collection", 1),
-            ("exports.splade_hofstaetter_ensemble", 2),
             ("lighton.custom_v_0a1b", 3),
             ("fam.select_", 5),
         ]:
             assert con.execute(f"SELECT id FROM {view}").fetchall() == [(expected,)], view
+        export_views = con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE schema_name = 'exports'"
+        ).fetchall()
         views = con.execute(
             "SELECT view_name FROM duckdb_views() WHERE schema_name = 'lighton'"
         ).fetchall()
+    assert sorted(v[0] for v in export_views) == sorted(spec.label for spec in specs)
     names = sorted(v[0] for v in views)
     assert names[0] == "custom_v_0a1b" and names[1].startswith("custom_v_0a1b_")
     assert catalog_view_names([("2024", "a.b")]) == {("2024", "a.b"): ("_2024", "a_b")}
+
+
+def specs_id(specs: Sequence, key: str) -> int:
+    """The id published for the export spec whose key reads `key`."""
+    (number,) = [n for n, s in enumerate(specs) if s.key.to_user_string() == key]
+    return 100 + number
 
 
 def test_catalog_follows_republished_partitions(lake_dir: Path):

@@ -260,6 +260,11 @@ def _flag_schema(drop: pa.DataType | None, duplicate: pa.DataType | None) -> pa.
     return pa.schema(fields)
 
 
+def _no_drops(rows: list[dict]) -> list[dict]:
+    """The rows with every drop null (written as a pa.null() column)."""
+    return [{**r, "drop": None} for r in rows]
+
+
 def _write_shards(mirror, config: str, shards: list[tuple[list[dict], pa.Schema]]) -> None:
     for number, (rows, schema) in enumerate(shards):
         kept = [{k: v for k, v in r.items() if k in schema.names} for r in rows]
@@ -277,8 +282,9 @@ def _check(result, name: str) -> dg.AssetCheckEvaluation:
 
 
 def test_null_and_absent_flags_read_as_the_seed_reads_them(lake_dir, tmp_path, monkeypatch):
-    """Null drop = not dropped, a shard without drop = not dropped, a shard without
-    duplicate = no duplicates: published, counted in metadata and in a WARN check."""
+    """Null drop = not dropped, a shard without drop = not dropped, a shard whose drop is
+    all null (type NULL) = not dropped, a shard without duplicate = no duplicates:
+    published, counted in metadata and in a WARN check."""
     mirror = tmp_path / "mirror"
     with_nulls = pairs(6)
     for r in with_nulls[:2]:
@@ -290,31 +296,67 @@ def test_null_and_absent_flags_read_as_the_seed_reads_them(lake_dir, tmp_path, m
             (with_nulls, _flag_schema(pa.bool_(), pa.int64())),  # rows 0-5, 2 null drops
             (pairs(4, start=6), _flag_schema(None, pa.int64())),  # no drop column
             (pairs(3, start=10), _flag_schema(pa.bool_(), None)),  # no duplicate column
+            (_no_drops(pairs(3, start=13)), _flag_schema(pa.null(), pa.int64())),  # all-null drop
         ],
     )
     monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
     result = _materialize("agnews")
     assert result.success, failures(result)
     rows = {r[2]: r for r in _raw_rows(Lake(lake_dir), "agnews")}
-    assert len(rows) == 13
+    assert len(rows) == 16
     assert rows["query 0"][5] is False and rows["query 1"][5] is False  # null drop: kept
     assert rows["query 3"][5] is True  # a real drop flag is kept as it is
     assert all(rows[f"query {i}"][5] is False for i in range(6, 10))  # absent drop: kept
+    assert all(rows[f"query {i}"][5] is False for i in range(13, 16))  # all-null drop: kept
     assert rows["query 7"][6] == 0  # duplicate of the shard that has the column
     assert all(rows[f"query {i}"][6] is None for i in range(10, 13))  # absent: no duplicate
     meta = result.asset_materializations_for_node("lighton__raw")[0].metadata
-    assert meta["drop_unset_rows"].value == 6
+    assert meta["drop_unset_rows"].value == 2 + 4 + 3
     assert meta["files_without_drop"].value == "train-1.parquet"
     assert meta["files_without_duplicate"].value == "train-2.parquet"
     warned = _check(result, "drop_flag_set")
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    assert warned.metadata["violations"].value == 6
+    assert warned.metadata["violations"].value == 2 + 4 + 3
+    # every declared check is evaluated, the shrink guard included, and nothing else
+    from kd_pipeline.definitions import defs
+    from kd_pipeline.families.lighton import RAW_KEY
+
+    declared = {s.name for s in defs.resolve_assets_def(RAW_KEY).check_specs}
+    assert "no_unexpected_shrink" in declared
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations if e.asset_key == RAW_KEY} == declared
     # the recommended subset keeps the rows whose drop was unset
     recommended = duckdb.execute(
         "SELECT count(*) FROM read_parquet($g) WHERE query IN ('query 1', 'query 6')",
         {"g": Lake(lake_dir).parquet_glob(("lighton", "recommended"), "agnews")},
     ).fetchall()[0][0]
     assert recommended == 2
+
+
+def test_an_all_null_drop_written_by_pandas_reads_as_not_dropped(lake_dir, tmp_path, monkeypatch):
+    """pandas writes a `drop` of [None, None, ...] as a column of type null (as pyarrow's
+    pa.null()): every row is kept and counted as unset, like an absent column."""
+    import pandas as pd
+
+    rows = pairs(5)
+    frame = pd.DataFrame(
+        {
+            "query": [r["query"] for r in rows],
+            "document": [r["document"] for r in rows],
+            "similarity": [r["similarity"] for r in rows],
+            "drop": [None] * len(rows),
+        }
+    )
+    shard = lighton_repo(tmp_path / "mirror") / "agnews" / "train-0.parquet"
+    shard.parent.mkdir(parents=True)
+    frame.to_parquet(shard)
+    monkeypatch.setenv("KD_PIPELINE_MIRROR", str(tmp_path / "mirror"))
+    result = _materialize("agnews")
+    assert result.success, failures(result)
+    assert [r[5] for r in _raw_rows(Lake(lake_dir), "agnews")] == [False] * 5
+    meta = result.asset_materializations_for_node("lighton__raw")[0].metadata
+    assert meta["drop_unset_rows"].value == 5
+    assert meta["files_without_drop"].value == "-"  # the column is there, all null
 
 
 def test_null_text_or_score_still_blocks(lake_dir, tmp_path, monkeypatch):
@@ -366,15 +408,23 @@ def test_nan_float_flags_at_realistic_size(lake_dir, tmp_path, monkeypatch):
     assert meta["drop_unset_rows"].value == n // 3
 
 
+DUP = "column 'duplicate' "
+
+
 @pytest.mark.parametrize(
     ("column", "dtype", "values", "message"),
     [
-        ("drop", pa.int64(), [0, 1, 2], r"column 'drop' \(BIGINT\), row 2: value 2 has no meaning"),
-        ("drop", pa.int8(), [-1, 0, 1], r"column 'drop' \(TINYINT\), row 0: value -1"),
-        ("drop", pa.float64(), [0.0, math.nan, 0.5], r"column 'drop' \(DOUBLE\), row 2: value 0.5"),
-        ("duplicate", pa.float64(), [1.0, math.nan, 2.5], r"column 'duplicate' \(DOUBLE\), row 2"),
-        ("duplicate", pa.float64(), [math.inf, 1.0, 2.0], r"column 'duplicate' \(DOUBLE\), row 0"),
-        ("duplicate", pa.uint64(), [1, 2**63, 3], r"column 'duplicate' \(UBIGINT\), row 1"),
+        ("drop", pa.int64(), [0, 1, 2], r"column 'drop' \(BIGINT\), row 3: value 2 has no meaning"),
+        ("drop", pa.int8(), [-1, 0, 1], r"column 'drop' \(TINYINT\), row 1: value -1"),
+        ("drop", pa.float64(), [0.0, math.nan, 0.5], r"column 'drop' \(DOUBLE\), row 3: value 0.5"),
+        ("duplicate", pa.float64(), [1.0, math.nan, 2.5], DUP + r"\(DOUBLE\), row 3: value 2.5"),
+        ("duplicate", pa.float64(), [math.inf, 1.0, 2.0], DUP + r"\(DOUBLE\), row 1: value inf"),
+        (
+            "duplicate",
+            pa.uint64(),
+            [1, 2**63, 3],
+            DUP + r"\(UBIGINT\), row 2: value 9223372036854775808",
+        ),
     ],
 )
 def test_flag_values_without_meaning_are_schema_errors(
@@ -458,7 +508,7 @@ def test_card_licence_name_and_link_are_recorded(lake_dir, tmp_path, monkeypatch
 
 
 def test_card_licence_reads_only_what_the_card_states() -> None:
-    from kd_pipeline.families.lighton import card_licence
+    from kd_pipeline.families.cards import card_licence
 
     assert card_licence("---\nlicense: apache-2.0\n---\n") == {"license": "apache-2.0"}
     assert card_licence("---\nlicense: [mit, cc-by-4.0]\n---\n") == {"license": "mit, cc-by-4.0"}

@@ -2,7 +2,8 @@
 loaded with `datasets.load_dataset(folder, split="train")`, a tiny local model is built from
 its own text, and one optimisation step runs through the library's own trainer and loss
 (bi-encoder + `MarginMSELoss` for the margin rows, single and multi-negative;
-`CrossEncoder` + its `MSELoss` for the pointwise scores)."""
+`CrossEncoder` + its `MSELoss` for the pointwise scores, the ordered DenseON-LateON mixture
+included once its leading `position` column is removed)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from sentence_transformers.cross_encoder.losses import MSELoss
 from sentence_transformers.losses import MarginMSELoss
 
 from kd_pipeline.families.upstream import RUN_VARIANTS
-from kd_pipeline_tests.sample_exports import LIGHTON_CONFIG, BuiltExports
+from kd_pipeline.lake import Lake
+from kd_pipeline_tests.sample_exports import LIGHTON_CONFIG, MIXTURE_EXPORT, BuiltExports
 from kd_pipeline_tests.tiny_models import Snapshot, assert_trained, tiny_bert
 
 pytestmark = pytest.mark.usefixtures("offline_consumers")
@@ -89,6 +91,23 @@ def test_pointwise_export_trains_a_cross_encoder(
     folder = sample_exports.path(key, partition)
     rows = load_dataset(str(folder), split="train")
     assert rows.column_names == ["query", "document", "score"]
+    train_cross_encoder(rows, tmp_path)
+
+
+def test_ordered_pointwise_export_trains_a_cross_encoder(mixture: Path, tmp_path: Path) -> None:
+    """The DenseON-LateON mixture (ordered: `position` leads each row): the position is
+    dropped, the rows stay in their order, and a CrossEncoder step runs on them."""
+    folder = Lake(mixture).published_path(MIXTURE_EXPORT.split("/"))
+    rows = load_dataset(str(folder), split="train")
+    assert rows.column_names == ["position", "query", "document", "score"]
+    assert rows["position"] == sorted(rows["position"])  # the training order, kept
+    rows = rows.remove_columns("position")
+    assert rows.column_names == ["query", "document", "score"]
+    train_cross_encoder(rows, tmp_path)
+
+
+def train_cross_encoder(rows: Dataset, tmp_path: Path) -> None:
+    """One CrossEncoder step (MSE on `score`) on the rows; asserts it trained."""
     model = CrossEncoder(tiny_bert(tmp_path / "model", texts_of(rows)), num_labels=1, device="cpu")
     before = Snapshot(model)
     trainer = CrossEncoderTrainer(

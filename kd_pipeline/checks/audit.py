@@ -41,6 +41,12 @@ def shrink_rule(previous_rows: int | None = None) -> Rule:
     )
 
 
+# The assets declared with the shrink guard (check_specs(upstream=True)): audit_and_publish
+# evaluates it for exactly these, so the check is never declared without being evaluated,
+# nor evaluated without being declared. Keys as path tuples.
+_SHRINK_GUARDED: set[tuple[str, ...]] = set()
+
+
 def check_specs(
     rules: Sequence[Rule],
     key: dg.AssetKey,
@@ -50,12 +56,15 @@ def check_specs(
 ) -> list[dg.AssetCheckSpec]:
     """One check per rule; blocking rules gate downstream materialisation too.
 
-    upstream: the asset reads upstream files, so it also gets the shrink guard (pass the same
-    to audit_and_publish). partitions_def: the asset's; every evaluation then records its
-    partition, so the UI shows which partition a check passed or failed for.
+    upstream: the asset reads upstream files, so it also gets the shrink guard, which
+    audit_and_publish then evaluates on every publish of that key (declared here only).
+    partitions_def: the asset's; every evaluation then records its partition, so the UI
+    shows which partition a check passed or failed for.
     """
+    declared = [(r.name, r.description, r.blocking) for r in rules]
     if upstream:
-        rules = [*rules, Rule(SHRINK_RULE, SHRINK_DESCRIPTION, no_unexpected_shrink("", 0, 1))]
+        _SHRINK_GUARDED.add(tuple(key.path))
+        declared.append((SHRINK_RULE, SHRINK_DESCRIPTION, True))
     # Partitioned check specs are a Dagster preview: used on purpose (without them the UI
     # shows no partition for a result and "Not Evaluated" after a blocked publish), so the
     # warning printed on every load is silenced here, and only here.
@@ -63,13 +72,13 @@ def check_specs(
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return [
             dg.AssetCheckSpec(
-                rule.name,
+                name,
                 asset=key,
-                description=rule.description,
-                blocking=rule.blocking,
+                description=description,
+                blocking=blocking,
                 partitions_def=partitions_def,
             )
-            for rule in rules
+            for name, description, blocking in declared
         ]
 
 
@@ -98,17 +107,15 @@ def audit_and_publish(
     metadata: Mapping[str, Any],
     manifest: Mapping[str, Any],
     table: Table | None = None,
-    *,
-    upstream: bool = False,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
     """Audit the staged version; publish it and report, or report and refuse.
 
     table: what the rules read (default: the staged Parquet files); an export whose files
     are not Parquet at the top of the folder (NDJSON, a named run file) passes its own.
-    upstream: the data was read from upstream files: the shrink guard compares it with the
-    published version's row count.
+    An asset declared with the shrink guard (check_specs(upstream=True)) also gets it: the
+    staged rows against the published version's row count.
     """
-    if upstream:
+    if tuple(staged.key) in _SHRINK_GUARDED:
         rules = [*rules, shrink_rule(lake.published_rows(staged.key, staged.partition))]
     if table is None:
         table = Table("read_parquet($staged_glob)", {"staged_glob": staged.parquet_glob()})

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import duckdb
 
+from kd_pipeline.exports.knobs import check_integer
 from kd_pipeline.exports.sources import ExportSource
 
 CANDIDATES = "kd_candidates"
@@ -48,8 +49,7 @@ class SourceSplit:
             raise ValueError(f"validation_fraction={self.validation_fraction!r}: expected [0, 1)")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction!r}: expected [0, 1)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: expected an integer")
+        check_integer("seed", self.seed)
 
     def split_sql(self, text_column: str) -> str:
         """SQL: 'train' or 'validation' for a query with this text."""
@@ -87,8 +87,7 @@ class Selection:
     def __post_init__(self) -> None:
         if self.positives not in ("labels", "teacher_top"):
             raise ValueError(f"positives={self.positives!r}: expected labels or teacher_top")
-        if not isinstance(self.positive_top_k, int) or self.positive_top_k < 1:
-            raise ValueError(f"positive_top_k={self.positive_top_k!r}: expected an integer >= 1")
+        check_integer("positive_top_k", self.positive_top_k, minimum=1)
         if not isinstance(self.drop_queries_without_negatives, bool):
             raise ValueError("drop_queries_without_negatives: expected true or false")
 
@@ -262,16 +261,12 @@ class NegativeChoice:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_negatives is not None and (
-            not isinstance(self.max_negatives, int) or self.max_negatives < 1
-        ):
-            raise ValueError(f"max_negatives={self.max_negatives!r}: expected >= 1 or null")
+        check_integer("max_negatives", self.max_negatives, minimum=1, optional=True)
         if self.negative_selection not in ("hardest", "random"):
             raise ValueError(
                 f"negative_selection={self.negative_selection!r}: expected hardest or random"
             )
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: expected an integer")
+        check_integer("seed", self.seed)
 
 
 def seeded_order(seed: int, *columns: str) -> str:

@@ -3,8 +3,10 @@
 The YAML header names the folder's subsets and splits in a `configs:` block (so
 `datasets.load_dataset(folder)` and `load_dataset(folder, "<config>")` read exactly the
 export's files, in name order, and `push_to_hub` of the folder keeps them), the licence of
-every source the rows come from, and the provenance: the source and text assets with the
-versions that were read, the spec, its knobs, the split and the score transform. The card
+every source the rows come from (as its own dataset card recorded it when it has one), and
+the provenance: the source and text assets with the versions that were read and the
+upstream lineage recorded for them (revision or md5, card licence), the spec, its knobs,
+the split and the score transform. The card
 is a pure function of those inputs, so two builds of the same inputs write the same bytes.
 """
 
@@ -23,13 +25,18 @@ VALIDATION_DIR = "validation"
 
 @dataclass(frozen=True)
 class Licence:
-    """One source's terms: an id for the card's `license_name`, and a sentence."""
+    """One source's terms: a name (a Hub licence id when `hub_id` is set, else an id for
+    `license_name`), a sentence, and where the terms are written (None: only here)."""
 
     name: str
     terms: str
+    hub_id: str | None = None
+    link: str | None = None
 
 
-# by the first part of an asset key (the family); texts are listed by their own key
+# Terms of the sources that record no dataset card licence, by the first part of an asset
+# key (the family) or a text collection's key; a Hub source's card licence, recorded in its
+# lineage (`card_license`, `card_license_name`, `card_license_link`), comes first.
 LICENCES: dict[str, Licence] = {
     "hofstaetter": Licence(
         "ms-marco-derived",
@@ -43,12 +50,12 @@ LICENCES: dict[str, Licence] = {
     ),
     "fiqa": Licence(
         "fiqa-mined-non-commercial",
-        "stefan-jo/fiqa-train-mined-reranker-scores: non-commercial (see its card).",
+        "stefan-jo/fiqa-train-mined-reranker-scores: non-commercial (its card stated none).",
     ),
     "lighton": Licence(
         "lighton-embeddings-pre-training",
-        "lightonai/embeddings-pre-training: the terms of its dataset card apply (not "
-        "verified here).",
+        "lightonai/embeddings-pre-training: the terms of its dataset card apply (its card "
+        "stated none).",
     ),
     "text/msmarco_passage": Licence(
         "ms-marco", "MS MARCO passage texts: non-commercial research use only."
@@ -57,13 +64,38 @@ LICENCES: dict[str, Licence] = {
         "fiqa-2018", "BEIR FiQA-2018 texts: the FiQA 2018 challenge terms apply (not verified)."
     ),
 }
+# The card's header when its rows come under several sources' terms: `license: other`,
+# this name, and a link to the card's own licence section listing each source's terms.
+SEVERAL_LICENCES = "terms-of-every-source"
+LICENCE_SECTION = "Licence"
 
 
-def licences_for(keys: Sequence[str]) -> list[Licence]:
-    """The licences of the assets an export reads (source first, then texts), once each."""
+def recorded_licence(lineage: Mapping[str, Any]) -> Licence | None:
+    """The licence one upstream read recorded from its dataset card (kd_pipeline.families.
+    cards.card_licence: `card_license`, plus `card_license_name` / `card_license_link` for
+    `license: other`), or None when it recorded none. A single Hub id is kept as the id;
+    `other` (or a list of ids) is named by its license_name."""
+    declared = lineage.get("card_license")
+    if declared in (None, ""):
+        return None
+    declared = str(declared)
+    single = declared != "other" and "," not in declared
+    name = declared if single else str(lineage.get("card_license_name") or declared)
+    repo = lineage.get("repo_id", "the upstream dataset")
+    link = lineage.get("card_license_link")
+    terms = f"{repo} (revision {lineage.get('revision', '?')}): its dataset card's licence"
+    terms += f" `{name}`" + (f", {link}" if link else "") + "."
+    return Licence(name, terms, declared if single else None, str(link) if link else None)
+
+
+def licences_for(reads: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[Licence]:
+    """The licences of the assets an export reads (source first, then texts), once each:
+    reads maps each asset key to the upstream lineage recorded for it (one entry per
+    upstream read); the card licence recorded there wins over the LICENCES table."""
     found: list[Licence] = []
-    for key in keys:
-        match = next(
+    for key, lineages in reads.items():
+        recorded = [lic for lin in lineages if (lic := recorded_licence(lin)) is not None]
+        fallback = next(
             (
                 lic
                 for prefix, lic in LICENCES.items()
@@ -71,9 +103,31 @@ def licences_for(keys: Sequence[str]) -> list[Licence]:
             ),
             None,
         )
-        if match is not None and match not in found:
-            found.append(match)
+        for lic in recorded or ([fallback] if fallback is not None else []):
+            if lic not in found:
+                found.append(lic)
     return found
+
+
+def licence_header(licences: Sequence[Licence]) -> dict[str, str]:
+    """The card's licence fields as the Hub reads them: one source under a Hub licence ->
+    `license: <id>`; otherwise `license: other` with `license_name` and `license_link` (the
+    source's own terms when there is one source, else SEVERAL_LICENCES and the card's
+    licence section, which lists every source's terms). Never several ids in one field."""
+    if len(licences) == 1 and licences[0].hub_id:
+        return {"license": licences[0].hub_id}
+    if len(licences) == 1:
+        only = licences[0]
+        return {
+            "license": "other",
+            "license_name": only.name,
+            "license_link": only.link or f"{CARD_NAME}#{LICENCE_SECTION.lower()}",
+        }
+    return {
+        "license": "other",
+        "license_name": SEVERAL_LICENCES if licences else "unknown",
+        "license_link": f"{CARD_NAME}#{LICENCE_SECTION.lower()}",
+    }
 
 
 def split_path(pattern: str, split: str, writes_splits: bool) -> str:
@@ -111,15 +165,13 @@ def render_card(
     title: str,
     description: str,
     configs: list[dict[str, Any]],
-    reads: Sequence[str],
+    licences: Sequence[Licence],
     provenance: Mapping[str, Any],
     consumer: str,
 ) -> str:
     """The README.md text: YAML header, then what the export is and where it came from."""
-    licences = licences_for(reads)
     header: dict[str, Any] = {
-        "license": "other",
-        "license_name": "+".join(lic.name for lic in licences) or "unknown",
+        **licence_header(licences),
         "pretty_name": export,
         "tags": ["knowledge-distillation", "information-retrieval", "kd-pipeline"],
         "configs": configs,
@@ -136,7 +188,9 @@ def render_card(
         "",
         consumer,
         "",
-        "## Licence (every source's terms apply)",
+        f"## {LICENCE_SECTION}",
+        "",
+        "Every source's terms apply:",
         "",
         *(f"- `{lic.name}`: {lic.terms}" for lic in licences),
         "",

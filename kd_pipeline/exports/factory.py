@@ -27,6 +27,7 @@ from kd_pipeline.checks.candidates import one_split_per_query
 from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
 from kd_pipeline.engine import engine_connection
 from kd_pipeline.exports.candidates import (
+    CANDIDATES,
     SPLITS,
     TextGlobs,
     keep_all_splits,
@@ -34,7 +35,14 @@ from kd_pipeline.exports.candidates import (
     present_splits,
     restrict_to_split,
 )
-from kd_pipeline.exports.card import VALIDATION_DIR, configs_block, render_card, write_card
+from kd_pipeline.exports.card import (
+    VALIDATION_DIR,
+    configs_block,
+    licence_header,
+    licences_for,
+    render_card,
+    write_card,
+)
 from kd_pipeline.exports.format import ExportRun, Written, knob_values
 from kd_pipeline.exports.specs import ExportSpec, load_export_specs
 from kd_pipeline.lake import Lake, LakeError
@@ -127,7 +135,9 @@ def _source_glob(lake: Lake, spec: ExportSpec, partition: str | None) -> str:
 def write_splits(spec: ExportSpec, run: ExportRun) -> dict[str, Written]:
     """Write the export: once (a format that lays out its splits itself), or once per
     split with the candidate tables holding only that split's queries, train at the top of
-    the folder and validation under `validation/`."""
+    the folder and validation under `validation/`. score_scope: export is scaled over the
+    whole export: its statistics are taken here, before the split."""
+    run = replace(run, scale=run.transform.export_scale(run.con, CANDIDATES))
     if spec.format.writes_splits:
         return {"train": spec.format.write(run)}
     splits = present_splits(run.con)
@@ -204,6 +214,7 @@ def build_card(
         "source": spec.source.name,
         "texts": [k.to_user_string() for k in spec.texts.keys] if spec.texts else [],
         "versions read (lake snapshot)": dict(lineage["versions"]),
+        "upstream lineage (as recorded by the assets read)": dict(lineage["upstream"]),
         "spec": "kd_pipeline/exports/exports.yaml",
         "knobs": dict(knob_json),
         "split": {**knob_values(spec.split), "queries": dict(counts.get("split_queries", {}))},
@@ -213,7 +224,7 @@ def build_card(
         title=fmt.title,
         description=spec.description,
         configs=configs,
-        reads=[spec.source.name, *provenance["texts"]],
+        licences=licences_for(lineage["upstream"]),
         provenance=provenance,
         consumer=fmt.consumer,
     )
@@ -286,16 +297,21 @@ def run_export(
                 for k in upstream
             },
             "split": knob_values(spec.split),
-            **({"licence": spec.source.licence} if spec.source.licence else {}),
+            "upstream": {
+                k.to_user_string(): recorded_lineage(
+                    lake, spec, k, partition if k == spec.source.key else None
+                )
+                for k in upstream
+            },
         }
+        lineage["licence"] = licence_header(licences_for(lineage["upstream"]))
         files = _merged_files(written, spec.format.writes_splits)
         written_counts = _merged_counts(written)
         splits = [s for s in SPLITS if counts["split_queries"].get(s)] or ["train"]
         write_card(staged.path, build_card(spec, partition, splits, knob_json, lineage, counts))
         _fsync_files(staged.path)
-        main_rows = counts["queries"] if spec.format.name == "splade" else sum(files.values())
         metadata: dict[str, Any] = {
-            "dagster/row_count": main_rows,
+            "dagster/row_count": spec.format.row_count(written["train"]),
             "format": spec.format.title,
             "files": dg.MetadataValue.json(files),
             "selection": dg.MetadataValue.json(counts),
@@ -311,12 +327,10 @@ def run_export(
                 }
             ),
         }
-        if spec.source.licence:
-            metadata["licence"] = spec.source.licence
-        if spec.format.name in {"margin_mse", "pointwise", "splade_triplets"}:
-            metadata["preview"] = preview(
-                con, written["train"].table, _preview_columns(spec, knobs, spec.source.ordered)
-            )
+        metadata["licence"] = " ".join(lineage["licence"].values())
+        if spec.format.preview_columns is not None:
+            columns = spec.format.preview_columns(knobs, spec.source.ordered)
+            metadata["preview"] = preview(con, written["train"].table, columns)
         manifest = {
             "format": spec.format.name,
             "files": files,
@@ -331,13 +345,39 @@ def run_export(
         )
 
 
-def _preview_columns(spec: ExportSpec, knobs: Any, ordered: bool) -> list[str]:
-    names = [c.name for c in spec.format.column_schema.columns]
-    if spec.format.name == "margin_mse" and getattr(knobs, "negatives_per_row", 1) > 1:
-        return ["query", "positive", "negative_1", "score"]
-    if spec.format.name == "pointwise" and not ordered:
-        return [n for n in names if n != "position"]
-    return names
+# what an upstream lineage entry says about the bytes read; files and sizes stay in the
+# read asset's own manifest
+_LINEAGE_DROPPED = {"files", "bytes", "texts"}
+
+
+def recorded_lineage(
+    lake: Lake, spec: ExportSpec, key: dg.AssetKey, partition: str | None
+) -> list[dict[str, Any]]:
+    """The upstream lineage the lake recorded for one asset an export reads (its manifest's
+    `lineage`: source, revision or url + md5, card licence fields), one entry per distinct
+    upstream read. A source built from another lake asset (spec.source.lineage_from: the
+    LightOn recipes from lighton/raw) gives that asset's lineage: of its own partition for a
+    partitioned recipe, of every partition its manifest names for a union."""
+    manifest = _manifest(lake, key, partition)
+    via = spec.source.lineage_from if key == spec.source.key else None
+    if via is None:
+        entries = [manifest.get("lineage") or {}]
+    else:
+        built_from = [partition] if partition else sorted(manifest.get("upstream") or {})
+        entries = [_manifest(lake, via, p).get("lineage") or {} for p in built_from]
+    found: list[dict[str, Any]] = []
+    for entry in entries:
+        kept = {k: v for k, v in entry.items() if k not in _LINEAGE_DROPPED}
+        if kept and kept not in found:
+            found.append(kept)
+    return found
+
+
+def _manifest(lake: Lake, key: dg.AssetKey, partition: str | None) -> dict[str, Any]:
+    try:
+        return lake.manifest(key.path, partition)
+    except LakeError:  # the manifest is lineage only; a missing one is not a failure
+        return {}
 
 
 def _version(lake: Lake, key: dg.AssetKey, partition: str | None) -> str:
@@ -348,7 +388,7 @@ def _version(lake: Lake, key: dg.AssetKey, partition: str | None) -> str:
 
 
 def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
-    """exports/<format>/<name>: the spec's format over its source (and texts)."""
+    """exports/<format>/<format>_<name>: the spec's format over its source (and texts)."""
     key = spec.key
     deps = [
         dg.AssetDep(spec.source.key),

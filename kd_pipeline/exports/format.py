@@ -18,7 +18,8 @@ import dagster as dg
 import duckdb
 
 from kd_pipeline.checks.rules import Rule, Table
-from kd_pipeline.exports.scores import ScoreTransform
+from kd_pipeline.exports.knobs import check_integer
+from kd_pipeline.exports.scores import ExportScale, ScoreTransform
 
 
 class SpecError(ValueError):
@@ -44,6 +45,12 @@ class ExportRun:
     transform: ScoreTransform = field(default_factory=ScoreTransform)
     export: str = ""  # the asset key, for messages
     ordered: bool = False  # the source's rows are in training order (kd_rows exists)
+    # score_scope: export: the whole export's score statistics, taken before the split
+    scale: ExportScale | None = None
+
+    def apply_transform(self, table: str, group: str = "query_id") -> dict[str, Any]:
+        """The spec's score transform on a temp table of this run (see scores.py)."""
+        return self.transform.apply(self.con, table, group, self.scale)
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class Written:
 class ExportFormat:
     """One training format."""
 
-    name: str  # the asset key's middle part: exports/<name>/<spec name>
+    name: str  # the asset key's middle part: exports/<name>/<name>_<spec name>
     title: str  # one line for descriptions
     kinds: frozenset[str]
     knobs: type  # a frozen dataclass: defaults, validation in __post_init__
@@ -78,9 +85,21 @@ class ExportFormat:
     # format names split folders itself), the default config, the consumer's loading call
     hf_configs: Mapping[str, str]
     consumer: str
+    # the export's `dagster/row_count`, from what `write` returned for the train split: the
+    # rows a trainer iterates (not the query or document tables beside them, nor a second
+    # copy of the same run in another file format, nor the validation split)
+    row_count: Callable[[Written], int]
+    # the columns of the `preview` metadata, for the knobs and whether the source is
+    # ordered (None: the format's rows are not a readable table, no preview)
+    preview_columns: Callable[[Any, bool], list[str]] | None = None
     hf_default: str = "default"
     writes_splits: bool = False  # writes train and validation itself (SPLADE); else the
     # factory runs `write` once per split, validation into `validation/`
+
+
+def rows_of(name: str) -> Callable[[Written], int]:
+    """A row_count: the rows `write` counted for one file (or glob, or folder) name."""
+    return lambda written: int(written.files[name])
 
 
 def parse_knobs(knob_type: type, values: Mapping[str, Any], where: str) -> Any:
@@ -112,5 +131,4 @@ class PartFiles:
 
 
 def check_rows_per_file(value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"rows_per_file={value!r}: expected an integer >= 1 or null")
+    check_integer("rows_per_file", value, minimum=1, optional=True)

@@ -30,6 +30,7 @@ from kd_pipeline.checks.rules import (
 from kd_pipeline.engine import parquet_options
 from kd_pipeline.exports.candidates import CANDIDATES
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.knobs import check_integer
 from kd_pipeline.lake import quote_literal
 
 COLUMNS = {"query_id": "VARCHAR", "doc_id": "VARCHAR", "rank": "INTEGER", "score": "DOUBLE"}
@@ -53,8 +54,7 @@ class LightningIrKnobs:
             r"[a-z0-9][a-z0-9/_-]*", str(self.ir_datasets_id)
         ):
             raise ValueError(f"ir_datasets_id={self.ir_datasets_id!r} is not an ir_datasets id")
-        if self.max_rank is not None and (not isinstance(self.max_rank, int) or self.max_rank < 1):
-            raise ValueError(f"max_rank={self.max_rank!r}: expected >= 1 or null")
+        check_integer("max_rank", self.max_rank, minimum=1, optional=True)
         if not isinstance(self.trec, bool):
             raise ValueError("trec: expected true or false")
 
@@ -89,7 +89,7 @@ def write_run(run: ExportRun) -> Written:
     stem = run_file_stem(system, dataset)
     cut = "" if knobs.max_rank is None else f"WHERE teacher_rank <= {knobs.max_rank}"
     run.con.execute(f"CREATE OR REPLACE TEMP TABLE kd_run AS SELECT * FROM {CANDIDATES} {cut}")
-    scaled = run.transform.apply(run.con, "kd_run")
+    scaled = run.apply_transform("kd_run")
     select = (
         "SELECT query_id, doc_id, teacher_rank AS rank, score FROM kd_run ORDER BY query_id, rank"
     )
@@ -181,6 +181,7 @@ FORMAT = ExportFormat(
     rules=lightning_ir_rules,
     query_column="query_id",
     hf_configs={"default": "__*.parquet"},
+    row_count=lambda written: int(written.files[written.counts["file"]]),  # not the .run copy
     consumer=(
         'lightning-ir: `RunDataset("<folder>/__<system>__<dataset>.parquet", ...)` (the '
         "file name names the ir_datasets collection); `datasets.load_dataset(folder)` reads "

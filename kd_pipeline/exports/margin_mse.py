@@ -22,7 +22,8 @@ from kd_pipeline.exports.candidates import (
     NegativeChoice,
     list_candidates,
 )
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
+from kd_pipeline.exports.knobs import check_integer
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,7 @@ class MarginMseKnobs(NegativeChoice, PartFiles):
     def __post_init__(self) -> None:
         super().__post_init__()
         PartFiles.__post_init__(self)
-        if not isinstance(self.negatives_per_row, int) or self.negatives_per_row < 1:
-            raise ValueError(f"negatives_per_row={self.negatives_per_row!r}: expected >= 1")
+        check_integer("negatives_per_row", self.negatives_per_row, minimum=1)
 
 
 def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:
@@ -55,7 +55,7 @@ def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:
 def write_margin_mse(run: ExportRun) -> Written:
     knobs: MarginMseKnobs = run.knobs
     listed = list_candidates(run.con, knobs)
-    scaled = run.transform.apply(run.con, listed)
+    scaled = run.apply_transform(listed)
     negatives = (
         f"(SELECT query_id, doc_id, score, list_rank AS neg_rank FROM {listed} "
         "WHERE NOT is_positive)"
@@ -177,6 +177,12 @@ FORMAT = ExportFormat(
     rules=margin_mse_rules,
     query_column="query",
     hf_configs={"default": "part-*.parquet"},
+    row_count=rows_of("part-*.parquet"),
+    preview_columns=lambda knobs, _ordered: (
+        ["query", "positive", "negative_1", "score"]
+        if knobs.negatives_per_row > 1
+        else ["query", "positive", "negative", "score"]
+    ),
     consumer=(
         "`datasets.load_dataset(folder)` (splits `train`, and `validation` when the source "
         "has one), then sentence-transformers' `MarginMSELoss` (the label `score` is last)."

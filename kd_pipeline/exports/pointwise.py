@@ -25,7 +25,7 @@ from kd_pipeline.checks.rules import (
 )
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES, ROWS
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
 
 COLUMNS = {"query": "VARCHAR", "document": "VARCHAR", "score": "DOUBLE"}
 ORDERED_COLUMNS = {"position": "BIGINT", **COLUMNS}
@@ -49,7 +49,7 @@ def write_pointwise(run: ExportRun) -> Written:
             f"teacher_rank FROM {CANDIDATES}"
         )
         order, position = "p.query_id, p.teacher_rank", ""
-    scaled = run.transform.apply(con, "kd_pointwise")
+    scaled = run.apply_transform("kd_pointwise")
     rows = copy_parquet(
         con,
         f"SELECT {position}q.text AS query, d.text AS document, p.score "
@@ -132,6 +132,13 @@ FORMAT = ExportFormat(
     rules=pointwise_rules,
     query_column="query",
     hf_configs={"default": "part-*.parquet"},
+    row_count=rows_of("part-*.parquet"),
+    preview_columns=lambda _knobs, ordered: [
+        *(["position"] if ordered else []),
+        "query",
+        "document",
+        "score",
+    ],
     consumer=(
         '`datasets.load_dataset(folder, split="train")`, then sentence-transformers\' '
         "`CrossEncoder` with an MSE-style loss on `score` (drop `position` first if present: "

@@ -23,7 +23,8 @@ from kd_pipeline.checks.candidates import one_list_length
 from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
+from kd_pipeline.exports.knobs import check_integer
 
 TRAIN = {"query_id": "VARCHAR", "document_ids": "VARCHAR[]", "scores": "FLOAT[]"}
 
@@ -37,9 +38,7 @@ class PylateKnobs(PartFiles):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        n = self.documents_per_query
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"documents_per_query={n!r}: expected an integer >= 1")
+        check_integer("documents_per_query", self.documents_per_query, minimum=1)
 
 
 def write_pylate(run: ExportRun) -> Written:
@@ -56,7 +55,7 @@ def write_pylate(run: ExportRun) -> Written:
         f"SELECT count(*) FROM (SELECT query_id FROM {CANDIDATES} GROUP BY query_id "
         f"HAVING count(*) < {n})"
     ).fetchall()
-    scaled = run.transform.apply(con, "kd_pylate")
+    scaled = run.apply_transform("kd_pylate")
     rows = copy_parquet(
         con,
         "SELECT query_id, list(doc_id ORDER BY teacher_rank) AS document_ids, "
@@ -178,6 +177,7 @@ FORMAT = ExportFormat(
         "documents": "documents/*.parquet",
     },
     hf_default="train",
+    row_count=rows_of("train-part-*.parquet"),
     consumer=(
         'PyLate\'s knowledge-distillation example: `load_dataset(folder, "train", '
         'split="train")`, `load_dataset(folder, "queries", split="train")`, '

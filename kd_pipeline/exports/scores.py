@@ -12,7 +12,10 @@ transform over "the query's list" is over exactly the list the consumer sees:
 
 `score_scope`: `query` (default) = one group per query; `export` = the whole export is one
 group (for pointwise data with one or two documents a query, where a per-query min-max
-says nothing).
+says nothing). The export's group is every candidate of the export, in every split, taken
+before the split (`export_scale`), so one teacher score maps to one value in train and in
+validation; a format that keeps fewer rows (a top n, a max rank) exports a subset of that
+group (minmax values then lie within [0, 1] without necessarily reaching both ends).
 """
 
 from __future__ import annotations
@@ -48,13 +51,35 @@ class ScoreTransform:
         if self.score_scope not in ("query", "export"):
             raise ValueError(f"score_scope={self.score_scope!r}: expected query or export")
 
+    def export_scale(self, con: duckdb.DuckDBPyConnection, table: str) -> ExportScale | None:
+        """The statistics of `score` over a whole export's candidates (`table`, every split)
+        for score_scope: export; None when the transform needs none."""
+        if self.score_transform == "none" or self.score_scope != "export":
+            return None
+        ((low, high),) = con.execute(f"SELECT min(score), max(score) FROM {table}").fetchall()
+        if low is None:  # no scored candidate: nothing will be written
+            return None
+        ((weights,),) = con.execute(
+            f"SELECT sum(exp((score - $high) / $t)) FROM {table}",
+            {"high": high, "t": float(self.temperature)},
+        ).fetchall()
+        return ExportScale(float(low), float(high), float(weights))
+
     def apply(
-        self, con: duckdb.DuckDBPyConnection, table: str, group: str = "query_id"
+        self,
+        con: duckdb.DuckDBPyConnection,
+        table: str,
+        group: str = "query_id",
+        scale: ExportScale | None = None,
     ) -> dict[str, Any]:
         """Rewrite `score` of a temp table in place, over each group of rows (a query's
-        exported list, or the whole table); return counts for the metadata."""
+        exported list, or the whole export); return counts for the metadata. scale: the
+        export's statistics (export_scale, taken before the split) for score_scope: export;
+        without it the export's group is this table."""
         if self.score_transform == "none":
             return {}
+        if self.score_scope == "export" and scale is not None:
+            return self._apply_scale(con, table, scale)
         window = "" if self.score_scope == "export" else f"PARTITION BY {group}"
         if self.score_transform == "minmax":
             low, high = f"min(score) OVER ({window})", f"max(score) OVER ({window})"
@@ -80,6 +105,33 @@ class ScoreTransform:
             "WHERE flat"
         ).fetchall()
         return {"groups_without_spread": int(flat)}
+
+    def _apply_scale(
+        self, con: duckdb.DuckDBPyConnection, table: str, scale: ExportScale
+    ) -> dict[str, Any]:
+        """score_scope: export with the whole export's statistics (constants)."""
+        if self.score_transform == "minmax":
+            spread = scale.high - scale.low
+            new = f"(score - {scale.low!r}) / {spread!r}" if spread > 0 else "0.0"
+        else:
+            new = f"exp((score - {scale.high!r}) / {float(self.temperature)!r}) / {scale.weights!r}"
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * "
+            f"REPLACE (CAST({new} AS DOUBLE) AS score) FROM {table}"
+        )
+        if self.score_transform != "minmax":
+            return {}
+        return {"groups_without_spread": int(scale.high == scale.low)}
+
+
+@dataclass(frozen=True)
+class ExportScale:
+    """`score` over a whole export's candidates (every split): min, max, and the softmax
+    denominator sum(exp((score - max) / temperature))."""
+
+    low: float
+    high: float
+    weights: float
 
 
 SCORE_KNOBS = frozenset(f.name for f in fields(ScoreTransform))

@@ -37,6 +37,9 @@ class ExportSource:
     ir_datasets_id: str | None = None  # the ir_datasets collection its ids belong to
     licence: str | None = None
     ordered: bool = False  # rows carry `position`: their order is the training order
+    # the asset whose manifests record this one's upstream lineage (revision, card licence)
+    # when it is built from another asset of the lake (LightOn recipes: lighton/raw)
+    lineage_from: dg.AssetKey | None = None
 
     @property
     def name(self) -> str:
@@ -83,10 +86,14 @@ def _lighton_sources() -> dict[str, ExportSource]:
     filters = load_filter_specs()
     for spec in filters:
         key = dg.AssetKey(["lighton", spec.name])
-        sources[key.to_user_string()] = ExportSource(key, "pointwise", lighton_partitions)
+        sources[key.to_user_string()] = ExportSource(
+            key, "pointwise", lighton_partitions, lineage_from=RAW_KEY
+        )
     for union in load_union_specs(taken={s.name for s in filters}):
         key = dg.AssetKey(["lighton", union.name])
-        sources[key.to_user_string()] = ExportSource(key, "pointwise", None, ordered=True)
+        sources[key.to_user_string()] = ExportSource(
+            key, "pointwise", None, ordered=True, lineage_from=RAW_KEY
+        )
     return sources
 
 

@@ -267,9 +267,14 @@ def load_export_specs(path: Path = SPEC_FILE) -> list[ExportSpec]:
         parse_spec(body, f"{path}: export #{i + 1}", sources, splits)
         for i, body in enumerate(entries)
     ]
-    seen: set[tuple[str, ...]] = set()
+    seen: dict[str, str] = {}
     for spec in specs:
-        if tuple(spec.key.path) in seen:
-            raise SpecError(f"{path}: {spec.key.to_user_string()} is defined twice")
-        seen.add(tuple(spec.key.path))
+        # the label (the key's last part) is unique: the UI shows it alone, and so does the
+        # lake's catalog view of the export (kd_pipeline.lake.catalog_view_names)
+        key = spec.key.to_user_string()
+        if spec.label in seen:
+            other = seen[spec.label]
+            twice = "defined twice" if other == key else f"clashes with {other}"
+            raise SpecError(f"{path}: {key} {twice} (both read {spec.label})")
+        seen[spec.label] = key
     return specs

@@ -30,6 +30,7 @@ from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.knobs import check_integer
 from kd_pipeline.lake import quote_literal
 
 ID_MAP_PREFIX = "id-map-"
@@ -51,10 +52,7 @@ class SpladeKnobs:
     def __post_init__(self) -> None:
         if self.ids not in ("auto", "dense"):
             raise ValueError(f"ids={self.ids!r}: expected auto or dense")
-        if self.gzip_level is not None and (
-            not isinstance(self.gzip_level, int) or not 1 <= self.gzip_level <= 9
-        ):
-            raise ValueError(f"gzip_level={self.gzip_level!r}: expected 1..9 or null")
+        check_integer("gzip_level", self.gzip_level, minimum=1, maximum=9, optional=True)
         if self.gzip_files not in ("scores", "all"):
             raise ValueError(f"gzip_files={self.gzip_files!r}: expected scores or all")
 
@@ -127,7 +125,7 @@ def write_splade(run: ExportRun) -> Written:
         f"c.score, c.is_positive, c.teacher_rank, s.split FROM {CANDIDATES} c "
         f"JOIN kd_split s USING (query_id){joins}"
     )
-    scaled = run.transform.apply(con, "kd_numbered", "qid")
+    scaled = run.apply_transform("kd_numbered", "qid")
     copy_parquet(
         con,
         "SELECT 'query' AS kind, id, query_id AS upstream_id FROM kd_qids UNION ALL "
@@ -271,6 +269,8 @@ FORMAT = ExportFormat(
         "positive_lists": "{split}/positive_lists.ndjson*",
     },
     hf_default="query_master",
+    # one training example per train query (its positives and scored negatives)
+    row_count=lambda written: int(written.counts["split_queries"].get("train", 0)),
     consumer=(
         "light-splade: point its dataset at `train/query_master.ndjson`, "
         "`train/doc_master.ndjson`, `train/positive_lists.ndjson` and "

@@ -18,7 +18,8 @@ import dagster as dg
 from kd_pipeline.checks.rules import Rule, Table, not_empty, row_count_is, rows_where, schema_is
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES, seeded_order
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written
+from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
+from kd_pipeline.exports.knobs import check_integer
 
 COLUMNS = {
     "query_text": "VARCHAR",
@@ -43,16 +44,14 @@ class TripletKnobs(PartFiles):
             raise ValueError(
                 f"sampling_mode={self.sampling_mode!r}: expected query_based or positive_pair_based"
             )
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs={self.epochs!r}: expected >= 1")
-        if not isinstance(self.seed, int):
-            raise ValueError(f"seed={self.seed!r}: expected an integer")
+        check_integer("epochs", self.epochs, minimum=1)
+        check_integer("seed", self.seed)
 
 
 def write_triplets(run: ExportRun) -> Written:
     knobs: TripletKnobs = run.knobs
     con, seed = run.con, knobs.seed
-    scaled = run.transform.apply(con, CANDIDATES)
+    scaled = run.apply_transform(CANDIDATES)
     con.execute(
         "CREATE OR REPLACE TEMP TABLE kd_epochs AS SELECT CAST(range AS INTEGER) AS epoch "
         f"FROM range({knobs.epochs})"
@@ -168,6 +167,8 @@ FORMAT = ExportFormat(
     rules=triplet_rules,
     query_column="query_text",
     hf_configs={"default": "part-*.parquet"},
+    row_count=rows_of("part-*.parquet"),
+    preview_columns=lambda _knobs, _ordered: list(COLUMNS),
     consumer=(
         "`datasets.load_dataset(folder)` (splits `train`, and `validation` when the source "
         "has one): rows as light-splade's dataset yields them, `(query_text, pos_text, "

@@ -27,6 +27,7 @@ from kd_pipeline.exports.candidates import (
 )
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import ExportFormat, ExportRun, Written
+from kd_pipeline.exports.knobs import check_integer
 from kd_pipeline.lake import quote_literal
 
 
@@ -39,10 +40,7 @@ class TevatronKnobs(NegativeChoice):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.gzip_level is not None and (
-            not isinstance(self.gzip_level, int) or not 1 <= self.gzip_level <= 9
-        ):
-            raise ValueError(f"gzip_level={self.gzip_level!r}: expected 1..9 or null")
+        check_integer("gzip_level", self.gzip_level, minimum=1, maximum=9, optional=True)
 
 
 def _passages(relation: str, order: str) -> str:
@@ -57,7 +55,7 @@ def write_tevatron(run: ExportRun) -> Written:
     knobs: TevatronKnobs = run.knobs
     con = run.con
     listed = list_candidates(con, knobs)
-    scaled = run.transform.apply(con, listed)
+    scaled = run.apply_transform(listed)
     file = f"{run.split}.jsonl"
     positives = f"(SELECT * FROM {listed} WHERE is_positive)"
     negatives = f"(SELECT * FROM {listed} WHERE NOT is_positive)"
@@ -160,6 +158,7 @@ FORMAT = ExportFormat(
     rules=tevatron_rules,
     query_column="query_id",
     hf_configs={"default": "{split}.jsonl*"},
+    row_count=lambda written: int(written.counts["lines"]),
     consumer=(
         "Tevatron: `--dataset_name json --dataset_path <folder>/train.jsonl` (its legacy "
         'distillation format), or `datasets.load_dataset(folder, split="train")`.'

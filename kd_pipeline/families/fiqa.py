@@ -174,7 +174,6 @@ def fiqa_mined_scores(
     files = resolve_mined_files(card, snapshot.files)
     local = [fetcher.dataset_file(snapshot, f) for f in files]
     context.log.info(f"{len(files)} file(s) at {snapshot.revision} from {snapshot.source}")
-    card_licence = str(card_front_matter(card).get("license", "not stated in the card"))
     with engine_connection(duckdb, the_lake) as con, the_lake.stage(MINED_KEY.path) as staged:
         for path in local:
             check_mined_columns(con, path)
@@ -183,7 +182,6 @@ def fiqa_mined_scores(
         lineage = {
             **snapshot_metadata(snapshot, files, card),
             "licence": FIQA_MINED_LICENCE,
-            "card_licence": card_licence,
             "texts": published_versions(the_lake, texts),
         }
         rules, unresolved = evaluate_once(
@@ -208,7 +206,6 @@ def fiqa_mined_scores(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
-            upstream=True,
         )
 
 

@@ -192,7 +192,6 @@ def hofstaetter_teacher_scores(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
-            upstream=True,
         )
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
-import yaml
 from dagster_duckdb import DuckDBResource
 
 from kd_pipeline.checks.audit import audit_and_publish, check_specs
@@ -28,6 +27,7 @@ from kd_pipeline.checks.rules import (
     schema_is,
 )
 from kd_pipeline.engine import copy_parquet, engine_connection
+from kd_pipeline.families.cards import card_front_matter, card_licence
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
 from kd_pipeline.fetch import DatasetSnapshot, FetchError
 from kd_pipeline.lake import quote_identifier, quote_literal
@@ -83,32 +83,6 @@ class SchemaError(Exception):
 
 
 # ---- which files make a config ------------------------------------------------------------
-def card_front_matter(card: str | None) -> dict:
-    """The YAML header of a dataset card (`---` ... `---`), or {} when there is none."""
-    if not card or not card.startswith("---"):
-        return {}
-    end = card.find("\n---", 3)
-    if end < 0:
-        return {}
-    data = yaml.safe_load(card[3:end]) or {}
-    return data if isinstance(data, dict) else {}
-
-
-def card_licence(card: str | None) -> dict[str, str]:
-    """The licence a dataset card declares: `license`, plus `license_name` and
-    `license_link` when present (a card with `license: other` names the real terms there,
-    e.g. `license_name: fiqa-2018-non-commercial`). Empty when the card states none."""
-    header = card_front_matter(card)
-    found = {}
-    for field in ("license", "license_name", "license_link"):
-        value = header.get(field)
-        if isinstance(value, list):
-            value = ", ".join(str(v) for v in value)
-        if value not in (None, ""):
-            found[field] = str(value)
-    return found
-
-
 def _glob_regex(pattern: str) -> re.Pattern[str]:
     """Hub `data_files` globs: `**` spans folders, `*` and `?` stay within one."""
     out = []
@@ -178,20 +152,22 @@ def resolve_config_files(
 # ---- reading upstream files as the canonical table ----------------------------------------
 # How each upstream column may be stored, and how the seed tool reads its nulls:
 # - `drop`: BOOLEAN, or an integer / float holding 0 or 1 (pandas writes a float when some
-#   values are NaN); null, NaN or an absent column mean "not dropped".
+#   values are NaN); null, NaN, an absent column or an all-null column (type NULL, as
+#   pyarrow's pa.null() or pandas' [None, None] store it) mean "not dropped".
 # - `duplicate`, `index`: an integer, or a float holding whole numbers with NaN for null;
 #   `duplicate` absent or all-null (type NULL) means "no duplicates".
 # - `similarity`: any number; NaN stays NaN (the finite_similarity check refuses it).
 # Any other value (a `drop` of 2, a `duplicate` of 2.5) is a SchemaError naming the file,
 # the column, the row and the value: values are validated in one pass over the flag columns
 # before the copy, which then only uses casts that cannot fail.
+_NULL = {'"NULL"', "NULL"}  # DuckDB's type for a column whose every value is null
 _ACCEPTED_TYPES: dict[str, set[str]] = {
     "query": {"VARCHAR"},
     "document": {"VARCHAR"},
     "similarity": _FLOAT | _INTEGER | {"DECIMAL"},
-    "drop": {"BOOLEAN"} | _INTEGER | _FLOAT,
-    "duplicate": _INTEGER | _FLOAT | {'"NULL"', "NULL"},
-    "index": _INTEGER | _FLOAT | {'"NULL"', "NULL"},
+    "drop": {"BOOLEAN"} | _INTEGER | _FLOAT | _NULL,
+    "duplicate": _INTEGER | _FLOAT | _NULL,
+    "index": _INTEGER | _FLOAT | _NULL,
 }
 _REQUIRED = ("query", "document", "similarity")
 
@@ -224,7 +200,7 @@ def _invalid_condition(column: str, dtype: str | None) -> str | None:
     value of that type is valid)."""
     col = quote_identifier(column)
     base = None if dtype is None else _base_type(dtype)
-    if base is None or base in ("BOOLEAN", '"NULL"', "NULL"):
+    if base is None or base == "BOOLEAN" or base in _NULL:
         return None
     if column == "drop":
         if base in _FLOAT:
@@ -257,9 +233,10 @@ def inspect_file_flags(
     con: duckdb.DuckDBPyConnection, path: Path, types: dict[str, str]
 ) -> FileFlags:
     """One scan of a file's flag columns: its unset `drop` count, and a SchemaError naming
-    file, column, row and value for the first value that has no meaning (e.g. a drop of 2)."""
+    file, column, row (1-based, as a reader counts rows) and value for the first value that
+    has no meaning (e.g. a drop of 2)."""
     drop_type = types.get("drop")
-    if drop_type is None:
+    if drop_type is None or _base_type(drop_type) in _NULL:
         unset = "count(*)"
     elif _base_type(drop_type) in _FLOAT:
         unset = 'count(*) FILTER (WHERE "drop" IS NULL OR isnan("drop"))'
@@ -280,8 +257,8 @@ def inspect_file_flags(
         value, line = row[2 + 2 * i], row[3 + 2 * i]
         if line is not None:
             raise SchemaError(
-                f"{path}: column {column!r} ({types[column]}), row {line}: value {value} has no "
-                f"meaning; expected {_EXPECTED_VALUES[column]}"
+                f"{path}: column {column!r} ({types[column]}), row {line + 1}: value {value} "
+                f"has no meaning; expected {_EXPECTED_VALUES[column]}"
             )
     return FileFlags(int(row[0]), int(row[1]))
 
@@ -292,10 +269,10 @@ def _canonical_expr(column: str, dtype: str | None) -> str:
     col = quote_identifier(column)
     base = None if dtype is None else _base_type(dtype)
     if column == "drop":
-        if base is None:
+        if base is None or base in _NULL:
             return "false"
         return f"coalesce({col}, false)" if base == "BOOLEAN" else f"coalesce({col} = 1, false)"
-    if base is None or base in ('"NULL"', "NULL"):
+    if base is None or base in _NULL:
         return "CAST(NULL AS BIGINT)"
     return f"TRY_CAST({col} AS BIGINT)"
 
@@ -497,7 +474,6 @@ def lighton_raw(
                 "files": list(files),
                 "run_id": context.run.run_id,
             },
-            upstream=True,
         )
 
 

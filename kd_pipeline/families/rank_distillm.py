@@ -200,7 +200,6 @@ def rank_distillm_runs(
                 "unresolved_ids": unresolved.detail,
                 "run_id": context.run.run_id,
             },
-            upstream=True,
         )
 
 

@@ -408,7 +408,6 @@ def build_text_asset(table: TextTable) -> dg.AssetsDefinition:
                     "parse": {**report.metadata(), **report.extra},
                     "run_id": context.run.run_id,
                 },
-                upstream=True,
             )
 
     return _text_asset
