@@ -1,0 +1,148 @@
+"""The main job: every run `kd-pipeline materialize` starts, several at a time.
+
+A run is one Dagster job over one partition (`execute_in_process`, the persistent instance),
+so each run is its own entry in the UI and a failed partition fails only its own run.
+Runs go to a pool of worker processes, as many as the instance's `max_concurrent_runs`
+(dagster.yaml, `concurrency.runs`); the heavy steps inside them still queue on the `duckdb`
+pool (`concurrency.pools`), which the instance enforces across processes. The workers load
+the code location once each, so a run costs its steps, not an interpreter start.
+
+Order: a job's runs start once every run of the jobs it waits on has finished (succeeded or
+failed, as the sequential loop did): the earlier jobs of the main job whose assets it reads
+(its assets' parents) or also materialises (two jobs never write one asset at once).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import dagster as dg
+
+
+@dataclass(frozen=True)
+class Step:
+    """One run of the main job: a job name and its partition (None: unpartitioned)."""
+
+    job: str
+    partition: str | None
+
+    @property
+    def label(self) -> str:
+        return self.job + (f" [{self.partition}]" if self.partition else "")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended: its step, whether it succeeded, its Dagster run id."""
+
+    step: Step
+    success: bool
+    run_id: str | None  # None when the run could not start (its worker died)
+    error: str | None = None
+
+
+def job_waits(defs: dg.Definitions, jobs: Sequence[str]) -> dict[str, frozenset[str]]:
+    """For each job (in main-job order), the earlier jobs whose runs must all have finished
+    before its own start: those materialising one of its assets' parents or one of its
+    assets."""
+    graph = defs.resolve_asset_graph()
+    owned = {
+        name: set(defs.resolve_job_def(name).asset_layer.executable_asset_keys) for name in jobs
+    }
+    waits: dict[str, frozenset[str]] = {}
+    for index, name in enumerate(jobs):
+        reads = set(owned[name])
+        for key in owned[name]:
+            reads |= graph.get(key).parent_keys
+        waits[name] = frozenset(earlier for earlier in jobs[:index] if owned[earlier] & reads)
+    return waits
+
+
+def main_job_steps(defs: dg.Definitions, jobs: Sequence[str]) -> list[Step]:
+    """Every run of the main job: each job once per partition, in main-job order."""
+    steps = []
+    for name in jobs:
+        partitions_def = defs.resolve_job_def(name).partitions_def
+        keys = partitions_def.get_partition_keys() if partitions_def else [None]
+        steps += [Step(name, key) for key in keys]
+    return steps
+
+
+def max_concurrent_runs(instance: dg.DagsterInstance) -> int:
+    """The instance's `concurrency.runs.max_concurrent_runs` (dagster.yaml); the number of
+    cores when the instance sets no limit (no run queue, or -1)."""
+    queue = instance.get_concurrency_config().run_queue_config
+    limit = queue.max_concurrent_runs if queue is not None else -1
+    return limit if limit > 0 else (os.cpu_count() or 1)
+
+
+_worker_instance: dg.DagsterInstance | None = None
+
+
+def _start_worker() -> None:
+    """In each worker: Ctrl-C is the parent's to handle (it stops the workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -> Outcome:
+    """Run one step in this worker, against the instance of DAGSTER_HOME."""
+    from kd_pipeline.definitions import defs
+
+    global _worker_instance
+    if _worker_instance is None:
+        _worker_instance = dg.DagsterInstance.get()
+    result = defs.resolve_job_def(step.job).execute_in_process(
+        partition_key=step.partition,
+        instance=_worker_instance,
+        raise_on_error=False,
+        run_config=run_config,
+        tags=tags(),
+    )
+    return Outcome(step, result.success, result.run_id)
+
+
+def run_steps(
+    steps: Sequence[Step],
+    waits: dict[str, frozenset[str]],
+    runs_at_once: int,
+    run_config: dict,
+    tags: Callable[[], dict[str, str]],
+) -> Iterator[Outcome]:
+    """Run the steps on `runs_at_once` worker processes, yielding each outcome as its run
+    finishes. A step starts once no step of a job it waits on is pending or running.
+
+    `tags()` is called in the worker, so a run carries the pid of the process executing it
+    (what `instance.release_orphaned_runs` judges). Raises ValueError when runs_at_once < 1.
+    """
+    if runs_at_once < 1:
+        raise ValueError(f"runs at once: {runs_at_once}, expected at least 1")
+    unfinished = {job: sum(s.job == job for s in steps) for job in waits}
+    pending = list(steps)
+    running: dict[Future[Outcome], Step] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(runs_at_once, mp_context=context, initializer=_start_worker) as pool:
+        while pending or running:
+            ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
+            for step in ready[: max(0, runs_at_once - len(running))]:
+                pending.remove(step)
+                try:
+                    running[pool.submit(_execute, step, run_config, tags)] = step
+                except BrokenProcessPool as exc:
+                    unfinished[step.job] -= 1
+                    yield Outcome(step, False, None, f"not started: {exc}")
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = running.pop(future)
+                unfinished[step.job] -= 1
+                try:
+                    yield future.result()
+                except Exception as exc:  # the worker died, or Dagster refused the run
+                    yield Outcome(step, False, None, f"{type(exc).__name__}: {exc}")
