@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -122,7 +123,7 @@ def run_steps(
     """
     if runs_at_once < 1:
         raise ValueError(f"runs at once: {runs_at_once}, expected at least 1")
-    unfinished = {job: sum(s.job == job for s in steps) for job in waits}
+    unfinished = Counter(step.job for step in steps)
     pending = list(steps)
     running: dict[Future[Outcome], Step] = {}
     context = multiprocessing.get_context("spawn")
