@@ -44,9 +44,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from kd_pipeline.families.lighton_configs import canonical_config_name
     from kd_pipeline.main_job import (
         Step,
+        default_runs_at_once,
         job_waits,
         main_job_steps,
-        max_concurrent_runs,
         run_steps,
     )
     from kd_pipeline.prepare import QUIET_LOGS
@@ -62,7 +62,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     with dg.DagsterInstance.get() as instance:
         for run_id in release_orphaned_runs(instance):
             log(f"run {run_id[:8]}: its process is gone; marked failed, pool slots freed")
-        at_once = args.runs_at_once or max_concurrent_runs(instance)
+        at_once = args.runs_at_once or default_runs_at_once(instance, defs, MAIN_JOBS)
     log(f"{len(steps)} runs, {at_once} at a time")
     failed: list[str] = []
     started = time.monotonic()
@@ -187,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs-at-once",
         type=int,
         default=None,
-        help="runs executing at the same time (default: max_concurrent_runs of the "
-        "instance's dagster.yaml; 1: one after another)",
+        help="runs executing at the same time (default: the instance's max_concurrent_runs, "
+        "at most the duckdb pool's slots, from dagster.yaml; 1: one after another)",
     )
     mat.set_defaults(func=cmd_materialize)
 

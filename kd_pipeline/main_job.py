@@ -3,9 +3,10 @@
 A run is one Dagster job over one partition (`execute_in_process`, the persistent instance),
 so each run is its own entry in the UI and a failed partition fails only its own run.
 Runs go to a pool of worker processes, as many as the instance's `max_concurrent_runs`
-(dagster.yaml, `concurrency.runs`); the heavy steps inside them still queue on the `duckdb`
-pool (`concurrency.pools`), which the instance enforces across processes. The workers load
-the code location once each, so a run costs its steps, not an interpreter start.
+(dagster.yaml, `concurrency.runs`) and the slots of the `duckdb` pool (`concurrency.pools`)
+allow; the instance still enforces the pool across processes (runs from the UI share it).
+The workers load the code location once each, so a run costs its steps, not an interpreter
+start.
 
 Order: a job's runs start once every run of the jobs it waits on has finished (succeeded or
 failed, as the sequential loop did): the earlier jobs of the main job whose assets it reads
@@ -75,12 +76,34 @@ def main_job_steps(defs: dg.Definitions, jobs: Sequence[str]) -> list[Step]:
     return steps
 
 
-def max_concurrent_runs(instance: dg.DagsterInstance) -> int:
-    """The instance's `concurrency.runs.max_concurrent_runs` (dagster.yaml); the number of
-    cores when the instance sets no limit (no run queue, or -1)."""
-    queue = instance.get_concurrency_config().run_queue_config
-    limit = queue.max_concurrent_runs if queue is not None else -1
-    return limit if limit > 0 else (os.cpu_count() or 1)
+def default_runs_at_once(
+    instance: dg.DagsterInstance, defs: dg.Definitions, jobs: Sequence[str]
+) -> int:
+    """How many runs to execute at once: the instance's `concurrency.runs.max_concurrent_runs`
+    (dagster.yaml), capped by the smallest slot limit of the pools the jobs' steps claim
+    (`concurrency.pools`); the number of cores when neither sets a limit.
+
+    A run executed in process holds at most one slot at a time, so that many runs never wait
+    on a pool. Waiting costs more than it gains on small partitions: Dagster re-checks a step
+    blocked on a pool after 1 s, backing off to 15 s."""
+    config = instance.get_concurrency_config()
+    queue = config.run_queue_config
+    limits = [queue.max_concurrent_runs] if queue is not None else []
+    for pool in sorted(pools_used(defs, jobs)):
+        slots = instance.event_log_storage.get_concurrency_info(pool).slot_count
+        limits.append(slots or config.pool_config.default_pool_limit or -1)
+    limits = [limit for limit in limits if limit > 0]
+    return min(limits) if limits else (os.cpu_count() or 1)
+
+
+def pools_used(defs: dg.Definitions, jobs: Sequence[str]) -> set[str]:
+    """The concurrency pools the steps of these jobs claim (e.g. `duckdb`)."""
+    return {
+        node.pool
+        for name in jobs
+        for node in defs.resolve_job_def(name).graph.node_defs
+        if getattr(node, "pool", None)
+    }
 
 
 _worker_instance: dg.DagsterInstance | None = None
@@ -127,7 +150,8 @@ def run_steps(
     pending = list(steps)
     running: dict[Future[Outcome], Step] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(runs_at_once, mp_context=context, initializer=_start_worker) as pool:
+    workers = min(runs_at_once, max(1, len(steps)))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
         while pending or running:
             ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
             for step in ready[: max(0, runs_at_once - len(running))]:
