@@ -380,3 +380,60 @@ def test_dg_checks_and_lists_the_code_location() -> None:
         k.to_user_string() for k in defs.resolve_all_asset_keys()
     )
     assert "lighton_partitions" in {j["name"] for j in found["jobs"]}
+
+
+def live_processes(group: int) -> list[str]:
+    """The processes of a process group that are not zombies (exited, not yet reaped)."""
+    ps = ["ps", "-o", "stat=,pid=,args=", "-g", str(group)]
+    lines = subprocess.run(ps, capture_output=True, text=True, check=False).stdout.splitlines()
+    return [line for line in lines if line.strip() and not line.strip().startswith("Z")]
+
+
+def test_ctrl_c_stops_the_workers_and_cancels_their_runs(tmp_path, lake_dir) -> None:
+    """Ctrl-C (SIGINT to the whole process group) while two runs on two workers wait for
+    the pool's only slot, which another live holder keeps: exit 130 within seconds, no
+    process of the command left, neither run left unfinished, no claim of theirs left."""
+    import signal
+
+    from kd_pipeline_tests.test_reliability import env_for, pool_of_one, small_config, wait_for
+
+    mirror = tmp_path / "mirror"
+    small_config(mirror, "quora")
+    small_config(mirror, "npr")
+    env = env_for(tmp_path, mirror)
+    pool_of_one(env)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
+    args += ["--partition", "quora", "--partition", "npr"]
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("duckdb", 1)  # what the first run would do
+        assert storage.claim_concurrency_slot("duckdb", "holder", "step").is_claimed
+        try:
+            with open(tmp_path / "stderr.log", "w") as err:
+                command = subprocess.Popen(
+                    args,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            wait_for(
+                lambda: storage.get_concurrency_info("duckdb").pending_step_count >= 2,
+                180,
+                "both runs to wait on the pool",
+            )
+            os.killpg(command.pid, signal.SIGINT)
+            assert command.wait(timeout=30) == 130, (tmp_path / "stderr.log").read_text()
+            wait_for(lambda: not live_processes(command.pid), 10, "the workers to be gone")
+            assert "stopped by SIGINT" in (tmp_path / "stderr.log").read_text()
+            info = storage.get_concurrency_info("duckdb")
+            assert [s.run_id for s in info.claimed_slots] == ["holder"]
+            assert [p.run_id for p in info.pending_steps] == ["holder"]
+        finally:
+            storage.free_concurrency_slot_for_step("holder", "step")
+        runs = instance.get_runs()
+        assert len(runs) == 2
+        assert all(
+            r.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE) for r in runs
+        )
