@@ -42,37 +42,37 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, MAIN_JOBS, defs
     from kd_pipeline.families.lighton_configs import canonical_config_name
+    from kd_pipeline.main_job import (
+        Step,
+        default_runs_at_once,
+        job_waits,
+        main_job_steps,
+        run_steps,
+    )
     from kd_pipeline.prepare import QUIET_LOGS
 
     home = ensure_dagster_home()
     if args.partition:
         only = [canonical_config_name(p) for p in args.partition]
-        steps = [(LIGHTON_PARTITIONED_JOB, p) for p in only]
+        steps = [Step(LIGHTON_PARTITIONED_JOB, p) for p in only]
     else:
-        steps = []
-        for name in MAIN_JOBS:
-            partitions_def = defs.resolve_job_def(name).partitions_def
-            keys = partitions_def.get_partition_keys() if partitions_def else [None]
-            steps += [(name, key) for key in keys]
+        steps = main_job_steps(defs, MAIN_JOBS)
+    waits = job_waits(defs, MAIN_JOBS)
     log(f"dagster instance: {home}")
-    failed: list[str] = []
-    started = time.monotonic()
     with dg.DagsterInstance.get() as instance:
         for run_id in release_orphaned_runs(instance):
             log(f"run {run_id[:8]}: its process is gone; marked failed, pool slots freed")
-        for number, (name, partition) in enumerate(steps, 1):
-            label = name + (f" [{partition}]" if partition else "")
-            result = defs.resolve_job_def(name).execute_in_process(
-                partition_key=partition,
-                instance=instance,
-                raise_on_error=False,
-                run_config=QUIET_LOGS,
-                tags=cli_run_tags(),
-            )
-            status = "ok" if result.success else "FAILED"
-            log(f"[{number}/{len(steps)}] {label}: {status} (run {result.run_id[:8]})")
-            if not result.success:
-                failed.append(label)
+        at_once = args.runs_at_once or default_runs_at_once(instance, defs, MAIN_JOBS)
+    log(f"{len(steps)} runs, {at_once} at a time")
+    failed: list[str] = []
+    started = time.monotonic()
+    outcomes = run_steps(steps, waits, at_once, QUIET_LOGS, cli_run_tags)
+    for number, outcome in enumerate(outcomes, 1):
+        status = "ok" if outcome.success else "FAILED"
+        detail = f"run {outcome.run_id[:8]}" if outcome.run_id else outcome.error
+        log(f"[{number}/{len(steps)}] {outcome.step.label}: {status} ({detail})")
+        if not outcome.success:
+            failed.append(outcome.step.label)
     lake = settings.lake_root()
     log(
         f"{len(steps) - len(failed)}/{len(steps)} runs succeeded in "
@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="only this LightOn config (repeatable; then the unions are skipped); "
         "default: all 73 configs, then every union",
+    )
+    mat.add_argument(
+        "--runs-at-once",
+        type=int,
+        default=None,
+        help="runs executing at the same time (default: the instance's max_concurrent_runs, "
+        "at most the duckdb pool's slots, from dagster.yaml; 1: one after another)",
     )
     mat.set_defaults(func=cmd_materialize)
 

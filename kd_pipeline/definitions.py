@@ -13,7 +13,7 @@ from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
 from kd_pipeline.recipes import factory
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
-LIGHTON_PARTITIONED_JOB = factory.LIGHTON_PARTITIONED_JOB
+LIGHTON_PARTITIONED_JOB = lighton.LIGHTON_PARTITIONED_JOB
 LIGHTON_UNIONS_JOB = factory.LIGHTON_UNIONS_JOB
 # The main job, in dependency order: what `kd-pipeline materialize` runs (a partitioned job
 # once per partition).

@@ -11,8 +11,9 @@ judged only on the host that ran it (the host tag, or any run when the instance'
 is this machine's SQLite). It runs before every `kd-pipeline` command that materialises,
 and every minute in the daemon (the `release_dead_runs` sensor).
 
-`stop_cleanly_on_signals`: SIGINT or SIGTERM to a `kd-pipeline` command cancels its
-unfinished runs, frees their slots and exits (130 / 143); the staged data of the run is
+`stop_cleanly_on_signals`: SIGINT or SIGTERM to a `kd-pipeline` command kills its worker
+processes (main_job.py), cancels its and their unfinished runs, frees their slots and exits
+(130 / 143); the staged data of the run is
 removed by the next write of that partition, nothing published is touched.
 """
 
@@ -20,13 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -128,12 +130,18 @@ def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
     return released
 
 
-def cancel_own_runs(instance: dg.DagsterInstance, reason: str) -> list[str]:
-    """Mark this process's unfinished runs canceled and free their slots."""
+def cancel_own_runs(
+    instance: dg.DagsterInstance, reason: str, pids: Sequence[int] = ()
+) -> list[str]:
+    """Mark the unfinished runs of this process (and of the worker processes `pids`, see
+    main_job.py) canceled and free their slots."""
     own = instance.get_runs(
         filters=dg.RunsFilter(
             statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
-            tags={HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())},
+            tags={
+                HOST_TAG: socket.gethostname(),
+                PID_TAG: [str(pid) for pid in (os.getpid(), *pids)],
+            },
         )
     )
     for run in own:
@@ -146,12 +154,19 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _stop(signum: int, log: Callable[[str], None]) -> None:
-    """Cancel this process's unfinished runs, say so in one line, exit 128 + signum."""
+    """Kill this process's worker processes, cancel its and their unfinished runs, say so in
+    one line, exit 128 + signum."""
     name = signal.Signals(signum).name
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.kill()
+    for worker in workers:
+        worker.join(timeout=5)
     runs: list[str] = []
     if os.environ.get("DAGSTER_HOME"):
         with contextlib.suppress(Exception), dg.DagsterInstance.get() as instance:
-            runs = cancel_own_runs(instance, f"stopped by {name}")
+            pids = [w.pid for w in workers if w.pid is not None]
+            runs = cancel_own_runs(instance, f"stopped by {name}", pids)
     log(
         f"kd-pipeline: stopped by {name}"
         + (f"; run(s) {', '.join(r[:8] for r in runs)} canceled, pool slots freed" if runs else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -304,3 +305,140 @@ def test_sql_command_reads_the_catalog_of_the_configured_home(tmp_path, lake_dir
         {**env, "KD_PIPELINE_HOME": str(tmp_path / "new")},
     )
     assert empty.returncode == 2 and "no catalog at" in empty.stderr
+
+
+# ---- the main job on several worker processes (issue 14 item 7) ---------------------------
+def test_materialize_runs_partitions_at_once_and_isolates_a_failing_one(tmp_path, lake_dir) -> None:
+    """Three partitions on three workers: the runs overlap in time, each executes in a
+    worker process of its own (its pid tag), the partition whose upstream file is not
+    Parquet fails alone, and the other two are published."""
+    from kd_pipeline.lake import Lake
+    from kd_pipeline_tests.helpers import lighton_repo, pairs, write_pairs
+
+    mirror = tmp_path / "mirror"
+    for config in ("quora", "npr"):
+        write_pairs(lighton_repo(mirror) / config / "train-0.parquet", pairs(30))
+    broken = lighton_repo(mirror) / "agnews" / "train-0.parquet"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a parquet file")
+    env = {**cli_env(tmp_path), "KD_PIPELINE_MIRROR": str(mirror)}
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "3"]
+    for config in ("quora", "agnews", "npr"):
+        args += ["--partition", config]
+    proc = run(args, env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "3 runs, 3 at a time" in proc.stderr
+    assert "lighton_partitions [agnews]: FAILED" in proc.stderr
+    assert "2/3 runs succeeded" in proc.stderr
+    assert "failed: lighton_partitions [agnews]" in proc.stderr
+    lake = Lake(lake_dir)
+    assert lake.is_published(("lighton", "recommended"), "quora")
+    assert lake.is_published(("lighton", "recommended"), "npr")
+    assert not lake.is_published(("lighton", "raw"), "agnews")
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        records = instance.get_run_records()
+    assert sorted(r.dagster_run.tags["dagster/partition"] for r in records) == [
+        "agnews",
+        "npr",
+        "quora",
+    ]
+    assert len({r.dagster_run.tags["kd-pipeline/pid"] for r in records}) == 3
+    spans = sorted((r.start_time, r.end_time) for r in records)
+    assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
+
+
+def test_main_job_order_follows_the_asset_graph() -> None:
+    """Each job of the main job waits for the earlier jobs that publish what it reads or
+    also writes; the runs are every job once per partition, 167 on the sample's defs."""
+    from kd_pipeline.definitions import MAIN_JOBS, defs
+    from kd_pipeline.main_job import job_waits, main_job_steps
+
+    waits = job_waits(defs, MAIN_JOBS)
+    assert waits["lighton_partitions"] == set() and waits["text_collections"] == set()
+    assert waits["lighton_unions"] == {"lighton_partitions"}
+    assert waits["hofstaetter_teacher_scores"] == {"text_collections"}
+    assert waits["fiqa_mined"] == {"text_collections"}  # both write text/fiqa/*
+    assert waits["exports_lighton_recommended"] == {"lighton_partitions"}
+    assert waits["exports_fiqa_mined_scores"] == {"fiqa_mined", "text_collections"}
+    steps = main_job_steps(defs, MAIN_JOBS)
+    assert len(steps) == 167
+    assert [s.job for s in steps[:73]] == ["lighton_partitions"] * 73
+    assert steps[73].label == "lighton_unions"
+
+
+# ---- the dg project shape (issue 14 item 4) ------------------------------------------------
+def test_dg_checks_and_lists_the_code_location() -> None:
+    """`dg check defs` and `dg list defs` work from the repo root (the [tool.dg] project),
+    and list what kd_pipeline/definitions.py assembles."""
+    import json
+
+    from kd_pipeline.definitions import defs
+
+    dg_cli = str(Path(sys.executable).parent / "dg")
+    check = run([dg_cli, "check", "defs"], dict(os.environ))
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "All definitions loaded successfully" in check.stdout + check.stderr
+    listed = run([dg_cli, "list", "defs", "--json"], dict(os.environ))
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    found = json.loads(listed.stdout)
+    assert sorted(a["asset_key"] for a in found["assets"]) == sorted(
+        k.to_user_string() for k in defs.resolve_all_asset_keys()
+    )
+    assert "lighton_partitions" in {j["name"] for j in found["jobs"]}
+
+
+def live_processes(group: int) -> list[str]:
+    """The processes of a process group that are not zombies (exited, not yet reaped)."""
+    ps = ["ps", "-o", "stat=,pid=,args=", "-g", str(group)]
+    lines = subprocess.run(ps, capture_output=True, text=True, check=False).stdout.splitlines()
+    return [line for line in lines if line.strip() and not line.strip().startswith("Z")]
+
+
+def test_ctrl_c_stops_the_workers_and_cancels_their_runs(tmp_path, lake_dir) -> None:
+    """Ctrl-C (SIGINT to the whole process group) while two runs on two workers wait for
+    the pool's only slot, which another live holder keeps: exit 130 within seconds, no
+    process of the command left, neither run left unfinished, no claim of theirs left."""
+    import signal
+
+    from kd_pipeline_tests.test_reliability import env_for, pool_of_one, small_config, wait_for
+
+    mirror = tmp_path / "mirror"
+    small_config(mirror, "quora")
+    small_config(mirror, "npr")
+    env = env_for(tmp_path, mirror)
+    pool_of_one(env)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
+    args += ["--partition", "quora", "--partition", "npr"]
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("duckdb", 1)  # what the first run would do
+        assert storage.claim_concurrency_slot("duckdb", "holder", "step").is_claimed
+        try:
+            with open(tmp_path / "stderr.log", "w") as err:
+                command = subprocess.Popen(
+                    args,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    start_new_session=True,
+                )
+            wait_for(
+                lambda: storage.get_concurrency_info("duckdb").pending_step_count >= 2,
+                180,
+                "both runs to wait on the pool",
+            )
+            os.killpg(command.pid, signal.SIGINT)
+            assert command.wait(timeout=30) == 130, (tmp_path / "stderr.log").read_text()
+            wait_for(lambda: not live_processes(command.pid), 10, "the workers to be gone")
+            assert "stopped by SIGINT" in (tmp_path / "stderr.log").read_text()
+            info = storage.get_concurrency_info("duckdb")
+            assert [s.run_id for s in info.claimed_slots] == ["holder"]
+            assert [p.run_id for p in info.pending_steps] == ["holder"]
+        finally:
+            storage.free_concurrency_slot_for_step("holder", "step")
+        runs = instance.get_runs()
+        assert len(runs) == 2
+        assert all(
+            r.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE) for r in runs
+        )

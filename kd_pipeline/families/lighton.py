@@ -31,9 +31,11 @@ from kd_pipeline.families.cards import card_front_matter, card_licence
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
 from kd_pipeline.fetch import DatasetSnapshot, FetchError
 from kd_pipeline.lake import quote_identifier, quote_literal
+from kd_pipeline.recipes.specs import load_filter_specs
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
 RAW_KEY = dg.AssetKey(["lighton", "raw"])
+LIGHTON_PARTITIONED_JOB = "lighton_partitions"
 lighton_partitions = dg.StaticPartitionsDefinition(list(LIGHTON_CONFIGS))
 
 # The canonical pointwise table: every LightOn asset (raw and recipes) has these columns.
@@ -477,5 +479,16 @@ def lighton_raw(
         )
 
 
+# The per-config job: `lighton/raw` and every filter recipe of the spec files
+# (`lighton/<spec name>`, built by recipes/factory.py), run once per partition.
+lighton_partitions_job = dg.define_asset_job(
+    LIGHTON_PARTITIONED_JOB,
+    selection=dg.AssetSelection.assets(
+        RAW_KEY, *(dg.AssetKey(["lighton", spec.name]) for spec in load_filter_specs())
+    ),
+    description="Raw LightOn pairs and every filter recipe, for one config.",
+)
+
+
 def definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[lighton_raw])
+    return dg.Definitions(assets=[lighton_raw], jobs=[lighton_partitions_job])

@@ -40,7 +40,6 @@ from kd_pipeline.recipes.unions import (
 )
 from kd_pipeline.resources import LakeResource
 
-LIGHTON_PARTITIONED_JOB = "lighton_partitions"
 LIGHTON_UNIONS_JOB = "lighton_unions"
 CUSTOM_KEY = dg.AssetKey(["lighton", "custom"])
 CUSTOM_UNION_KEY = dg.AssetKey(["lighton", "custom_union"])
@@ -341,16 +340,12 @@ def build_custom_union_asset(specs: Sequence[UnionSpec]) -> dg.AssetsDefinition:
 
 
 def definitions() -> dg.Definitions:
-    """Every LightOn recipe from the spec files, the ad-hoc assets, and the jobs."""
+    """Every LightOn recipe from the spec files, the ad-hoc assets, and the unions' job (the
+    job of `lighton/raw` and the filter recipes is the LightOn family's, families/lighton.py)."""
     filter_specs = load_filter_specs()
     union_specs = load_union_specs(taken={s.name for s in filter_specs})
     filters = [build_filter_asset(spec) for spec in filter_specs]
     unions = [build_union_asset(spec) for spec in union_specs]
-    partitioned_job = dg.define_asset_job(
-        LIGHTON_PARTITIONED_JOB,
-        selection=dg.AssetSelection.assets(RAW_KEY, *(a.key for a in filters)),
-        description="Raw LightOn pairs and every filter recipe, for one config.",
-    )
     unions_job = dg.define_asset_job(
         LIGHTON_UNIONS_JOB,
         selection=dg.AssetSelection.assets(*(a.key for a in unions)),
@@ -358,5 +353,5 @@ def definitions() -> dg.Definitions:
     )
     return dg.Definitions(
         assets=[*filters, *unions, lighton_custom, build_custom_union_asset(union_specs)],
-        jobs=[partitioned_job, unions_job],
+        jobs=[unions_job],
     )

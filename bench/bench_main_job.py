@@ -1,0 +1,120 @@
+"""The main job's wall time on the sample: runs one after another vs several at a time.
+
+```sh
+.venv/bin/python bench/bench_main_job.py [--runs-at-once N] [--workdir DIR] [--keep]
+```
+
+Each variant is `kd-pipeline materialize` (every asset and check over every partition of the
+sample, 167 runs) in a data home of its own, the sample mirror generated there beforehand
+so the timing is the runs only:
+  - `sequential`: `--runs-at-once 1`, one run after another, as the command did before;
+  - `parallel`: the instance's `max_concurrent_runs` (dagster.yaml: 4), or `--runs-at-once`.
+Prints each variant's wall time, the CPU seconds of its processes, the 1-min load average
+before it, and the ratio sequential / parallel. Both must succeed (exit 0, last stdout line
+the lake) and publish the same catalog views with the same row counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "kd_pipeline.cli"]
+
+
+def environment(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KD_PIPELINE_", "DAGSTER"))}
+    env["KD_PIPELINE_HOME"] = str(home)
+    return env
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def catalog_counts(lake: Path) -> dict[str, int]:
+    """Rows of every view of the lake's catalog."""
+    con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
+    views = con.execute(
+        "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal"
+    ).fetchall()
+    return {
+        f"{s}.{v}": con.execute(f'SELECT count(*) FROM "{s}"."{v}"').fetchone()[0] for s, v in views
+    }
+
+
+def run_variant(name: str, home: Path, runs_at_once: int | None) -> dict:
+    """Generate the sample in `home`, then time one `kd-pipeline materialize` there."""
+    env = environment(home)
+    subprocess.run(
+        [sys.executable, "-c", "from kd_pipeline.resources import sample_mirror; sample_mirror()"],
+        env=env,
+        cwd=REPO,
+        check=True,
+    )
+    args = [*CLI, "materialize"] + ([f"--runs-at-once={runs_at_once}"] if runs_at_once else [])
+    load = os.getloadavg()[0]
+    cpu = children_cpu()
+    began = time.perf_counter()
+    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - began
+    if proc.returncode != 0:
+        sys.exit(f"{name}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    lake = Path(proc.stdout.strip().splitlines()[-1])
+    summary = [line for line in proc.stderr.splitlines() if "runs succeeded" in line]
+    return {
+        "name": name,
+        "seconds": seconds,
+        "cpu_seconds": children_cpu() - cpu,
+        "load": load,
+        "summary": summary[-1] if summary else "",
+        "counts": catalog_counts(lake),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs-at-once", type=int, default=None)
+    parser.add_argument("--workdir", default=None, help="default: a temporary folder")
+    parser.add_argument("--keep", action="store_true", help="keep the data homes")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kd-bench-main-job-"))
+    print(f"cores: {os.cpu_count()}; data homes under {workdir}", flush=True)
+    try:
+        results = []
+        for name, at_once in (("sequential", 1), ("parallel", args.runs_at_once)):
+            home = workdir / name
+            shutil.rmtree(home, ignore_errors=True)
+            result = run_variant(name, home, at_once)
+            print(
+                f"{name:>10}: {result['seconds']:7.1f} s wall, {result['cpu_seconds']:7.1f} s CPU,"
+                f" load before {result['load']:.2f}; {result['summary']}",
+                flush=True,
+            )
+            results.append(result)
+        sequential, parallel = results
+        if sequential["counts"] != parallel["counts"]:
+            sys.exit("the two variants published different catalogs")
+        print(
+            f"main job: sequential {sequential['seconds']:.1f} s, parallel "
+            f"{parallel['seconds']:.1f} s, ratio {sequential['seconds'] / parallel['seconds']:.2f}x"
+            f" ({len(sequential['counts'])} catalog views, same row counts)"
+        )
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""The main job: every run `kd-pipeline materialize` starts, several at a time.
+
+A run is one Dagster job over one partition (`execute_in_process`, the persistent instance),
+so each run is its own entry in the UI and a failed partition fails only its own run.
+Runs go to a pool of worker processes, as many as the instance's `max_concurrent_runs`
+(dagster.yaml, `concurrency.runs`) and the slots of the `duckdb` pool (`concurrency.pools`)
+allow; the instance still enforces the pool across processes (runs from the UI share it).
+The workers load the code location once each, so a run costs its steps, not an interpreter
+start.
+
+Order: a job's runs start once every run of the jobs it waits on has finished (succeeded or
+failed, as the sequential loop did): the earlier jobs of the main job whose assets it reads
+(its assets' parents) or also materialises (two jobs never write one asset at once).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+import dagster as dg
+
+
+@dataclass(frozen=True)
+class Step:
+    """One run of the main job: a job name and its partition (None: unpartitioned)."""
+
+    job: str
+    partition: str | None
+
+    @property
+    def label(self) -> str:
+        return self.job + (f" [{self.partition}]" if self.partition else "")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run ended: its step, whether it succeeded, its Dagster run id."""
+
+    step: Step
+    success: bool
+    run_id: str | None  # None when the run could not start (its worker died)
+    error: str | None = None
+
+
+def job_waits(defs: dg.Definitions, jobs: Sequence[str]) -> dict[str, frozenset[str]]:
+    """For each job (in main-job order), the earlier jobs whose runs must all have finished
+    before its own start: those materialising one of its assets' parents or one of its
+    assets."""
+    graph = defs.resolve_asset_graph()
+    owned = {
+        name: set(defs.resolve_job_def(name).asset_layer.executable_asset_keys) for name in jobs
+    }
+    waits: dict[str, frozenset[str]] = {}
+    for index, name in enumerate(jobs):
+        reads = set(owned[name])
+        for key in owned[name]:
+            reads |= graph.get(key).parent_keys
+        waits[name] = frozenset(earlier for earlier in jobs[:index] if owned[earlier] & reads)
+    return waits
+
+
+def main_job_steps(defs: dg.Definitions, jobs: Sequence[str]) -> list[Step]:
+    """Every run of the main job: each job once per partition, in main-job order."""
+    steps = []
+    for name in jobs:
+        partitions_def = defs.resolve_job_def(name).partitions_def
+        keys = partitions_def.get_partition_keys() if partitions_def else [None]
+        steps += [Step(name, key) for key in keys]
+    return steps
+
+
+def default_runs_at_once(
+    instance: dg.DagsterInstance, defs: dg.Definitions, jobs: Sequence[str]
+) -> int:
+    """How many runs to execute at once: the instance's `concurrency.runs.max_concurrent_runs`
+    (dagster.yaml), capped by the smallest slot limit of the pools the jobs' steps claim
+    (`concurrency.pools`); the number of cores when neither sets a limit.
+
+    A run executed in process holds at most one slot at a time, so that many runs never wait
+    on a pool. Waiting costs more than it gains on small partitions: Dagster re-checks a step
+    blocked on a pool after 1 s, backing off to 15 s."""
+    config = instance.get_concurrency_config()
+    queue = config.run_queue_config
+    limits = [queue.max_concurrent_runs] if queue is not None else []
+    for pool in sorted(pools_used(defs, jobs)):
+        slots = instance.event_log_storage.get_concurrency_info(pool).slot_count
+        limits.append(slots or config.pool_config.default_pool_limit or -1)
+    limits = [limit for limit in limits if limit > 0]
+    return min(limits) if limits else (os.cpu_count() or 1)
+
+
+def pools_used(defs: dg.Definitions, jobs: Sequence[str]) -> set[str]:
+    """The concurrency pools the steps of these jobs claim (e.g. `duckdb`)."""
+    return {
+        node.pool
+        for name in jobs
+        for node in defs.resolve_job_def(name).graph.node_defs
+        if getattr(node, "pool", None)
+    }
+
+
+_worker_instance: dg.DagsterInstance | None = None
+
+
+def _start_worker() -> None:
+    """In each worker: Ctrl-C is the parent's to handle (it stops the workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -> Outcome:
+    """Run one step in this worker, against the instance of DAGSTER_HOME."""
+    from kd_pipeline.definitions import defs
+
+    global _worker_instance
+    if _worker_instance is None:
+        _worker_instance = dg.DagsterInstance.get()
+    result = defs.resolve_job_def(step.job).execute_in_process(
+        partition_key=step.partition,
+        instance=_worker_instance,
+        raise_on_error=False,
+        run_config=run_config,
+        tags=tags(),
+    )
+    return Outcome(step, result.success, result.run_id)
+
+
+def run_steps(
+    steps: Sequence[Step],
+    waits: dict[str, frozenset[str]],
+    runs_at_once: int,
+    run_config: dict,
+    tags: Callable[[], dict[str, str]],
+) -> Iterator[Outcome]:
+    """Run the steps on `runs_at_once` worker processes, yielding each outcome as its run
+    finishes. A step starts once no step of a job it waits on is pending or running.
+
+    `tags()` is called in the worker, so a run carries the pid of the process executing it
+    (what `instance.release_orphaned_runs` judges). Raises ValueError when runs_at_once < 1.
+    """
+    if runs_at_once < 1:
+        raise ValueError(f"runs at once: {runs_at_once}, expected at least 1")
+    unfinished = Counter(step.job for step in steps)
+    pending = list(steps)
+    running: dict[Future[Outcome], Step] = {}
+    context = multiprocessing.get_context("spawn")
+    workers = min(runs_at_once, max(1, len(steps)))
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+        while pending or running:
+            ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
+            for step in ready[: max(0, runs_at_once - len(running))]:
+                pending.remove(step)
+                try:
+                    running[pool.submit(_execute, step, run_config, tags)] = step
+                except BrokenProcessPool as exc:
+                    unfinished[step.job] -= 1
+                    yield Outcome(step, False, None, f"not started: {exc}")
+            if not running:
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                step = running.pop(future)
+                unfinished[step.job] -= 1
+                try:
+                    yield future.result()
+                except Exception as exc:  # the worker died, or Dagster refused the run
+                    yield Outcome(step, False, None, f"{type(exc).__name__}: {exc}")
