@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import dagster as dg
 import datasets  # a test dependency: the consumer of the Parquet and JSONL exports
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -26,7 +28,7 @@ from kd_pipeline.cli import main
 from kd_pipeline.definitions import defs
 from kd_pipeline.engine import copy_parquet, default_duckdb_resource
 from kd_pipeline.exports import factory
-from kd_pipeline.exports.card import licence_header, licences_for
+from kd_pipeline.exports.card import licence_header, licences_for, write_card
 from kd_pipeline.exports.compression import gzip_file
 from kd_pipeline.exports.format import SpecError
 from kd_pipeline.exports.lightning_ir import dataset_from_file_name
@@ -841,6 +843,39 @@ PUBLISHED = [
     for job, partition in EXPORT_RUNS
     if factory.export_job_name(spec) == job
 ]
+
+
+def test_one_datasets_cache_never_serves_another_export_or_an_old_version(
+    sample: SampleExports, tmp_path: Path
+) -> None:
+    """A user keeps one `datasets` cache and loads the published paths (links, not version
+    folders). Two exports whose folders are both named `bert` must each load their own
+    rows, and a republished export must load its new rows, not the cached old ones."""
+    cache = str(tmp_path / "shared_cache")
+    margin = sample.path("exports/margin_mse/margin_mse_hofstaetter", "bert")
+    triplets = sample.path("exports/splade_triplets/splade_triplets_hofstaetter", "bert")
+    assert margin.name == triplets.name == "bert"
+    first = datasets.load_dataset(str(margin), split="train", cache_dir=cache)
+    second = datasets.load_dataset(str(triplets), split="train", cache_dir=cache)
+    assert "margin" not in second.column_names and "query_text" in second.column_names
+    assert len(second) == pq_rows(triplets, "part-*.parquet") != len(first)
+
+    # a republish: same path, fewer rows, the card written again as the factory writes it
+    published = tmp_path / "lake" / "bert"
+    shutil.copytree(margin.resolve(), published)
+    before = datasets.load_dataset(str(published), split="train", cache_dir=cache)
+    (part,) = sorted(published.glob("part-*.parquet"))
+    pq.write_table(pq.read_table(part).slice(0, 7), part)
+    card_text = (published / "README.md").read_text(encoding="utf-8")
+    header_end = card_text.index("\ndataset_info:")
+    body = card_text[card_text.index("\n---", header_end) :]
+    write_card(published, card_text[:header_end] + body)
+    after = datasets.load_dataset(str(published), split="train", cache_dir=cache)
+    assert len(before) == len(first) != 7 and len(after) == 7
+
+
+def pq_rows(folder: Path, pattern: str) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob(pattern))
 
 
 @pytest.mark.parametrize(("key", "partition"), PUBLISHED)

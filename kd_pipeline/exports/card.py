@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from kd_pipeline.families.cards import card_front_matter
+
 CARD_NAME = "README.md"
 VALIDATION_DIR = "validation"
 
@@ -205,4 +207,27 @@ def render_card(
 
 
 def write_card(folder: Path, text: str) -> None:
+    """Write the card into the staged export folder, adding to its YAML header a
+    `dataset_info:` entry per config with the bytes of that config's files.
+
+    Why: `datasets` (5.x) keys its cache of a local folder by the folder's name (`bert`) and
+    the card's metadata, not by the files. Without metadata that changes with the files, a
+    republished export at the same path, or another export whose folder has the same name,
+    is silently read from the cache. The size is a pure function of the files, so two builds
+    of the same inputs still write the same card.
+    """
+    header_end = text.index("\n---", 3)
+    infos = [
+        {
+            "config_name": entry["config_name"],
+            "dataset_size": sum(
+                path.stat().st_size
+                for files in entry["data_files"]
+                for path in folder.glob(files["path"])
+            ),
+        }
+        for entry in card_front_matter(text).get("configs") or []
+    ]
+    block = yaml.safe_dump({"dataset_info": infos}, sort_keys=False).rstrip()
+    text = f"{text[:header_end]}\n{block}{text[header_end:]}"
     (folder / CARD_NAME).write_text(text, encoding="utf-8")
