@@ -40,6 +40,19 @@ EXPORT_RUNS: list[tuple[str, str | None]] = [
 ]
 
 
+def exports_of(format_name: str) -> list[tuple[str, str | None]]:
+    """(asset key, partition) of every export of `format_name` that exports.yaml declares,
+    for every partition the sample builds: a new export spec is trained without editing a
+    test list."""
+    return [
+        (spec.key.to_user_string(), partition)
+        for spec in load_export_specs()
+        if spec.format.name == format_name
+        for job, partition in EXPORT_RUNS
+        if job == factory.export_job_name(spec)
+    ]
+
+
 @dataclass(frozen=True)
 class BuiltExports:
     """A lake holding the sample's families and their exports; `results` holds each export

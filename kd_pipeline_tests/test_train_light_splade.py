@@ -23,23 +23,13 @@ from light_splade.schemas.config import (
 )
 from light_splade.trainer import SpladeTrainer
 
-from kd_pipeline.families.upstream import RUN_VARIANTS
-from kd_pipeline_tests.sample_exports import BuiltExports
+from kd_pipeline_tests.sample_exports import BuiltExports, exports_of
 from kd_pipeline_tests.tiny_models import Snapshot, assert_trained, tiny_bert
 
 pytestmark = pytest.mark.usefixtures("offline_consumers")
 
-SPLADE = [
-    ("exports/splade/splade_hofstaetter", "bert"),
-    ("exports/splade/splade_hofstaetter", "ensemble"),
-    *(("exports/splade/splade_rank_distillm", v) for v in RUN_VARIANTS),
-    ("exports/splade/splade_fiqa", None),
-]
-TRIPLETS = [
-    (f"exports/splade_triplets/splade_triplets_{name}", partition)
-    for name in ("hofstaetter", "hofstaetter_pos")
-    for partition in ("bert", "ensemble")
-]
+SPLADE = exports_of("splade")
+TRIPLETS = exports_of("splade_triplets")
 TUPLE_ORDER = ["query_text", "pos_text", "neg_text", "pos_score", "neg_score"]
 BATCH = 4
 

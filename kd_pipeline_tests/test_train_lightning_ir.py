@@ -24,18 +24,12 @@ from lightning_ir import (
 from lightning_ir.data.external_datasets.ir_datasets_utils import register_new_dataset
 from lightning_ir.models import DprConfig
 
-from kd_pipeline.families.upstream import RUN_VARIANTS
-from kd_pipeline_tests.sample_exports import BuiltExports
+from kd_pipeline_tests.sample_exports import BuiltExports, exports_of
 from kd_pipeline_tests.tiny_models import Snapshot, assert_trained, tiny_bert
 
 pytestmark = pytest.mark.usefixtures("offline_consumers")
 
-RUNS = [
-    ("exports/lightning_ir/lightning_ir_hofstaetter", "bert"),
-    ("exports/lightning_ir/lightning_ir_hofstaetter", "ensemble"),
-    *(("exports/lightning_ir/lightning_ir_rank_distillm", v) for v in RUN_VARIANTS),
-    ("exports/lightning_ir/lightning_ir_fiqa", None),
-]
+RUNS = exports_of("lightning_ir")
 # the lake's tables behind each collection a run file names
 COLLECTIONS = {
     "msmarco-passage/train": (

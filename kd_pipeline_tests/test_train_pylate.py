@@ -14,16 +14,12 @@ from datasets import load_dataset
 from pylate import losses, models, utils
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-from kd_pipeline.families.upstream import RUN_VARIANTS
-from kd_pipeline_tests.sample_exports import BuiltExports
+from kd_pipeline_tests.sample_exports import BuiltExports, exports_of
 from kd_pipeline_tests.tiny_models import Snapshot, assert_trained, tiny_bert
 
 pytestmark = pytest.mark.usefixtures("offline_consumers")
 
-PYLATE_KD = [
-    ("exports/pylate_kd/pylate_kd_fiqa", None),
-    *(("exports/pylate_kd/pylate_kd_rank_distillm", v) for v in RUN_VARIANTS),
-]
+PYLATE_KD = exports_of("pylate_kd")
 BATCH = 8
 
 

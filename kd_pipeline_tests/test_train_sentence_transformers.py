@@ -24,20 +24,20 @@ from sentence_transformers.cross_encoder import (
 from sentence_transformers.cross_encoder.losses import MSELoss
 from sentence_transformers.losses import MarginMSELoss
 
-from kd_pipeline.families.upstream import RUN_VARIANTS
+from kd_pipeline.exports.specs import load_export_specs
 from kd_pipeline.lake import Lake
-from kd_pipeline_tests.sample_exports import LIGHTON_CONFIG, MIXTURE_EXPORT, BuiltExports
+from kd_pipeline_tests.sample_exports import MIXTURE_EXPORT, BuiltExports, exports_of
 from kd_pipeline_tests.tiny_models import Snapshot, assert_trained, tiny_bert
 
 pytestmark = pytest.mark.usefixtures("offline_consumers")
 
-MARGIN_MSE = [
-    ("exports/margin_mse/margin_mse_hofstaetter", "bert", 1),
-    ("exports/margin_mse/margin_mse_hofstaetter", "ensemble", 1),
-    *(("exports/margin_mse/margin_mse_rank_distillm", v, 1) for v in RUN_VARIANTS),
-    ("exports/margin_mse/margin_mse_fiqa", None, 4),
+MARGIN_MSE = [  # with the negatives per row each spec asks for
+    (key, partition, spec.knobs.negatives_per_row)
+    for spec in load_export_specs()
+    for key, partition in exports_of("margin_mse")
+    if key == spec.key.to_user_string()
 ]
-POINTWISE = [("exports/pointwise/pointwise_lighton_recommended", LIGHTON_CONFIG)]
+POINTWISE = exports_of("pointwise")
 BATCH = 4
 
 

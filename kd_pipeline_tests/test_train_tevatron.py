@@ -27,16 +27,12 @@ from tevatron.modeling import DenseModel
 from tevatron.trainer import DenseTrainer
 from transformers import AutoConfig, AutoTokenizer
 
-from kd_pipeline_tests.sample_exports import BuiltExports
+from kd_pipeline_tests.sample_exports import BuiltExports, exports_of
 from kd_pipeline_tests.tiny_models import Snapshot, assert_trained, tiny_bert
 
 pytestmark = pytest.mark.usefixtures("offline_consumers")
 
-TEVATRON = [
-    ("exports/tevatron/tevatron_fiqa", None),
-    ("exports/tevatron/tevatron_hofstaetter", "bert"),
-    ("exports/tevatron/tevatron_hofstaetter", "ensemble"),
-]
+TEVATRON = exports_of("tevatron")
 PASSAGES = 4  # one positive and three negatives a query
 Q_LEN, P_LEN = 16, 64
 BATCH = 2
