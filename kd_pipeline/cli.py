@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kd_pipeline import settings
 from kd_pipeline.instance import (
+    STOPPING,
     cli_run_tags,
     ensure_dagster_home,
     release_orphaned_runs,
@@ -68,11 +69,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     started = time.monotonic()
     outcomes = run_steps(steps, waits, at_once, QUIET_LOGS, cli_run_tags)
     for number, outcome in enumerate(outcomes, 1):
+        if STOPPING.is_set():  # the signal watcher reports and exits
+            break
         status = "ok" if outcome.success else "FAILED"
         detail = f"run {outcome.run_id[:8]}" if outcome.run_id else outcome.error
         log(f"[{number}/{len(steps)}] {outcome.step.label}: {status} ({detail})")
         if not outcome.success:
             failed.append(outcome.step.label)
+    if STOPPING.is_set():
+        time.sleep(60)  # the signal watcher is canceling the runs; it exits the process
     lake = settings.lake_root()
     log(
         f"{len(steps) - len(failed)}/{len(steps)} runs succeeded in "

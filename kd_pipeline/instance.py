@@ -152,10 +152,15 @@ def cancel_own_runs(
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Set first thing when a stop signal is handled: the main thread then starts, restarts and
+# reports nothing more (main_job.run_steps, the CLI) while the watcher cancels and exits.
+STOPPING = threading.Event()
+
 
 def _stop(signum: int, log: Callable[[str], None]) -> None:
     """Kill this process's worker processes, cancel its and their unfinished runs, say so in
     one line, exit 128 + signum."""
+    STOPPING.set()
     name = signal.Signals(signum).name
     workers = multiprocessing.active_children()
     for worker in workers:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from kd_pipeline.instance import STOPPING, release_orphaned_runs
+
 
 @dataclass(frozen=True)
 class Step:
@@ -131,6 +133,9 @@ def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -
     return Outcome(step, result.success, result.run_id)
 
 
+MAX_POOL_RESTARTS = 3
+
+
 def run_steps(
     steps: Sequence[Step],
     waits: dict[str, frozenset[str]],
@@ -142,32 +147,66 @@ def run_steps(
     finishes. A step starts once no step of a job it waits on is pending or running.
 
     `tags()` is called in the worker, so a run carries the pid of the process executing it
-    (what `instance.release_orphaned_runs` judges). Raises ValueError when runs_at_once < 1.
+    (what `instance.release_orphaned_runs` judges). A worker killed mid-run (OOM killer,
+    segfault) breaks the pool, and Python then terminates the other workers too: the runs
+    they were executing are marked failed with their pool slots freed, yielded as failed,
+    and the steps not started yet go to a new pool (at most MAX_POOL_RESTARTS times).
+    Nothing more is started or yielded once a stop signal is being handled
+    (`instance.STOPPING`). Raises ValueError when runs_at_once < 1.
     """
     if runs_at_once < 1:
         raise ValueError(f"runs at once: {runs_at_once}, expected at least 1")
     unfinished = Counter(step.job for step in steps)
     pending = list(steps)
-    running: dict[Future[Outcome], Step] = {}
-    context = multiprocessing.get_context("spawn")
-    workers = min(runs_at_once, max(1, len(steps)))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-        while pending or running:
-            ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
-            for step in ready[: max(0, runs_at_once - len(running))]:
-                pending.remove(step)
-                try:
-                    running[pool.submit(_execute, step, run_config, tags)] = step
-                except BrokenProcessPool as exc:
+    restarts = 0
+    while pending and not STOPPING.is_set():
+        running: dict[Future[Outcome], Step] = {}
+        broken = False
+        context = multiprocessing.get_context("spawn")
+        workers = min(runs_at_once, len(pending))
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+            while (pending or running) and not broken and not STOPPING.is_set():
+                ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
+                for step in ready[: max(0, runs_at_once - len(running))]:
+                    try:
+                        running[pool.submit(_execute, step, run_config, tags)] = step
+                    except BrokenProcessPool:
+                        broken = True
+                        break
+                    pending.remove(step)
+                if broken or not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        broken = True
+                        continue
+                    step = running.pop(future)
                     unfinished[step.job] -= 1
-                    yield Outcome(step, False, None, f"not started: {exc}")
-            if not running:
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                step = running.pop(future)
-                unfinished[step.job] -= 1
-                try:
-                    yield future.result()
-                except Exception as exc:  # the worker died, or Dagster refused the run
-                    yield Outcome(step, False, None, f"{type(exc).__name__}: {exc}")
+                    if not STOPPING.is_set():
+                        yield _outcome(step, future)
+        # Leaving the block joined every worker: the runs of the dead ones can be judged.
+        if STOPPING.is_set():
+            return
+        if running:
+            with dg.DagsterInstance.get() as instance:
+                release_orphaned_runs(instance)
+        for future, step in running.items():
+            unfinished[step.job] -= 1
+            yield _outcome(step, future)
+        if broken and pending:
+            restarts += 1
+            if restarts > MAX_POOL_RESTARTS:
+                for step in pending:
+                    yield Outcome(step, False, None, "not started: the worker pool broke again")
+                return
+
+
+def _outcome(step: Step, future: Future[Outcome]) -> Outcome:
+    """The outcome of a finished future: its result, or a failure naming why it has none."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return Outcome(step, False, None, "its worker process died; its run is marked failed")
+    except Exception as exc:  # Dagster refused the run
+        return Outcome(step, False, None, f"{type(exc).__name__}: {exc}")

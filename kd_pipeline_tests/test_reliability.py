@@ -378,3 +378,50 @@ def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -
         runs = instance.get_runs(limit=2)
         assert [r.status for r in runs] == [dg.DagsterRunStatus.CANCELED] * 2
     assert lake.manifest(("lighton", "raw"), "quora")["version"] == version
+
+
+def test_a_killed_worker_fails_its_run_and_the_rest_run_on_a_new_pool(tmp_path, lake_dir) -> None:
+    """SIGKILL of the worker executing a big partition (what the OOM killer does): its run
+    ends FAILURE with its pool slot freed, the partitions not started yet run on a new pool
+    of workers and are published, the command exits 1 naming only the killed partition."""
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 1_500_000, "w")
+    small_config(mirror, "quora")
+    small_config(mirror, "npr")
+    env = env_for(tmp_path, mirror)
+    pool_of_one(env)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "1"]
+    for config in ("agnews", "quora", "npr"):
+        args += ["--partition", config]
+    with open(tmp_path / "stderr.log", "w") as err:
+        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+
+        def started_run() -> list[dg.DagsterRun]:
+            return instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+        try:
+            wait_for(lambda: started_run() and claimed_slots(env), 120, "the big run to start")
+        finally:
+            (killed,) = started_run()
+            worker = int(killed.tags["kd-pipeline/pid"])
+            assert worker != command.pid
+            os.kill(worker, signal.SIGKILL)
+        assert command.wait(timeout=300) == 1, (tmp_path / "stderr.log").read_text()
+        stderr = (tmp_path / "stderr.log").read_text()
+        assert "lighton_partitions [agnews]: FAILED (its worker process died" in stderr
+        assert "2/3 runs succeeded" in stderr
+        assert "failed: lighton_partitions [agnews] " in stderr
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        statuses = {r.tags["dagster/partition"]: r.status for r in instance.get_runs()}
+        assert statuses == {
+            "agnews": dg.DagsterRunStatus.FAILURE,
+            "quora": dg.DagsterRunStatus.SUCCESS,
+            "npr": dg.DagsterRunStatus.SUCCESS,
+        }
+        info = instance.event_log_storage.get_concurrency_info("duckdb")
+        assert info.claimed_slots == [] and info.pending_steps == []
+    lake = Lake(lake_dir)
+    assert lake.is_published(("lighton", "recommended"), "quora")
+    assert lake.is_published(("lighton", "recommended"), "npr")
+    assert not lake.is_published(("lighton", "raw"), "agnews")
