@@ -4,7 +4,7 @@ Every materialisation goes through Dagster with the persistent instance (DAGSTER
 runs started here show up in `dagster dev` like runs started from the UI. Progress goes
 to stderr; the last line of stdout is the path a script wants. Before any command runs,
 every `KD_PIPELINE_*` setting is validated: a bad one is one line naming the variable, its
-value and what is allowed, and exit code 2. SIGINT/SIGTERM stop any command cleanly.
+value and what is allowed, and exit code 2. SIGINT/SIGTERM/SIGHUP stop any command cleanly.
 """
 
 from __future__ import annotations

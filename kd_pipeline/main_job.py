@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from kd_pipeline.instance import STOPPING, release_orphaned_runs
+from kd_pipeline.instance import COMMAND_PID_TAG, STOPPING, release_orphaned_runs
 
 
 @dataclass(frozen=True)
@@ -111,9 +111,17 @@ def pools_used(defs: dg.Definitions, jobs: Sequence[str]) -> set[str]:
 _worker_instance: dg.DagsterInstance | None = None
 
 
-def _start_worker() -> None:
-    """In each worker: Ctrl-C is the parent's to handle (it stops the workers itself)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+_command_pid: int | None = None
+
+
+def _start_worker(command_pid: int) -> None:
+    """In each worker: Ctrl-C and a hang-up sent to the terminal's whole process group are
+    the parent's to handle (it kills the workers and cancels their runs itself): they stay
+    blocked here, whatever handler Dagster installs while it executes. SIGTERM is not
+    blocked: Python's pool stops its workers with it when one of them died."""
+    global _command_pid
+    _command_pid = command_pid
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
 
 
 def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -> Outcome:
@@ -128,7 +136,7 @@ def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -
         instance=_worker_instance,
         raise_on_error=False,
         run_config=run_config,
-        tags=tags(),
+        tags={**tags(), COMMAND_PID_TAG: str(_command_pid)},
     )
     return Outcome(step, result.success, result.run_id)
 
@@ -164,7 +172,9 @@ def run_steps(
         broken = False
         context = multiprocessing.get_context("spawn")
         workers = min(runs_at_once, len(pending))
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+        ) as pool:
             while (pending or running) and not broken and not STOPPING.is_set():
                 ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
                 for step in ready[: max(0, runs_at_once - len(running))]:

@@ -347,8 +347,8 @@ def test_the_daemon_sensor_releases_dead_runs_too(tmp_path, lake_dir) -> None:
 
 def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -> None:
     """A `kd-pipeline materialize` waiting for a slot another (live) holder keeps stops on
-    SIGTERM / SIGINT within seconds: exit 143 / 130, its run canceled, no slot or pending
-    claim left behind, nothing published."""
+    SIGTERM / SIGINT / SIGHUP within seconds: exit 143 / 130 / 129, its run canceled, no
+    slot or pending claim left behind, nothing published."""
     mirror = tmp_path / "mirror"
     small_config(mirror)
     env = env_for(tmp_path, mirror)
@@ -360,7 +360,7 @@ def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -
         storage = instance.event_log_storage
         assert storage.claim_concurrency_slot("duckdb", "holder", "step").is_claimed
         try:
-            for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+            for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)):
                 blocked = Run(env, partition="quora")
                 wait_for(
                     lambda: storage.get_concurrency_info("duckdb").pending_step_count > 0,
@@ -375,8 +375,8 @@ def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -
                 assert [p.run_id for p in info.pending_steps] == ["holder"]
         finally:
             storage.free_concurrency_slot_for_step("holder", "step")
-        runs = instance.get_runs(limit=2)
-        assert [r.status for r in runs] == [dg.DagsterRunStatus.CANCELED] * 2
+        runs = instance.get_runs(limit=3)
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.CANCELED] * 3
     assert lake.manifest(("lighton", "raw"), "quora")["version"] == version
 
 
