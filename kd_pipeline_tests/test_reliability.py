@@ -370,6 +370,7 @@ def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -
                 blocked.process.send_signal(sig)
                 assert blocked.wait(timeout=20) == code, blocked.stderr()[-2000:]
                 assert f"stopped by {sig.name}" in blocked.stderr()
+                assert "FAILED" not in blocked.stderr()
                 info = storage.get_concurrency_info("duckdb")
                 assert [s.run_id for s in info.claimed_slots] == ["holder"]
                 assert [p.run_id for p in info.pending_steps] == ["holder"]
