@@ -54,7 +54,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     home = ensure_dagster_home()
     if args.partition:
-        only = [canonical_config_name(p) for p in args.partition]
+        only = list(dict.fromkeys(canonical_config_name(p) for p in args.partition))
         steps = [Step(LIGHTON_PARTITIONED_JOB, p) for p in only]
     else:
         steps = main_job_steps(defs, MAIN_JOBS)
@@ -166,6 +166,17 @@ def cmd_validate_splade(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (else argparse's one-line error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="only this LightOn config (repeatable; then the unions are skipped); "
-        "default: all 73 configs, then every union",
+        "default: the whole main job, every job over every partition",
     )
     mat.add_argument(
         "--runs-at-once",
-        type=int,
+        type=positive_int,
         default=None,
         help="runs executing at the same time (default: the instance's max_concurrent_runs, "
         "at most the duckdb pool's slots, from dagster.yaml; 1: one after another)",

@@ -54,7 +54,10 @@ class Outcome:
 def job_waits(defs: dg.Definitions, jobs: Sequence[str]) -> dict[str, frozenset[str]]:
     """For each job (in main-job order), the earlier jobs whose runs must all have finished
     before its own start: those materialising one of its assets' parents or one of its
-    assets."""
+    assets.
+
+    Raises ValueError naming the job and the asset when a job reads an asset that only a
+    later job materialises (the order of `jobs` would run it on stale or missing input)."""
     graph = defs.resolve_asset_graph()
     owned = {
         name: set(defs.resolve_job_def(name).asset_layer.executable_asset_keys) for name in jobs
@@ -64,6 +67,15 @@ def job_waits(defs: dg.Definitions, jobs: Sequence[str]) -> dict[str, frozenset[
         reads = set(owned[name])
         for key in owned[name]:
             reads |= graph.get(key).parent_keys
+        earlier_owned = set().union(owned[name], *(owned[e] for e in jobs[:index]))
+        for later in jobs[index + 1 :]:
+            too_late = (reads & owned[later]) - earlier_owned
+            if too_late:
+                asset = min(too_late).to_user_string()
+                raise ValueError(
+                    f"main job order: {name} reads {asset}, which the later job {later} "
+                    "materialises; put that job first"
+                )
         waits[name] = frozenset(earlier for earlier in jobs[:index] if owned[earlier] & reads)
     return waits
 
@@ -184,8 +196,11 @@ def run_steps(
                         broken = True
                         break
                     pending.remove(step)
-                if broken or not running:
+                if broken:
                     continue
+                if not running:
+                    stuck = sorted({step.job for step in pending})
+                    raise RuntimeError(f"main job: nothing can start; stuck jobs: {stuck}")
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     if isinstance(future.exception(), BrokenProcessPool):
