@@ -426,3 +426,50 @@ def test_a_killed_worker_fails_its_run_and_the_rest_run_on_a_new_pool(tmp_path, 
     assert lake.is_published(("lighton", "recommended"), "quora")
     assert lake.is_published(("lighton", "recommended"), "npr")
     assert not lake.is_published(("lighton", "raw"), "agnews")
+
+
+def test_a_killed_worker_ends_its_sibling_run_too_and_frees_every_slot(tmp_path, lake_dir) -> None:
+    """Two big partitions on two workers, one worker SIGKILLed: Python stops the other
+    worker too; neither run is left unfinished, no pool claim is left, and the small
+    partition not started yet runs on a new pool and is published."""
+    import shutil
+
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 1_500_000, "s")
+    (lighton_repo(mirror) / "npr").mkdir(parents=True)
+    shutil.copy(
+        lighton_repo(mirror) / "agnews" / "train-00000-of-00001.parquet",
+        lighton_repo(mirror) / "npr" / "train-00000-of-00001.parquet",
+    )
+    small_config(mirror, "quora")
+    env = env_for(tmp_path, mirror)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
+    for config in ("agnews", "npr", "quora"):
+        args += ["--partition", config]
+    with open(tmp_path / "stderr.log", "w") as err:
+        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+
+        def started() -> list[dg.DagsterRun]:
+            return instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+        try:
+            wait_for(
+                lambda: {r.tags["dagster/partition"] for r in started()} == {"agnews", "npr"},
+                180,
+                "both big runs to start",
+            )
+        finally:
+            victim = next(r for r in started() if r.tags["dagster/partition"] == "agnews")
+            os.kill(int(victim.tags["kd-pipeline/pid"]), signal.SIGKILL)
+        assert command.wait(timeout=600) == 1, (tmp_path / "stderr.log").read_text()
+        statuses = {r.tags["dagster/partition"]: r.status for r in instance.get_runs()}
+        assert statuses["agnews"] == dg.DagsterRunStatus.FAILURE
+        assert statuses["quora"] == dg.DagsterRunStatus.SUCCESS
+        assert all(r.is_finished for r in instance.get_runs())  # the sibling's run too
+        info = instance.event_log_storage.get_concurrency_info("duckdb")
+        assert info.claimed_slots == [] and info.pending_steps == []
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert "lighton_partitions [quora]: ok" in stderr
+    assert "lighton_partitions [agnews]: FAILED (its worker process died" in stderr
+    assert Lake(lake_dir).is_published(("lighton", "recommended"), "quora")
