@@ -8,7 +8,8 @@ Each variant is `kd-pipeline materialize` (every asset and check over every part
 sample, 167 runs) in a data home of its own, the sample mirror generated there beforehand
 so the timing is the runs only:
   - `sequential`: `--runs-at-once 1`, one run after another, as the command did before;
-  - `parallel`: the instance's `max_concurrent_runs` (dagster.yaml: 4), or `--runs-at-once`.
+  - `parallel`: the instance's `max_concurrent_runs`, at most the `duckdb` pool's slots
+    (dagster.yaml: 4 and 2, so 2), or `--runs-at-once`.
 Prints each variant's wall time, the CPU seconds of its processes, the 1-min load average
 before it, and the ratio sequential / parallel. Both must succeed (exit 0, last stdout line
 the lake) and publish the same catalog views with the same row counts.

@@ -4,7 +4,7 @@ Every materialisation goes through Dagster with the persistent instance (DAGSTER
 runs started here show up in `dagster dev` like runs started from the UI. Progress goes
 to stderr; the last line of stdout is the path a script wants. Before any command runs,
 every `KD_PIPELINE_*` setting is validated: a bad one is one line naming the variable, its
-value and what is allowed, and exit code 2. SIGINT/SIGTERM stop any command cleanly.
+value and what is allowed, and exit code 2. SIGINT/SIGTERM/SIGHUP stop any command cleanly.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kd_pipeline import settings
 from kd_pipeline.instance import (
+    STOPPING,
     cli_run_tags,
     ensure_dagster_home,
     release_orphaned_runs,
@@ -53,7 +54,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     home = ensure_dagster_home()
     if args.partition:
-        only = [canonical_config_name(p) for p in args.partition]
+        only = list(dict.fromkeys(canonical_config_name(p) for p in args.partition))
         steps = [Step(LIGHTON_PARTITIONED_JOB, p) for p in only]
     else:
         steps = main_job_steps(defs, MAIN_JOBS)
@@ -68,11 +69,15 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     started = time.monotonic()
     outcomes = run_steps(steps, waits, at_once, QUIET_LOGS, cli_run_tags)
     for number, outcome in enumerate(outcomes, 1):
+        if STOPPING.is_set():  # the signal watcher reports and exits
+            break
         status = "ok" if outcome.success else "FAILED"
         detail = f"run {outcome.run_id[:8]}" if outcome.run_id else outcome.error
         log(f"[{number}/{len(steps)}] {outcome.step.label}: {status} ({detail})")
         if not outcome.success:
             failed.append(outcome.step.label)
+    if STOPPING.is_set():
+        time.sleep(60)  # the signal watcher is canceling the runs; it exits the process
     lake = settings.lake_root()
     log(
         f"{len(steps) - len(failed)}/{len(steps)} runs succeeded in "
@@ -161,6 +166,17 @@ def cmd_validate_splade(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (else argparse's one-line error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kd-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="only this LightOn config (repeatable; then the unions are skipped); "
-        "default: all 73 configs, then every union",
+        "default: the whole main job, every job over every partition",
     )
     mat.add_argument(
         "--runs-at-once",
-        type=int,
+        type=positive_int,
         default=None,
         help="runs executing at the same time (default: the instance's max_concurrent_runs, "
         "at most the duckdb pool's slots, from dagster.yaml; 1: one after another)",

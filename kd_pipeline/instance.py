@@ -11,9 +11,9 @@ judged only on the host that ran it (the host tag, or any run when the instance'
 is this machine's SQLite). It runs before every `kd-pipeline` command that materialises,
 and every minute in the daemon (the `release_dead_runs` sensor).
 
-`stop_cleanly_on_signals`: SIGINT or SIGTERM to a `kd-pipeline` command kills its worker
+`stop_cleanly_on_signals`: SIGINT, SIGTERM or SIGHUP to a `kd-pipeline` command kills its worker
 processes (main_job.py), cancels its and their unfinished runs, frees their slots and exits
-(130 / 143); the staged data of the run is
+(130 / 143 / 129); the staged data of the run is
 removed by the next write of that partition, nothing published is touched.
 """
 
@@ -38,6 +38,7 @@ from kd_pipeline import settings
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 HOST_TAG = "kd-pipeline/host"
 PID_TAG = "kd-pipeline/pid"
+COMMAND_PID_TAG = "kd-pipeline/command-pid"  # a worker's run: the pid of its kd-pipeline
 
 
 def ensure_dagster_home() -> Path:
@@ -133,29 +134,36 @@ def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
 def cancel_own_runs(
     instance: dg.DagsterInstance, reason: str, pids: Sequence[int] = ()
 ) -> list[str]:
-    """Mark the unfinished runs of this process (and of the worker processes `pids`, see
-    main_job.py) canceled and free their slots."""
-    own = instance.get_runs(
-        filters=dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
-            tags={
-                HOST_TAG: socket.gethostname(),
-                PID_TAG: [str(pid) for pid in (os.getpid(), *pids)],
-            },
+    """Mark the unfinished runs of this process, of its worker processes (main_job.py: by
+    their command pid tag, or their pids `pids`) canceled and free their slots."""
+    statuses = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING]
+    host = socket.gethostname()
+    by_pid = {PID_TAG: [str(pid) for pid in (os.getpid(), *pids)]}
+    by_command = {COMMAND_PID_TAG: str(os.getpid())}
+    own = {
+        run.run_id: run
+        for tags in (by_pid, by_command)
+        for run in instance.get_runs(
+            filters=dg.RunsFilter(statuses=statuses, tags={HOST_TAG: host, **tags})
         )
-    )
+    }.values()
     for run in own:
         instance.report_run_canceled(run, message=f"kd-pipeline: {reason}")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     return [run.run_id for run in own]
 
 
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# Set first thing when a stop signal is handled: the main thread then starts, restarts and
+# reports nothing more (main_job.run_steps, the CLI) while the watcher cancels and exits.
+STOPPING = threading.Event()
 
 
 def _stop(signum: int, log: Callable[[str], None]) -> None:
     """Kill this process's worker processes, cancel its and their unfinished runs, say so in
     one line, exit 128 + signum."""
+    STOPPING.set()
     name = signal.Signals(signum).name
     workers = multiprocessing.active_children()
     for worker in workers:
@@ -177,7 +185,7 @@ def _stop(signum: int, log: Callable[[str], None]) -> None:
 
 @contextlib.contextmanager
 def stop_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM stop the command: its unfinished runs are marked
+    """Within the block, SIGINT, SIGTERM and SIGHUP stop the command: its unfinished runs are marked
     canceled with their pool slots freed, one line says so, and the process exits with
     128 + the signal number.
 
@@ -191,7 +199,7 @@ def stop_cleanly_on_signals(log: Callable[[str], None]) -> Iterator[None]:
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-    # A Python-level handler for both (a no-op: the watcher acts), so SIGTERM is caught and
+    # A Python-level handler for each (a no-op: the watcher acts), so SIGTERM is caught and
     # written to the wakeup fd instead of killing the process on the spot.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in _STOP_SIGNALS}
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from kd_pipeline.instance import COMMAND_PID_TAG, STOPPING, release_orphaned_runs
+
 
 @dataclass(frozen=True)
 class Step:
@@ -52,7 +54,10 @@ class Outcome:
 def job_waits(defs: dg.Definitions, jobs: Sequence[str]) -> dict[str, frozenset[str]]:
     """For each job (in main-job order), the earlier jobs whose runs must all have finished
     before its own start: those materialising one of its assets' parents or one of its
-    assets."""
+    assets.
+
+    Raises ValueError naming the job and the asset when a job reads an asset that only a
+    later job materialises (the order of `jobs` would run it on stale or missing input)."""
     graph = defs.resolve_asset_graph()
     owned = {
         name: set(defs.resolve_job_def(name).asset_layer.executable_asset_keys) for name in jobs
@@ -62,6 +67,15 @@ def job_waits(defs: dg.Definitions, jobs: Sequence[str]) -> dict[str, frozenset[
         reads = set(owned[name])
         for key in owned[name]:
             reads |= graph.get(key).parent_keys
+        earlier_owned = set().union(owned[name], *(owned[e] for e in jobs[:index]))
+        for later in jobs[index + 1 :]:
+            too_late = (reads & owned[later]) - earlier_owned
+            if too_late:
+                asset = min(too_late).to_user_string()
+                raise ValueError(
+                    f"main job order: {name} reads {asset}, which the later job {later} "
+                    "materialises; put that job first"
+                )
         waits[name] = frozenset(earlier for earlier in jobs[:index] if owned[earlier] & reads)
     return waits
 
@@ -109,9 +123,17 @@ def pools_used(defs: dg.Definitions, jobs: Sequence[str]) -> set[str]:
 _worker_instance: dg.DagsterInstance | None = None
 
 
-def _start_worker() -> None:
-    """In each worker: Ctrl-C is the parent's to handle (it stops the workers itself)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+_command_pid: int | None = None
+
+
+def _start_worker(command_pid: int) -> None:
+    """In each worker: Ctrl-C and a hang-up sent to the terminal's whole process group are
+    the parent's to handle (it kills the workers and cancels their runs itself): they stay
+    blocked here, whatever handler Dagster installs while it executes. SIGTERM is not
+    blocked: Python's pool stops its workers with it when one of them died."""
+    global _command_pid
+    _command_pid = command_pid
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
 
 
 def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -> Outcome:
@@ -126,9 +148,12 @@ def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -
         instance=_worker_instance,
         raise_on_error=False,
         run_config=run_config,
-        tags=tags(),
+        tags={**tags(), COMMAND_PID_TAG: str(_command_pid)},
     )
     return Outcome(step, result.success, result.run_id)
+
+
+MAX_POOL_RESTARTS = 3
 
 
 def run_steps(
@@ -142,32 +167,71 @@ def run_steps(
     finishes. A step starts once no step of a job it waits on is pending or running.
 
     `tags()` is called in the worker, so a run carries the pid of the process executing it
-    (what `instance.release_orphaned_runs` judges). Raises ValueError when runs_at_once < 1.
+    (what `instance.release_orphaned_runs` judges). A worker killed mid-run (OOM killer,
+    segfault) breaks the pool, and Python then terminates the other workers too: the runs
+    they were executing are marked failed with their pool slots freed, yielded as failed,
+    and the steps not started yet go to a new pool (at most MAX_POOL_RESTARTS times).
+    Nothing more is started or yielded once a stop signal is being handled
+    (`instance.STOPPING`). Raises ValueError when runs_at_once < 1.
     """
     if runs_at_once < 1:
         raise ValueError(f"runs at once: {runs_at_once}, expected at least 1")
     unfinished = Counter(step.job for step in steps)
     pending = list(steps)
-    running: dict[Future[Outcome], Step] = {}
-    context = multiprocessing.get_context("spawn")
-    workers = min(runs_at_once, max(1, len(steps)))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
-        while pending or running:
-            ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
-            for step in ready[: max(0, runs_at_once - len(running))]:
-                pending.remove(step)
-                try:
-                    running[pool.submit(_execute, step, run_config, tags)] = step
-                except BrokenProcessPool as exc:
+    restarts = 0
+    while pending and not STOPPING.is_set():
+        running: dict[Future[Outcome], Step] = {}
+        broken = False
+        context = multiprocessing.get_context("spawn")
+        workers = min(runs_at_once, len(pending))
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(),)
+        ) as pool:
+            while (pending or running) and not broken and not STOPPING.is_set():
+                ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
+                for step in ready[: max(0, runs_at_once - len(running))]:
+                    try:
+                        running[pool.submit(_execute, step, run_config, tags)] = step
+                    except BrokenProcessPool:
+                        broken = True
+                        break
+                    pending.remove(step)
+                if broken:
+                    continue
+                if not running:
+                    stuck = sorted({step.job for step in pending})
+                    raise RuntimeError(f"main job: nothing can start; stuck jobs: {stuck}")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if isinstance(future.exception(), BrokenProcessPool):
+                        broken = True
+                        continue
+                    step = running.pop(future)
                     unfinished[step.job] -= 1
-                    yield Outcome(step, False, None, f"not started: {exc}")
-            if not running:
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                step = running.pop(future)
-                unfinished[step.job] -= 1
-                try:
-                    yield future.result()
-                except Exception as exc:  # the worker died, or Dagster refused the run
-                    yield Outcome(step, False, None, f"{type(exc).__name__}: {exc}")
+                    if not STOPPING.is_set():
+                        yield _outcome(step, future)
+        # Leaving the block joined every worker: the runs of the dead ones can be judged.
+        if STOPPING.is_set():
+            return
+        if running:
+            with dg.DagsterInstance.get() as instance:
+                release_orphaned_runs(instance)
+        for future, step in running.items():
+            unfinished[step.job] -= 1
+            yield _outcome(step, future)
+        if broken and pending:
+            restarts += 1
+            if restarts > MAX_POOL_RESTARTS:
+                for step in pending:
+                    yield Outcome(step, False, None, "not started: the worker pool broke again")
+                return
+
+
+def _outcome(step: Step, future: Future[Outcome]) -> Outcome:
+    """The outcome of a finished future: its result, or a failure naming why it has none."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return Outcome(step, False, None, "its worker process died; its run is marked failed")
+    except Exception as exc:  # Dagster refused the run
+        return Outcome(step, False, None, f"{type(exc).__name__}: {exc}")

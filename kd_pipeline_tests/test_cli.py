@@ -309,9 +309,9 @@ def test_sql_command_reads_the_catalog_of_the_configured_home(tmp_path, lake_dir
 
 # ---- the main job on several worker processes (issue 14 item 7) ---------------------------
 def test_materialize_runs_partitions_at_once_and_isolates_a_failing_one(tmp_path, lake_dir) -> None:
-    """Three partitions on three workers: the runs overlap in time, each executes in a
-    worker process of its own (its pid tag), the partition whose upstream file is not
-    Parquet fails alone, and the other two are published."""
+    """Three partitions on three workers: the runs overlap in time, they execute in worker
+    processes (their pid tags: at least two, none the command's), the partition whose
+    upstream file is not Parquet fails alone, and the other two are published."""
     from kd_pipeline.lake import Lake
     from kd_pipeline_tests.helpers import lighton_repo, pairs, write_pairs
 
@@ -342,7 +342,9 @@ def test_materialize_runs_partitions_at_once_and_isolates_a_failing_one(tmp_path
         "npr",
         "quora",
     ]
-    assert len({r.dagster_run.tags["kd-pipeline/pid"] for r in records}) == 3
+    workers = {r.dagster_run.tags["kd-pipeline/pid"] for r in records}
+    (command_pid,) = {r.dagster_run.tags["kd-pipeline/command-pid"] for r in records}
+    assert len(workers) >= 2 and command_pid not in workers
     spans = sorted((r.start_time, r.end_time) for r in records)
     assert any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans))
 
@@ -397,7 +399,8 @@ def live_processes(group: int) -> list[str]:
 def test_ctrl_c_stops_the_workers_and_cancels_their_runs(tmp_path, lake_dir) -> None:
     """Ctrl-C (SIGINT to the whole process group) while two runs on two workers wait for
     the pool's only slot, which another live holder keeps: exit 130 within seconds, no
-    process of the command left, neither run left unfinished, no claim of theirs left."""
+    process of the command left, both runs canceled (the workers block the group's SIGINT,
+    the command cancels their runs), no claim of theirs left."""
     import signal
 
     from kd_pipeline_tests.test_reliability import env_for, pool_of_one, small_config, wait_for
@@ -431,7 +434,9 @@ def test_ctrl_c_stops_the_workers_and_cancels_their_runs(tmp_path, lake_dir) -> 
             os.killpg(command.pid, signal.SIGINT)
             assert command.wait(timeout=30) == 130, (tmp_path / "stderr.log").read_text()
             wait_for(lambda: not live_processes(command.pid), 10, "the workers to be gone")
-            assert "stopped by SIGINT" in (tmp_path / "stderr.log").read_text()
+            stderr = (tmp_path / "stderr.log").read_text()
+            assert "stopped by SIGINT" in stderr
+            assert "FAILED" not in stderr and "runs succeeded" not in stderr  # no step reported
             info = storage.get_concurrency_info("duckdb")
             assert [s.run_id for s in info.claimed_slots] == ["holder"]
             assert [p.run_id for p in info.pending_steps] == ["holder"]
@@ -439,6 +444,65 @@ def test_ctrl_c_stops_the_workers_and_cancels_their_runs(tmp_path, lake_dir) -> 
             storage.free_concurrency_slot_for_step("holder", "step")
         runs = instance.get_runs()
         assert len(runs) == 2
-        assert all(
-            r.status in (dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.FAILURE) for r in runs
-        )
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.CANCELED] * 2
+        assert {r.tags["kd-pipeline/command-pid"] for r in runs} == {str(command.pid)}
+        assert str(command.pid) not in {r.tags["kd-pipeline/pid"] for r in runs}
+
+
+def test_a_repeated_or_aliased_partition_runs_once(tmp_path) -> None:
+    """`--partition fw-edu --partition fw_edu --partition fw-edu`: one config, so one run
+    (two at once would write one partition twice)."""
+    from kd_pipeline_tests.test_reliability import env_for, small_config
+
+    mirror = tmp_path / "mirror"
+    small_config(mirror, "fw-edu")
+    env = env_for(tmp_path, mirror)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
+    for name in ("fw-edu", "fw_edu", "fw-edu"):
+        args += ["--partition", name]
+    proc = run(args, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 runs, 2 at a time" in proc.stderr and "1/1 runs succeeded" in proc.stderr
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert [r.tags["dagster/partition"] for r in instance.get_runs()] == ["fw-edu"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_runs_at_once_below_one_is_refused(value, capsys) -> None:
+    """`--runs-at-once 0` used to mean the default silently: now argparse's one-line error
+    naming the option, exit 2, nothing run."""
+    from kd_pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["materialize", "--runs-at-once", value])
+    assert exited.value.code == 2
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "error" in x]
+    assert "argument --runs-at-once: expected" in line and value in line
+
+
+def test_a_job_reading_what_a_later_job_writes_is_refused() -> None:
+    """The main job's order must publish an asset before a job reading it: the unions
+    before the LightOn partitions is refused naming both jobs and the asset; the exports
+    before the families they read too."""
+    from kd_pipeline.definitions import defs
+    from kd_pipeline.main_job import job_waits
+
+    with pytest.raises(
+        ValueError,
+        match=r"lighton_unions reads lighton/.*later job "
+        r"lighton_partitions",
+    ):
+        job_waits(defs, ["lighton_unions", "lighton_partitions"])
+    with pytest.raises(ValueError, match=r"exports_fiqa_mined_scores reads .*later job fiqa_mined"):
+        job_waits(defs, ["text_collections", "exports_fiqa_mined_scores", "fiqa_mined"])
+
+
+def test_steps_that_can_never_start_raise_naming_their_jobs() -> None:
+    """Jobs waiting on each other: nothing is ready and nothing runs, so run_steps raises
+    RuntimeError naming them instead of spinning."""
+    from kd_pipeline.main_job import Step, run_steps
+
+    steps = [Step("a", None), Step("b", None)]
+    waits = {"a": frozenset({"b"}), "b": frozenset({"a"})}
+    with pytest.raises(RuntimeError, match=r"stuck jobs: \['a', 'b'\]"):
+        list(run_steps(steps, waits, 2, {}, dict))

@@ -347,8 +347,8 @@ def test_the_daemon_sensor_releases_dead_runs_too(tmp_path, lake_dir) -> None:
 
 def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -> None:
     """A `kd-pipeline materialize` waiting for a slot another (live) holder keeps stops on
-    SIGTERM / SIGINT within seconds: exit 143 / 130, its run canceled, no slot or pending
-    claim left behind, nothing published."""
+    SIGTERM / SIGINT / SIGHUP within seconds: exit 143 / 130 / 129, its run canceled, no
+    slot or pending claim left behind, nothing published."""
     mirror = tmp_path / "mirror"
     small_config(mirror)
     env = env_for(tmp_path, mirror)
@@ -360,7 +360,7 @@ def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -
         storage = instance.event_log_storage
         assert storage.claim_concurrency_slot("duckdb", "holder", "step").is_claimed
         try:
-            for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+            for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)):
                 blocked = Run(env, partition="quora")
                 wait_for(
                     lambda: storage.get_concurrency_info("duckdb").pending_step_count > 0,
@@ -370,11 +370,106 @@ def test_sigterm_and_sigint_stop_a_run_blocked_on_the_pool(tmp_path, lake_dir) -
                 blocked.process.send_signal(sig)
                 assert blocked.wait(timeout=20) == code, blocked.stderr()[-2000:]
                 assert f"stopped by {sig.name}" in blocked.stderr()
+                assert "FAILED" not in blocked.stderr()
                 info = storage.get_concurrency_info("duckdb")
                 assert [s.run_id for s in info.claimed_slots] == ["holder"]
                 assert [p.run_id for p in info.pending_steps] == ["holder"]
         finally:
             storage.free_concurrency_slot_for_step("holder", "step")
-        runs = instance.get_runs(limit=2)
-        assert [r.status for r in runs] == [dg.DagsterRunStatus.CANCELED] * 2
+        runs = instance.get_runs(limit=3)
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.CANCELED] * 3
     assert lake.manifest(("lighton", "raw"), "quora")["version"] == version
+
+
+def test_a_killed_worker_fails_its_run_and_the_rest_run_on_a_new_pool(tmp_path, lake_dir) -> None:
+    """SIGKILL of the worker executing a big partition (what the OOM killer does): its run
+    ends FAILURE with its pool slot freed, the partitions not started yet run on a new pool
+    of workers and are published, the command exits 1 naming only the killed partition."""
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 1_500_000, "w")
+    small_config(mirror, "quora")
+    small_config(mirror, "npr")
+    env = env_for(tmp_path, mirror)
+    pool_of_one(env)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "1"]
+    for config in ("agnews", "quora", "npr"):
+        args += ["--partition", config]
+    with open(tmp_path / "stderr.log", "w") as err:
+        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+
+        def started_run() -> list[dg.DagsterRun]:
+            return instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+        try:
+            wait_for(lambda: started_run() and claimed_slots(env), 120, "the big run to start")
+        finally:
+            (killed,) = started_run()
+            worker = int(killed.tags["kd-pipeline/pid"])
+            assert worker != command.pid
+            os.kill(worker, signal.SIGKILL)
+        assert command.wait(timeout=300) == 1, (tmp_path / "stderr.log").read_text()
+        stderr = (tmp_path / "stderr.log").read_text()
+        assert "lighton_partitions [agnews]: FAILED (its worker process died" in stderr
+        assert "2/3 runs succeeded" in stderr
+        assert "failed: lighton_partitions [agnews] " in stderr
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+        statuses = {r.tags["dagster/partition"]: r.status for r in instance.get_runs()}
+        assert statuses == {
+            "agnews": dg.DagsterRunStatus.FAILURE,
+            "quora": dg.DagsterRunStatus.SUCCESS,
+            "npr": dg.DagsterRunStatus.SUCCESS,
+        }
+        info = instance.event_log_storage.get_concurrency_info("duckdb")
+        assert info.claimed_slots == [] and info.pending_steps == []
+    lake = Lake(lake_dir)
+    assert lake.is_published(("lighton", "recommended"), "quora")
+    assert lake.is_published(("lighton", "recommended"), "npr")
+    assert not lake.is_published(("lighton", "raw"), "agnews")
+
+
+def test_a_killed_worker_ends_its_sibling_run_too_and_frees_every_slot(tmp_path, lake_dir) -> None:
+    """Two big partitions on two workers, one worker SIGKILLed: Python stops the other
+    worker too; neither run is left unfinished, no pool claim is left, and the small
+    partition not started yet runs on a new pool and is published."""
+    import shutil
+
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 1_500_000, "s")
+    (lighton_repo(mirror) / "npr").mkdir(parents=True)
+    shutil.copy(
+        lighton_repo(mirror) / "agnews" / "train-00000-of-00001.parquet",
+        lighton_repo(mirror) / "npr" / "train-00000-of-00001.parquet",
+    )
+    small_config(mirror, "quora")
+    env = env_for(tmp_path, mirror)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
+    for config in ("agnews", "npr", "quora"):
+        args += ["--partition", config]
+    with open(tmp_path / "stderr.log", "w") as err:
+        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+
+        def started() -> list[dg.DagsterRun]:
+            return instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+        try:
+            wait_for(
+                lambda: {r.tags["dagster/partition"] for r in started()} == {"agnews", "npr"},
+                180,
+                "both big runs to start",
+            )
+        finally:
+            victim = next(r for r in started() if r.tags["dagster/partition"] == "agnews")
+            os.kill(int(victim.tags["kd-pipeline/pid"]), signal.SIGKILL)
+        assert command.wait(timeout=600) == 1, (tmp_path / "stderr.log").read_text()
+        statuses = {r.tags["dagster/partition"]: r.status for r in instance.get_runs()}
+        assert statuses["agnews"] == dg.DagsterRunStatus.FAILURE
+        assert statuses["quora"] == dg.DagsterRunStatus.SUCCESS
+        assert all(r.is_finished for r in instance.get_runs())  # the sibling's run too
+        info = instance.event_log_storage.get_concurrency_info("duckdb")
+        assert info.claimed_slots == [] and info.pending_steps == []
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert "lighton_partitions [quora]: ok" in stderr
+    assert "lighton_partitions [agnews]: FAILED (its worker process died" in stderr
+    assert Lake(lake_dir).is_published(("lighton", "recommended"), "quora")
