@@ -673,6 +673,15 @@ def test_a_split_knob_on_a_format_is_refused_pointing_to_the_source_split() -> N
 
 
 # ---- one list length per export (fault 2) --------------------------------------------------
+def fiqa_tables(sample: SampleExports) -> dict[str, str]:
+    """The published FiQA mined scores (`m`), corpus (`c`) and queries (`q`) as globs."""
+    return {
+        "m": str(sample.path("fiqa/mined_scores") / "*.parquet"),
+        "c": str(sample.path("text/fiqa/corpus") / "*.parquet"),
+        "q": str(sample.path("text/fiqa/queries") / "*.parquet"),
+    }
+
+
 def fiqa_candidates_with_text(sample: SampleExports) -> dict[str, int]:
     """Per FiQA query: its scored candidates whose document has a text (computed from the
     source and the corpus, independently of the export code)."""
@@ -682,11 +691,7 @@ def fiqa_candidates_with_text(sample: SampleExports) -> dict[str, int]:
             "SEMI JOIN read_parquet($c) c USING (doc_id) "
             "SEMI JOIN read_parquet($q) q USING (query_id) "
             "WHERE m.score IS NOT NULL GROUP BY m.query_id",
-            {
-                "m": str(sample.path("fiqa/mined_scores") / "*.parquet"),
-                "c": str(sample.path("text/fiqa/corpus") / "*.parquet"),
-                "q": str(sample.path("text/fiqa/queries") / "*.parquet"),
-            },
+            fiqa_tables(sample),
         ).fetchall()
     )
 
@@ -769,11 +774,7 @@ def fiqa_negatives_with_text(sample: SampleExports) -> dict[str, int]:
             "SELECT q.query_id, count(*) FILTER (WHERE NOT m.is_positive) "
             "FROM (SELECT DISTINCT query_id FROM q) q JOIN m USING (query_id) "
             "GROUP BY q.query_id",
-            {
-                "m": str(sample.path("fiqa/mined_scores") / "*.parquet"),
-                "c": str(sample.path("text/fiqa/corpus") / "*.parquet"),
-                "q": str(sample.path("text/fiqa/queries") / "*.parquet"),
-            },
+            fiqa_tables(sample),
         ).fetchall()
     )
 
