@@ -18,6 +18,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -125,6 +126,10 @@ _worker_instance: dg.DagsterInstance | None = None
 
 _command_pid: int | None = None
 
+# A run's tag naming the submission that started it: after the pool broke, a step whose
+# submission has no run never started (it was queued behind the dead worker) and is retried.
+SUBMISSION_TAG = "kd-pipeline/submission"
+
 
 def _start_worker(command_pid: int) -> None:
     """In each worker: Ctrl-C and a hang-up sent to the terminal's whole process group are
@@ -136,7 +141,9 @@ def _start_worker(command_pid: int) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
 
 
-def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -> Outcome:
+def _execute(
+    step: Step, run_config: dict, tags: Callable[[], dict[str, str]], submission: str
+) -> Outcome:
     """Run one step in this worker, against the instance of DAGSTER_HOME."""
     from kd_pipeline.definitions import defs
 
@@ -148,7 +155,7 @@ def _execute(step: Step, run_config: dict, tags: Callable[[], dict[str, str]]) -
         instance=_worker_instance,
         raise_on_error=False,
         run_config=run_config,
-        tags={**tags(), COMMAND_PID_TAG: str(_command_pid)},
+        tags={**tags(), COMMAND_PID_TAG: str(_command_pid), SUBMISSION_TAG: submission},
     )
     return Outcome(step, result.success, result.run_id)
 
@@ -170,7 +177,8 @@ def run_steps(
     (what `instance.release_orphaned_runs` judges). A worker killed mid-run (OOM killer,
     segfault) breaks the pool, and Python then terminates the other workers too: the runs
     they were executing are marked failed with their pool slots freed, yielded as failed,
-    and the steps not started yet go to a new pool (at most MAX_POOL_RESTARTS times).
+    and the steps not started yet (those waiting for a worker included) go to a new pool (at
+    most MAX_POOL_RESTARTS times).
     Nothing more is started or yielded once a stop signal is being handled
     (`instance.STOPPING`). Raises ValueError when runs_at_once < 1.
     """
@@ -181,6 +189,7 @@ def run_steps(
     restarts = 0
     while pending and not STOPPING.is_set():
         running: dict[Future[Outcome], Step] = {}
+        submissions: dict[Future[Outcome], str] = {}
         broken = False
         context = multiprocessing.get_context("spawn")
         workers = min(runs_at_once, len(pending))
@@ -190,11 +199,14 @@ def run_steps(
             while (pending or running) and not broken and not STOPPING.is_set():
                 ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
                 for step in ready[: max(0, runs_at_once - len(running))]:
+                    submission = uuid.uuid4().hex
                     try:
-                        running[pool.submit(_execute, step, run_config, tags)] = step
+                        future = pool.submit(_execute, step, run_config, tags, submission)
                     except BrokenProcessPool:
                         broken = True
                         break
+                    running[future] = step
+                    submissions[future] = submission
                     pending.remove(step)
                 if broken:
                     continue
@@ -216,6 +228,10 @@ def run_steps(
         if running:
             with dg.DagsterInstance.get() as instance:
                 release_orphaned_runs(instance)
+                for future, step in list(running.items()):
+                    if not _started(instance, submissions[future]):
+                        del running[future]
+                        pending.insert(0, step)
         for future, step in running.items():
             unfinished[step.job] -= 1
             yield _outcome(step, future)
@@ -225,6 +241,14 @@ def run_steps(
                 for step in pending:
                     yield Outcome(step, False, None, "not started: the worker pool broke again")
                 return
+
+
+def _started(instance: dg.DagsterInstance, submission: str) -> bool:
+    """Whether the submission got as far as creating its run."""
+    runs = instance.get_run_records(
+        filters=dg.RunsFilter(tags={SUBMISSION_TAG: submission}), limit=1
+    )
+    return bool(runs)
 
 
 def _outcome(step: Step, future: Future[Outcome]) -> Outcome:

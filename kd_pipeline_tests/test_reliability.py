@@ -473,3 +473,44 @@ def test_a_killed_worker_ends_its_sibling_run_too_and_frees_every_slot(tmp_path,
     assert "lighton_partitions [quora]: ok" in stderr
     assert "lighton_partitions [agnews]: FAILED (its worker process died" in stderr
     assert Lake(lake_dir).is_published(("lighton", "recommended"), "quora")
+
+
+def pool_workers(command_pid: int) -> list[int]:
+    """The worker processes of a `kd-pipeline materialize` (its spawned children)."""
+    children = Path(f"/proc/{command_pid}/task/{command_pid}/children").read_text().split()
+    workers = []
+    for pid in children:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            workers.append(int(pid))
+    return workers
+
+
+def test_a_worker_killed_before_its_run_started_loses_no_step(tmp_path, lake_dir) -> None:
+    """A worker dies while the steps are queued on the pool but before any run exists (the
+    CI case: a step submitted just as a sibling worker died). Those steps never started, so
+    they are not failures: every one runs on a new pool and the command succeeds."""
+    mirror = tmp_path / "mirror"
+    for config in ("agnews", "npr", "quora"):
+        small_config(mirror, config)
+    env = env_for(tmp_path, mirror)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
+    for config in ("agnews", "npr", "quora"):
+        args += ["--partition", config]
+    with open(tmp_path / "stderr.log", "w") as err:
+        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    # The workers import the code location for seconds before they take a step.
+    wait_for(lambda: len(pool_workers(command.pid)) == 2, 60, "the two workers to spawn")
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        assert instance.get_runs() == []
+        os.kill(pool_workers(command.pid)[0], signal.SIGKILL)
+        stderr = lambda: (tmp_path / "stderr.log").read_text()  # noqa: E731
+        assert command.wait(timeout=600) == 0, stderr()
+        statuses = {r.tags["dagster/partition"]: r.status for r in instance.get_runs()}
+    assert statuses == dict.fromkeys(("agnews", "npr", "quora"), dg.DagsterRunStatus.SUCCESS)
+    assert "3/3 runs succeeded" in stderr()
+    for config in ("agnews", "npr", "quora"):
+        assert Lake(lake_dir).is_published(("lighton", "recommended"), config)
