@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kd_pipeline import settings
+from kd_pipeline.ducklake import CatalogUnreachable
 from kd_pipeline.instance import (
     STOPPING,
     cli_run_tags,
@@ -43,6 +44,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     from kd_pipeline.definitions import LIGHTON_PARTITIONED_JOB, MAIN_JOBS, defs
     from kd_pipeline.families.lighton_configs import canonical_config_name
+    from kd_pipeline.lake import Lake
     from kd_pipeline.main_job import (
         Step,
         default_runs_at_once,
@@ -53,6 +55,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from kd_pipeline.prepare import QUIET_LOGS
 
     home = ensure_dagster_home()
+    lake = Lake()
+    with lake.connect():  # the catalog and the data path are reachable, before any run
+        pass
     if args.partition:
         only = list(dict.fromkeys(canonical_config_name(p) for p in args.partition))
         steps = [Step(LIGHTON_PARTITIONED_JOB, p) for p in only]
@@ -78,15 +83,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             failed.append(outcome.step.label)
     if STOPPING.is_set():
         time.sleep(60)  # the signal watcher is canceling the runs; it exits the process
-    lake = settings.lake_root()
+    lake.delete_orphaned_files()
     log(
         f"{len(steps) - len(failed)}/{len(steps)} runs succeeded in "
-        f"{time.monotonic() - started:.0f}s; lake: {lake}; catalog: {lake / 'catalog.duckdb'}"
+        f"{time.monotonic() - started:.0f}s; lake: {lake.root}; "
+        f"catalog: {lake.catalog.describe()}"
     )
     if failed:
         log(f"failed: {', '.join(failed)} (see the runs in the Dagster UI)")
         return 1
-    print(lake)
+    print(lake.root)
     return 0
 
 
@@ -116,21 +122,24 @@ def cmd_ids(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    """Run one SQL query on the lake's catalog (read-only) and print the result."""
+    """Run one SQL query on the lake (attached read-only) and print the result."""
     import duckdb
 
-    catalog = settings.lake_root() / "catalog.duckdb"
-    if not catalog.is_file():
-        log(f"kd-pipeline sql: no catalog at {catalog} (run `kd-pipeline materialize` first)")
-        return 2
-    con = duckdb.connect(str(catalog), read_only=True)
+    from kd_pipeline.lake import Lake
+
+    lake = Lake()
     try:
-        con.sql(args.query).show(max_rows=args.max_rows, max_width=10_000)
+        with lake.connect(read_only=True) as con:
+            relation = con.sql(args.query)
+            if relation is None:
+                return 0
+            if args.csv:
+                relation.write_csv("/dev/stdout")
+            else:
+                relation.show(max_rows=args.max_rows, max_width=10_000)
     except duckdb.Error as exc:
-        log(f"kd-pipeline sql: {str(exc).splitlines()[0]}")
+        log(f"kd-pipeline sql: {str(exc).strip().splitlines()[0]}")
         return 2
-    finally:
-        con.close()
     return 0
 
 
@@ -226,14 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     sql = sub.add_parser(
         "sql",
-        help="query the lake's catalog (read-only), e.g. "
+        help="query the lake (read-only), e.g. "
         "'SELECT count(*) FROM text.msmarco_passage_collection'",
-        description="Views: <family>.<name>, e.g. lighton.recommended (with a partition "
-        "column), text.msmarco_passage_collection, exports.splade_hofstaetter. The "
-        "catalog is the one of the current lake (KD_PIPELINE_LAKE, else <KD_PIPELINE_HOME>/lake).",
+        description="Tables: <family>.<name>, e.g. lighton.recommended (with a partition "
+        "column), text.msmarco_passage_collection; views over the Parquet exports, e.g. "
+        "exports.pointwise_denseon_lateon; `publications` (the current version of every "
+        "asset partition and export). The lake of KD_PIPELINE_LAKE and KD_PIPELINE_CATALOG; "
+        "time travel: ... FROM lighton.raw AT (VERSION => 12).",
     )
     sql.add_argument("query")
     sql.add_argument("--max-rows", type=int, default=40, help="rows shown (default 40)")
+    sql.add_argument("--csv", action="store_true", help="print CSV with a header (for scripts)")
     sql.set_defaults(func=cmd_sql)
 
     check = sub.add_parser(
@@ -271,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args)
     except (ValueError, OSError) as exc:
         log(f"kd-pipeline: error: {exc}")
+        return 2
+    except CatalogUnreachable as exc:
+        log(f"kd-pipeline: {exc}")
         return 2
 
 

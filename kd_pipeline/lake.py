@@ -1,21 +1,27 @@
-"""The lake: where every asset partition is published, atomically, as a Parquet dataset.
+"""The lake: every asset partition published atomically, as a DuckLake table or an export.
 
-Layout under the lake root::
+DuckLake (DuckDB's lakehouse format) keeps the tables' metadata, snapshots and transactions in
+the catalog (`KD_PIPELINE_CATALOG`: SQLite by default, PostgreSQL for many machines) and their
+Parquet files under the data path (`KD_PIPELINE_LAKE`: a folder or `s3://bucket/prefix`)::
 
-    <key path>/<partition>          -> symlink to the published version (partitioned asset)
-    <key path>                      -> symlink to the published version (unpartitioned asset)
-    .versions/<key path>/<partition or _>/<version>/   part-*.parquet + _manifest.json
-    .staging/<key path>/<partition or _>/<version>/    being written; never read as data
-    .locks/                         one lock file per partition writer, one for the catalog
-    .scratch/                       DuckDB spill space
-    catalog.duckdb                  views over everything published
+    <lake>/catalog.sqlite                           the default catalog of a folder lake
+    <lake>/data/<schema>/<table>/partition=<key>/<version>/part-NNNNN.parquet
+    <lake>/data/<schema>/<table>/<version>/part-NNNNN.parquet        (unpartitioned)
+    <lake>/exports/<format>/<name>/<partition or _>/<version>/       an export's files
+    .locks/ .scratch/ .staging/   on the machine: writer locks, DuckDB spill, object-store staging
 
-Write, audit, publish: a step writes a new version under `.staging`, audits it, then
-`publish` moves it under `.versions` and swaps the symlink with one atomic `rename`. A
-reader therefore sees the old version or the new one, never half of either; a failed or
-killed step leaves the published version untouched, and its staging litter is removed the
-next time that partition is written. The previous version is kept until the next publish
-so that a reader that resolved the link a moment before the swap can finish.
+An asset key `lighton/recommended` is the table `lighton.recommended` (schema = the first
+part, table = the rest joined by `_`, see `catalog_view_names`), with a `partition` column
+when the asset is partitioned. Exports stay plain files for the trainers, in immutable
+version folders; the table `publications` registers the current version of everything.
+
+Write, audit, publish: a step writes a new version folder and audits its files; only then
+does `publish` run one short DuckLake transaction that swaps the partition (delete its rows,
+register the new files with `ducklake_add_data_files`) and records the version in
+`publications`. A conflict with another writer retries that transaction, never the write.
+Readers see the previous snapshot or the new one, never half of either; a failed or killed
+step leaves the published version as it was. Superseded versions stay readable for
+`KD_PIPELINE_RETENTION_DAYS`, then DuckLake's snapshot expiry and file cleanup remove them.
 """
 
 from __future__ import annotations
@@ -31,60 +37,93 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-MANIFEST_NAME = "_manifest.json"
-CATALOG_NAME = "catalog.duckdb"
+from kd_pipeline import ducklake, settings
+from kd_pipeline.checks.rules import PARQUET_READ
+from kd_pipeline.settings import CatalogChoice
+
+MANIFEST_NAME = "_manifest.json"  # written into export folders (provenance for the trainer)
+PUBLICATIONS = "publications"  # the registry table, in the lake's `main` schema
 _UNPARTITIONED = "_"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,199}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
+# Keys whose versions stay files (the trainers read files) instead of DuckLake tables.
+FILE_SCHEMAS = frozenset({"exports"})
 
 
 class LakeError(Exception):
-    """A lake operation that cannot proceed; the message says which path and why."""
+    """A lake operation that cannot proceed; the message says which asset and why."""
 
 
 class PartitionBusyError(LakeError):
-    """Another run is writing the same asset partition right now."""
+    """Another run on this machine is writing the same asset partition right now."""
 
 
 def safe_name(value: str, what: str) -> str:
-    """Return value if it is safe as one path component, else raise naming it.
+    """Return value if it is safe as one path component and hive partition value, else
+    raise naming it.
 
     Asset key parts, partition keys and spec names all end up as folder names: this is the
-    one gate that keeps them from escaping the lake (`..`, `/`, absolute paths, NUL).
+    one gate that keeps them from escaping the lake (`..`, `/`, absolute paths, NUL, `=`).
     """
     if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or ".." in value:
         raise LakeError(
-            f"{what} {value!r} is not a safe name: use letters, digits and _ . = + - "
+            f"{what} {value!r} is not a safe name: use letters, digits and _ . + - "
             "(no path separators, no leading dot, no '..')"
         )
     return value
 
 
-@dataclass(frozen=True)
+@dataclass
 class StagedVersion:
-    """A version being written: its folder, and where it will be published."""
+    """A version being written: its key, partition, version id and local folder."""
 
     key: tuple[str, ...]
     partition: str | None
     version: str
     path: Path
+    published: bool = field(default=False)
 
     def parquet_glob(self) -> str:
         return str(self.path / "*.parquet")
 
 
+@dataclass(frozen=True)
+class Publication:
+    """What `publish` recorded: where the version lives and the DuckLake snapshot it made."""
+
+    location: Path | str
+    snapshot: int
+    version: str
+
+
 class Lake:
-    """Paths, staging and atomic publication under one root folder."""
+    """Staging, atomic publication and reads of the lake at `root` with its catalog.
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root).resolve()
+    root: a folder or an `s3://bucket/prefix` URL (default `settings.lake_root()`);
+    catalog: the DuckLake metadata database (default `settings.catalog()`, which for a folder
+    lake given here explicitly is `<root>/catalog.sqlite`)."""
 
-    # ---- paths -------------------------------------------------------------------------
+    def __init__(
+        self, root: Path | str | None = None, catalog: CatalogChoice | None = None
+    ) -> None:
+        if root is None:
+            root = settings.lake_root()
+        self.remote = isinstance(root, str) and "://" in root
+        self.root: Path | str = str(root).rstrip("/") if self.remote else Path(root).resolve()
+        if catalog is None:
+            catalog = settings.catalog()
+            if not os.environ.get(settings.CATALOG_ENV) and not self.remote:
+                catalog = CatalogChoice("sqlite", str(Path(self.root) / "catalog.sqlite"))
+        self.catalog = catalog
+        # Locks, spill space and the staging of an object-store lake stay on this machine.
+        self.work_dir = Path(self.root) if not self.remote else settings.data_home() / "lake-work"
+
+    # ---- names and places ----------------------------------------------------------------
     def _key_parts(self, key: Sequence[str]) -> tuple[str, ...]:
         if not key:
             raise LakeError("an asset key needs at least one part")
@@ -93,71 +132,134 @@ class Lake:
     def _partition_part(self, partition: str | None) -> str:
         return _UNPARTITIONED if partition is None else safe_name(partition, "partition key")
 
-    def published_path(self, key: Sequence[str], partition: str | None = None) -> Path:
-        """Where readers find the published Parquet dataset of key (and partition)."""
-        path = self.root.joinpath(*self._key_parts(key))
-        return path if partition is None else path / self._partition_part(partition)
+    def is_table(self, key: Sequence[str]) -> bool:
+        """Whether key's versions are a DuckLake table (else an export's files)."""
+        return self._key_parts(key)[0] not in FILE_SCHEMAS
 
-    def parquet_glob(self, key: Sequence[str], partition: str | None = None) -> str:
-        """A glob of the published Parquet files (all partitions when partition is None and
-        the asset is partitioned)."""
-        path = self.published_path(key, partition)
-        if partition is None and path.is_dir() and not path.is_symlink():
-            return str(path / "*" / "*.parquet")
-        return str(path / "*.parquet")
+    def table_name(self, key: Sequence[str]) -> tuple[str, str]:
+        """(schema, table) of a key in the lake, both plain SQL identifiers."""
+        parts = self._key_parts(key)
+        return catalog_view_names([parts])[parts]
 
-    def is_published(self, key: Sequence[str], partition: str | None = None) -> bool:
-        path = self.published_path(key, partition)
-        return path.is_symlink() and path.exists()
+    def _relative_folder(self, key: tuple[str, ...], partition: str | None, version: str) -> str:
+        if self.is_table(key):
+            schema, table = self.table_name(key)
+            hive = [] if partition is None else [f"partition={partition}"]
+            return "/".join(["data", schema, table, *hive, version])
+        return "/".join([*key, self._partition_part(partition), version])
 
-    def published_rows(self, key: Sequence[str], partition: str | None = None) -> int | None:
-        """Rows of the published version (from the Parquet footers), None when nothing is
-        published."""
-        if not self.is_published(key, partition):
-            return None
-        files = sorted(self.published_path(key, partition).glob("*.parquet"))
-        if not files:
-            return 0
-        con = duckdb.connect()
-        try:
-            (rows,) = con.execute(
-                "SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata($files)",
-                {"files": [str(f) for f in files]},
-            ).fetchall()[0]
-        finally:
-            con.close()
-        return int(rows)
+    def _location(self, relative: str) -> Path | str:
+        return f"{self.root}/{relative}" if self.remote else Path(self.root) / relative
 
-    def manifest(self, key: Sequence[str], partition: str | None = None) -> dict[str, Any]:
-        """The manifest written with the published version (row count, version, metadata)."""
-        path = self.published_path(key, partition) / MANIFEST_NAME
-        try:
-            return json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise LakeError(f"nothing published at {path.parent}") from exc
-
-    def _versions_dir(self, key: tuple[str, ...], partition: str | None) -> Path:
-        return self.root / ".versions" / Path(*key) / self._partition_part(partition)
-
-    def _staging_dir(self, key: tuple[str, ...], partition: str | None) -> Path:
-        return self.root / ".staging" / Path(*key) / self._partition_part(partition)
+    @property
+    def data_path(self) -> str:
+        """The DuckLake DATA_PATH (the `data/` folder or prefix of the lake), ending in `/`."""
+        return f"{self.root}/data/"
 
     def scratch_dir(self) -> Path:
-        """DuckDB spill space (on the lake's disk, which has the room)."""
-        path = self.root / ".scratch"
+        """DuckDB spill space (the lake's disk for a folder lake, which has the room)."""
+        path = self.work_dir / ".scratch"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    # ---- connections ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A new DuckDB connection with the lake attached as `lake` (`USE lake` done, so
+        `SELECT * FROM lighton.raw` works). Raises ducklake.CatalogUnreachable naming the
+        setting when the catalog or the data path cannot be opened."""
+        con = duckdb.connect()
+        try:
+            self.attach(con, read_only=read_only)
+            con.execute(f"USE {ducklake.ALIAS}")
+            yield con
+        finally:
+            con.close()
+
+    def attach(self, con: duckdb.DuckDBPyConnection, *, read_only: bool = False) -> None:
+        """Attach the lake to an existing connection (a step's engine connection)."""
+        if not self.remote:
+            Path(self.root, "data").mkdir(parents=True, exist_ok=True)
+        ducklake.with_retry(
+            lambda: ducklake.attach(con, self.catalog, self.data_path, read_only=read_only)
+        )
+
+    # ---- reads ---------------------------------------------------------------------------
+    def _current(self, key: Sequence[str], partition: str | None) -> dict[str, Any] | None:
+        rows = self._registry(
+            "SELECT version, location, rows, manifest FROM publications "
+            "WHERE asset = $asset AND partition = $partition",
+            {"asset": "/".join(self._key_parts(key)), "partition": self._partition_part(partition)},
+        )
+        if not rows:
+            return None
+        version, location, row_count, manifest = rows[0]
+        return {"version": version, "location": location, "rows": row_count, "manifest": manifest}
+
+    def _registry(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
+        """Rows of a query on the registry; [] before the first publish."""
+
+        def read() -> list[tuple]:
+            with self.connect(read_only=False) as con:
+                if not _has_table(con, "main", PUBLICATIONS):
+                    return []
+                return con.execute(sql, params or {}).fetchall()
+
+        return ducklake.with_retry(read)
+
+    def published_partitions(self, key: Sequence[str]) -> list[str]:
+        """The partitions of key with a published version, sorted."""
+        rows = self._registry(
+            "SELECT partition FROM publications WHERE asset = $asset ORDER BY partition",
+            {"asset": "/".join(self._key_parts(key))},
+        )
+        return [p for (p,) in rows if p != _UNPARTITIONED]
+
+    def published_path(self, key: Sequence[str], partition: str | None = None) -> Path | str:
+        """The folder (or URL) of the published version of key (and partition). Raises
+        LakeError when nothing is published there."""
+        current = self._current(key, partition)
+        if current is None:
+            where = "/".join(key) + (f" [{partition}]" if partition else "")
+            raise LakeError(f"nothing published for {where}")
+        return self._location(current["location"])
+
+    def parquet_glob(self, key: Sequence[str], partition: str | None = None) -> str | list[str]:
+        """The published Parquet files of key (and partition) as a glob DuckDB reads; for
+        a partitioned asset read whole (partition None), one glob per published partition.
+        These are exactly the files the table's current snapshot references (a version is
+        always registered and removed whole)."""
+        if partition is None and self.published_partitions(key):
+            return [self.parquet_glob(key, p) for p in self.published_partitions(key)]  # type: ignore[misc]
+        return f"{self.published_path(key, partition)}/*.parquet"
+
+    def is_published(self, key: Sequence[str], partition: str | None = None) -> bool:
+        return self._current(key, partition) is not None
+
+    def published_rows(self, key: Sequence[str], partition: str | None = None) -> int | None:
+        """Rows of the published version, None when nothing is published."""
+        current = self._current(key, partition)
+        return None if current is None else int(current["rows"])
+
+    def manifest(self, key: Sequence[str], partition: str | None = None) -> dict[str, Any]:
+        """The manifest recorded with the published version (version, rows, snapshot,
+        lineage, metadata); raises LakeError when nothing is published."""
+        current = self._current(key, partition)
+        if current is None:
+            where = "/".join(key) + (f" [{partition}]" if partition else "")
+            raise LakeError(f"nothing published for {where}")
+        return json.loads(current["manifest"])
+
     # ---- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _lock(self, name: str, *, wait: bool) -> Iterator[None]:
-        """An exclusive flock on `.locks/<name>.lock` (name: safe parts joined by '/')."""
-        lock_file = self.root / ".locks" / f"{name}.lock"
+    def _lock(self, name: str) -> Iterator[None]:
+        """An exclusive flock on `.locks/<name>.lock` on this machine (two runs here never
+        write one partition at once; across machines, the last commit wins whole)."""
+        lock_file = self.work_dir / ".locks" / f"{name}.lock"
         lock_file.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_file, "a+") as handle:
-            flags = fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB)
             try:
-                fcntl.flock(handle, flags)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
                 raise PartitionBusyError(
                     f"{name} is being written by another run; "
@@ -171,106 +273,315 @@ class Lake:
     # ---- write, audit, publish -----------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, key: Sequence[str], partition: str | None = None) -> Iterator[StagedVersion]:
-        """Hold the partition's writer lock and give a fresh staging folder.
+        """Hold the partition's writer lock and give a fresh, empty version folder on this
+        machine (in place for a folder lake; staged for an object store).
 
-        Call `publish` inside the block to make the version visible. Leaving the block
-        without publishing (an exception, a failed audit) deletes the staging folder.
-        """
+        Call `publish` inside the block to make the version current. Leaving the block
+        without publishing (an exception, a failed audit) deletes the folder."""
         parts = self._key_parts(key)
         part = self._partition_part(partition)
-        with self._lock("/".join((*parts, part)), wait=False):
-            staging_parent = self._staging_dir(parts, partition)
-            # Litter from killed runs: safe to remove, we hold the only writer lock.
-            shutil.rmtree(staging_parent, ignore_errors=True)
+        with self._lock("/".join((*parts, part))):
             version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
-            path = staging_parent / version
+            relative = self._relative_folder(parts, partition, version)
+            base = self.work_dir / ".staging" if self.remote else Path(self.root)
+            path = base / relative
             path.mkdir(parents=True)
             staged = StagedVersion(parts, partition, version, path)
             try:
                 yield staged
             finally:
-                shutil.rmtree(path, ignore_errors=True)
+                if self.remote or not staged.published:
+                    shutil.rmtree(path, ignore_errors=True)
 
-    def publish(self, staged: StagedVersion, manifest: Mapping[str, Any]) -> Path:
-        """Make a staged version the published one with a single atomic rename."""
-        (staged.path / MANIFEST_NAME).write_text(
-            json.dumps({"version": staged.version, **manifest}, indent=2, default=str)
-        )
-        _fsync_tree(staged.path)
-        published = self.published_path(staged.key, staged.partition)
-        if published.exists() and not published.is_symlink():
-            raise LakeError(f"{published} exists and is not a lake link; move it away first")
-        previous = Path(os.readlink(published)).name if published.is_symlink() else None
-        versions = self._versions_dir(staged.key, staged.partition)
-        versions.mkdir(parents=True, exist_ok=True)
-        final = versions / staged.version
-        os.rename(staged.path, final)
+    def publish(self, staged: StagedVersion, manifest: Mapping[str, Any]) -> Publication:
+        """Make a staged (and audited) version the current one in one short DuckLake
+        transaction, retried on a conflict with another writer; the write is never redone.
 
-        published.parent.mkdir(parents=True, exist_ok=True)
-        link_tmp = published.with_name(f".{published.name}.{staged.version}.link")
-        os.symlink(os.path.relpath(final, published.parent), link_tmp)
-        os.replace(link_tmp, published)
-        _fsync_dir(published.parent)
-        self._drop_old_versions(versions, keep={final.name, previous})
-        return published
+        A table key: the partition's rows (all rows when unpartitioned) are deleted and the
+        version's Parquet files registered; columns new to the table are added (older
+        partitions read NULL there). An export key: its folder is registered, and a view
+        `exports.<name>` over the current Parquet files of every partition is replaced.
+        Returns where the version lives and the snapshot id. Raises LakeError when a
+        column changed type or every retry conflicted (nothing is committed then)."""
+        key, partition = staged.key, staged.partition
+        relative = self._relative_folder(key, partition, staged.version)
+        location = self._location(relative)
+        record = {"version": staged.version, **manifest}
+        if not self.is_table(key):
+            (staged.path / MANIFEST_NAME).write_text(json.dumps(record, indent=2, default=str))
+        if self.remote:
+            _upload(staged.path, str(location))
+        else:
+            _fsync_tree(staged.path)
+        files = sorted(p.name for p in staged.path.glob("*.parquet"))
+        asset = "/".join(key)
 
-    def _drop_old_versions(self, versions: Path, keep: set[str | None]) -> None:
-        for old in versions.iterdir():
-            if old.name not in keep:
-                shutil.rmtree(old, ignore_errors=True)
+        paths = [f"{location}/{name}" for name in files]
+        if self.is_table(key) and paths:
+            self._create_table(key, partition, paths)
+        message = f"publish {asset}" + (f" [{partition}]" if partition else "")
+        row = {
+            "asset": asset,
+            "partition": self._partition_part(partition),
+            "version": staged.version,
+            "location": relative,
+            "rows": int(manifest.get("rows", 0) or 0),
+            "manifest": json.dumps(record, default=str),
+            "run_id": str(manifest.get("run_id", "")),
+        }
 
-    # ---- catalog -------------------------------------------------------------------------
-    def published_assets(self) -> dict[tuple[str, ...], bool]:
-        """Every published asset key, mapped to whether it is partitioned."""
-        found: dict[tuple[str, ...], bool] = {}
-        for dirpath, dirnames, _ in os.walk(self.root):
-            here = Path(dirpath)
-            rel = here.relative_to(self.root).parts
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in list(dirnames):
-                child = here / name
-                if child.is_symlink():
-                    dirnames.remove(name)
-                    if not child.exists():
-                        continue
-                    if (child / MANIFEST_NAME).exists() and _is_partition_link(child):
-                        found[rel] = True
-                    else:
-                        found[(*rel, name)] = False
-        return dict(sorted(found.items()))
-
-    def rebuild_catalog(self) -> Path:
-        """Rewrite `catalog.duckdb` with one view per published asset, then swap it in.
-
-        Views are named so plain SQL needs no quotes: schema = the key's first part, view =
-        the other parts joined by `_` (`text/msmarco_passage/collection` ->
-        `text.msmarco_passage_collection`), see `catalog_view_names`.
-
-        The new catalog is built in a temporary file and renamed over the old one, so a
-        person browsing the catalog never blocks a run and never sees it half-built.
-        """
-        target = self.root / CATALOG_NAME
-        with self._lock("catalog", wait=True):
-            tmp = self.root / f".{CATALOG_NAME}.{secrets.token_hex(4)}.tmp"
-            try:
-                con = duckdb.connect(str(tmp))
+        def commit() -> int:
+            with self.connect() as con:
+                con.execute("BEGIN")
                 try:
-                    published = self.published_assets()
-                    names = catalog_view_names(list(published), _reserved_words(con))
-                    for key, partitioned in published.items():
-                        _create_view(con, names[key], self.parquet_glob(key), partitioned)
-                finally:
-                    con.close()
-                os.replace(tmp, target)
-            finally:
-                tmp.unlink(missing_ok=True)
-        return target
+                    if self.is_table(key):
+                        self._swap_partition(con, key, partition, paths)
+                    _register(con, row)
+                    if not self.is_table(key):
+                        self._replace_export_view(con, key)
+                    con.execute(
+                        "CALL ducklake_set_commit_message($alias, 'kd-pipeline', $message, "
+                        "extra_info => $extra)",
+                        {"alias": ducklake.ALIAS, "message": message, "extra": json.dumps(row)},
+                    )
+                    con.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT has already ended the transaction.
+                    with contextlib.suppress(duckdb.Error):
+                        con.execute("ROLLBACK")
+                    raise
+                (snapshot,) = con.execute(
+                    "SELECT id FROM ducklake_last_committed_snapshot($alias)",
+                    {"alias": ducklake.ALIAS},
+                ).fetchone()
+                return int(snapshot)
+
+        where = asset + (f" [{partition}]" if partition else "")
+        try:
+            snapshot = ducklake.with_retry(commit)
+        except duckdb.Error as exc:
+            if self.remote:
+                _delete_remote(str(location))
+            raise LakeError(
+                f"{where}: not published, the lake commit failed: {ducklake.first_line(exc)}"
+            ) from exc
+        staged.published = True
+        self.expire_old_versions(key)
+        return Publication(location, snapshot, staged.version)
+
+    def _create_table(self, key: tuple[str, ...], partition: str | None, files: list[str]) -> None:
+        """Create the table of key from the first version's columns, in a transaction of
+        its own (DuckLake takes table options only for committed tables): no rows inlined
+        in the catalog, so a replaced version ends whole (its files leave the snapshot)
+        instead of living on as inlined deletions."""
+        schema, table = self.table_name(key)
+
+        def create() -> None:
+            with self.connect() as con:
+                if _has_table(con, schema, table):
+                    return
+                columns = ", ".join(
+                    f"{quote_identifier(n)} {t}" for n, t in _table_columns(con, files, partition)
+                )
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+                con.execute(
+                    f"CREATE TABLE IF NOT EXISTS {quote_identifier(schema)}."
+                    f"{quote_identifier(table)} ({columns})"
+                )
+                con.execute(
+                    "CALL ducklake_set_option($alias, 'data_inlining_row_limit', 0, "
+                    "schema => $schema, table_name => $table)",
+                    {"alias": ducklake.ALIAS, "schema": schema, "table": table},
+                )
+
+        ducklake.with_retry(create)
+
+    def _swap_partition(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        key: tuple[str, ...],
+        partition: str | None,
+        files: list[str],
+    ) -> None:
+        """Inside the commit: widen the table, delete the partition's rows (all rows when
+        unpartitioned), register the version's files."""
+        schema, table = self.table_name(key)
+        target = f"{quote_identifier(schema)}.{quote_identifier(table)}"
+        if not _has_table(con, schema, table):
+            return  # nothing was ever published with a file: nothing to replace
+        if files:
+            _widen(con, target, f"{schema}.{table}", _table_columns(con, files, partition))
+        if partition is None:
+            con.execute(f"DELETE FROM {target}")
+        else:
+            con.execute(f"DELETE FROM {target} WHERE partition = $p", {"p": partition})
+        for file in files:
+            con.execute(
+                "CALL ducklake_add_data_files($alias, $table, $file, schema => $schema, "
+                "hive_partitioning => $hive, allow_missing => true)",
+                {
+                    "alias": ducklake.ALIAS,
+                    "table": table,
+                    "file": file,
+                    "schema": schema,
+                    "hive": partition is not None,
+                },
+            )
+
+    def _replace_export_view(self, con: duckdb.DuckDBPyConnection, key: tuple[str, ...]) -> None:
+        """Inside the commit: `exports.<name>` reads the current Parquet files of every
+        partition of the export (none: no view; NDJSON and run files are not tables)."""
+        schema, view = self.table_name(key)
+        rows = con.execute(
+            "SELECT partition, location FROM publications WHERE asset = $asset ORDER BY partition",
+            {"asset": "/".join(key)},
+        ).fetchall()
+        selects = []
+        for part, relative in rows:
+            location = self._location(relative)
+            if self.remote or not list(Path(location).glob("*.parquet")):
+                continue
+            column = "" if part == _UNPARTITIONED else f"{quote_literal(part)} AS partition, "
+            selects.append(
+                f"SELECT {column}* FROM read_parquet({quote_literal(f'{location}/*.parquet')})"
+            )
+        target = f"{quote_identifier(schema)}.{quote_identifier(view)}"
+        if not selects:
+            con.execute(f"DROP VIEW IF EXISTS {target}")
+            return
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
+        con.execute(f"CREATE OR REPLACE VIEW {target} AS " + " UNION ALL BY NAME ".join(selects))
+
+    # ---- retention -----------------------------------------------------------------------
+    def _retention_cutoff(self) -> str:
+        return f"now() - INTERVAL {int(settings.retention_days() * 86400)} SECOND"
+
+    def expire_old_versions(self, key: Sequence[str]) -> None:
+        """After a publish: drop the DuckLake snapshots older than
+        `KD_PIPELINE_RETENTION_DAYS` with the data files only they referenced, and the
+        superseded versions of an export (key) older than that. Until then an old version
+        stays readable (time travel, a reader that started before the swap)."""
+        cutoff = self._retention_cutoff()
+
+        def expire() -> None:
+            with self.connect() as con:
+                alias = quote_literal(ducklake.ALIAS)
+                con.execute(f"CALL ducklake_expire_snapshots({alias}, older_than => {cutoff})")
+                # what the expiry just released: no live snapshot references it any more
+                con.execute(f"CALL ducklake_cleanup_old_files({alias}, cleanup_all => true)")
+
+        ducklake.with_retry(expire)
+        if not self.is_table(key) and not self.remote:
+            current = {loc for (loc,) in self._registry("SELECT location FROM publications")}
+            before = time.time() - settings.retention_days() * 86400
+            for manifest in Path(self.root, *self._key_parts(key)).glob(f"*/*/{MANIFEST_NAME}"):
+                folder = manifest.parent
+                relative = folder.relative_to(self.root).as_posix()
+                if relative not in current and manifest.stat().st_mtime < before:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    def delete_orphaned_files(self) -> None:
+        """Delete data files no snapshot references that are older than
+        `KD_PIPELINE_RETENTION_DAYS` (a killed writer's; the age limit keeps the files of a
+        writer still running, which DuckLake cannot tell from litter). Run at the end of
+        `kd-pipeline materialize`."""
+        cutoff = self._retention_cutoff()
+
+        def delete() -> None:
+            with self.connect() as con:
+                alias = quote_literal(ducklake.ALIAS)
+                con.execute(f"CALL ducklake_delete_orphaned_files({alias}, older_than => {cutoff})")
+
+        ducklake.with_retry(delete)
 
 
-def _is_partition_link(link: Path) -> bool:
-    """A partition link points into `.versions/<key>/<partition>/`, an unpartitioned asset's
-    link into `.versions/<key>/_/`."""
-    return Path(os.readlink(link)).parent.name != _UNPARTITIONED
+def _register(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:
+    """Inside the commit: make `row` the current version of its asset partition in the
+    registry (`publications`: asset, partition, version, location relative to the lake
+    root, rows, manifest JSON, run id, time)."""
+    con.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{PUBLICATIONS} (asset VARCHAR, partition VARCHAR, "
+        "version VARCHAR, location VARCHAR, rows BIGINT, manifest VARCHAR, run_id VARCHAR, "
+        "published_at TIMESTAMP WITH TIME ZONE)"
+    )
+    con.execute(
+        f"DELETE FROM main.{PUBLICATIONS} WHERE asset = $asset AND partition = $partition",
+        {"asset": row["asset"], "partition": row["partition"]},
+    )
+    con.execute(
+        f"INSERT INTO main.{PUBLICATIONS} VALUES ($asset, $partition, $version, $location, "
+        "$rows, $manifest, $run_id, now())",
+        row,
+    )
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
+    (found,) = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE database_name = $db AND schema_name = $s "
+        "AND table_name = $t",
+        {"db": ducklake.ALIAS, "s": schema, "t": table},
+    ).fetchone()
+    return bool(found)
+
+
+def _table_columns(
+    con: duckdb.DuckDBPyConnection, files: list[str], partition: str | None
+) -> list[tuple[str, str]]:
+    """(name, type) of the table a version's files make: `partition` first when the asset
+    is partitioned, then the files' columns."""
+    rows = con.execute(
+        f"DESCRIBE SELECT * FROM read_parquet($files, union_by_name = true, {PARQUET_READ})",
+        {"files": files},
+    ).fetchall()
+    columns = [(row[0], row[1]) for row in rows]
+    return columns if partition is None else [("partition", "VARCHAR"), *columns]
+
+
+def _widen(
+    con: duckdb.DuckDBPyConnection, target: str, name: str, columns: list[tuple[str, str]]
+) -> None:
+    """Add the columns the table lacks; refuse a column whose type changed."""
+    existing = {row[0]: row[1] for row in con.execute(f"DESCRIBE {target}").fetchall()}
+    for column, kind in columns:
+        if column not in existing:
+            con.execute(f"ALTER TABLE {target} ADD COLUMN {quote_identifier(column)} {kind}")
+        elif existing[column] != kind:
+            raise LakeError(
+                f"{name}: column {column} is {kind} in the new version but {existing[column]} "
+                f"in the table; drop the table (DROP TABLE {name}) and materialise every "
+                "partition again"
+            )
+
+
+def _upload(local: Path, url: str) -> None:
+    """Copy a staged version folder to the object store (pyarrow's S3 client, configured
+    from the same AWS_* variables as DuckDB)."""
+    from pyarrow import fs
+
+    fs.copy_files(str(local), url.split("://", 1)[1], destination_filesystem=_s3())
+
+
+def _delete_remote(url: str) -> None:
+    with contextlib.suppress(OSError):
+        _s3().delete_dir(url.split("://", 1)[1])
+
+
+def _s3():  # -> pyarrow.fs.S3FileSystem
+    from pyarrow import fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip()
+    options: dict[str, Any] = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
+    }
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        options["endpoint_override"] = host or scheme
+        options["scheme"] = scheme if host else "https"
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        options["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        options["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        options["session_token"] = os.environ.get("AWS_SESSION_TOKEN")
+    return fs.S3FileSystem(**{k: v for k, v in options.items() if v is not None})
 
 
 def quote_identifier(name: str) -> str:
@@ -301,13 +612,14 @@ LAST_PART_SCHEMAS = frozenset({"exports"})
 
 
 def catalog_view_names(
-    keys: Sequence[tuple[str, ...]], reserved: AbstractSet[str] = frozenset()
+    keys: Sequence[tuple[str, ...]], reserved: AbstractSet[str] | None = None
 ) -> dict[tuple[str, ...], tuple[str, str]]:
-    """(schema, view) of each asset key in the catalog, both plain identifiers: schema =
-    the first part, view = the other parts joined by `_` (a one-part key repeats its name),
-    except in the schemas of LAST_PART_SCHEMAS, whose view is the last part alone (an
-    export key `exports/splade/splade_hofstaetter` reads `exports.splade_hofstaetter`).
+    """(schema, table) of each asset key in the lake, both plain identifiers: schema =
+    the first part, table = the other parts joined by `_` (a one-part key repeats its
+    name), except in the schemas of LAST_PART_SCHEMAS, whose table is the last part alone
+    (an export key `exports/splade/splade_hofstaetter` reads `exports.splade_hofstaetter`).
     Two keys that would read the same get a short hash of the key on the second one."""
+    reserved = _RESERVED if reserved is None else reserved
     names: dict[tuple[str, ...], tuple[str, str]] = {}
     taken: set[tuple[str, str]] = set()
     for key in sorted(keys):
@@ -322,29 +634,19 @@ def catalog_view_names(
     return names
 
 
-def _reserved_words(con: duckdb.DuckDBPyConnection) -> set[str]:
-    rows = con.execute(
+def _reserved_words() -> frozenset[str]:
+    rows = duckdb.sql(
         "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category = 'reserved'"
     ).fetchall()
-    return {row[0].lower() for row in rows}
+    return frozenset(row[0].lower() for row in rows)
 
 
-def _create_view(
-    con: duckdb.DuckDBPyConnection, name: tuple[str, str], glob: str, partitioned: bool
-) -> None:
-    schema, view = name
-    con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(schema)}")
-    source = f"read_parquet({quote_literal(glob)}, union_by_name = true, filename = true)"
-    partition_col = ", split_part(filename, '/', -2) AS partition" if partitioned else ""
-    con.execute(
-        f"CREATE OR REPLACE VIEW {quote_identifier(schema)}.{quote_identifier(view)} AS "
-        f"SELECT * EXCLUDE (filename){partition_col} FROM {source}"
-    )
+_RESERVED = _reserved_words()
 
 
 def _fsync_tree(path: Path) -> None:
-    """Flush written files so a crash after the rename cannot publish empty files."""
-    for child in path.iterdir():
+    """Flush written files so a crash after the commit cannot leave empty files."""
+    for child in path.rglob("*"):
         if child.is_file():
             with open(child, "rb") as handle:
                 os.fsync(handle.fileno())

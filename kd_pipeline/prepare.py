@@ -217,18 +217,18 @@ def _parent_partitions(
 
 def prepare(
     selector: str, instance: dg.DagsterInstance, lake: Lake, log: Callable[[str], None]
-) -> Path:
-    """Materialise what the selector needs (nothing if published); return the data path."""
+) -> Path | str:
+    """Materialise what the selector needs (nothing if published); return the folder (or
+    object-store URL) of its published version."""
     from kd_pipeline.definitions import defs
 
     target = resolve(selector)
     for run_id in release_orphaned_runs(instance):
         log(f"run {run_id[:8]}: its process is gone; marked failed, pool slots freed")
-    published = lake.published_path(target.storage_key, target.partition)
     where = "/".join(target.storage_key) + (f" [{target.partition}]" if target.partition else "")
     if lake.is_published(target.storage_key, target.partition):
         log(f"{where}: already published, reusing it")
-        return published
+        return lake.published_path(target.storage_key, target.partition)
     job = defs.resolve_implicit_global_asset_job_def()
     steps = missing_upstream(defs, lake, target.asset_key, target.partition)
     steps.append((target.asset_key, target.partition))
@@ -252,7 +252,7 @@ def prepare(
                 f"{label}: run {result.run_id} failed; see it in the Dagster UI "
                 "(`dagster dev`) or `dagster run` logs"
             )
-    return published
+    return lake.published_path(target.storage_key, target.partition)
 
 
 class PrepareError(RuntimeError):

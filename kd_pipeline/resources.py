@@ -19,7 +19,8 @@ SAMPLE_LAYOUT_VERSION = 3  # bump when the generated sample changes shape
 
 
 class LakeResource(dg.ConfigurableResource):
-    """The lake folder: `root`, else `$KD_PIPELINE_LAKE`, else `<data home>/lake`.
+    """The lake: `root` (a folder or s3:// URL), else `$KD_PIPELINE_LAKE`, else
+    `<data home>/lake`; its catalog from `$KD_PIPELINE_CATALOG` (see `settings.catalog`).
 
     Every step uses it, so its setup is where a run started outside `kd-pipeline` (the UI,
     `dagster asset materialize`) has its settings validated before any work."""
@@ -30,7 +31,7 @@ class LakeResource(dg.ConfigurableResource):
         settings.validate_settings()
 
     def lake(self) -> Lake:
-        return Lake(Path(self.root) if self.root else settings.lake_root())
+        return Lake(self.root or None)
 
 
 class UpstreamResource(dg.ConfigurableResource):

@@ -19,6 +19,10 @@ SourceMode = Literal["sample", "mirror", "hub"]
 HOME_ENV = "KD_PIPELINE_HOME"
 HTTP_MIRROR_ENV = "KD_PIPELINE_HTTP_MIRROR"
 LAKE_ENV = "KD_PIPELINE_LAKE"
+CATALOG_ENV = "KD_PIPELINE_CATALOG"
+RETENTION_ENV = "KD_PIPELINE_RETENTION_DAYS"
+DEFAULT_RETENTION_DAYS = 7.0
+OBJECT_STORE_SCHEMES = ("s3",)  # DuckDB's httpfs; AWS_* variables give credentials and endpoint
 MIRROR_ENV = "KD_PIPELINE_MIRROR"
 SOURCE_ENV = "KD_PIPELINE_SOURCE"
 SAMPLE_ROWS_ENV = "KD_PIPELINE_SAMPLE_ROWS"
@@ -43,11 +47,84 @@ def data_home() -> Path:
     return (Path(xdg).expanduser() / "kd-pipeline").resolve()
 
 
-def lake_root() -> Path:
-    """The lake: `$KD_PIPELINE_LAKE`, else `<data home>/lake`."""
-    if os.environ.get(LAKE_ENV):
-        return Path(os.environ[LAKE_ENV]).expanduser().resolve()
-    return data_home() / "lake"
+def lake_root() -> Path | str:
+    """The lake's data path: `$KD_PIPELINE_LAKE`, else `<data home>/lake`.
+
+    A folder (a Path), or an object-store URL kept as a string (`s3://bucket/prefix`, never
+    taken for a local path). Raises ValueError naming the variable for any other URL scheme
+    or an s3 URL without a bucket."""
+    raw = os.environ.get(LAKE_ENV, "").strip()
+    if not raw:
+        return data_home() / "lake"
+    parsed = urllib.parse.urlsplit(raw)
+    if parsed.scheme in OBJECT_STORE_SCHEMES:
+        if not parsed.netloc or parsed.query or parsed.fragment:
+            raise ValueError(f"{LAKE_ENV}={raw!r}: expected s3://bucket or s3://bucket/prefix")
+        return f"{parsed.scheme}://{parsed.netloc}{parsed.path.rstrip('/')}"
+    if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]+", parsed.scheme) and raw.startswith(
+        parsed.scheme + "://"
+    ):
+        raise ValueError(
+            f"{LAKE_ENV}={raw!r}: the {parsed.scheme}:// scheme is not supported; use a "
+            "folder or s3://bucket/prefix (S3-compatible stores through AWS_ENDPOINT_URL)"
+        )
+    return Path(raw).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class CatalogChoice:
+    """The DuckLake metadata database: `kind` sqlite (a file) or postgres (a libpq
+    connection string), and what DuckLake's ATTACH takes after `ducklake:`."""
+
+    kind: Literal["sqlite", "postgres"]
+    target: str
+
+    @property
+    def attach_string(self) -> str:
+        return f"ducklake:{self.kind}:{self.target}"
+
+    def describe(self) -> str:
+        """The catalog for a log line, without a password."""
+        if self.kind == "sqlite":
+            return f"sqlite:{self.target}"
+        return "postgres:" + re.sub(r"password=\S+", "password=***", self.target)
+
+
+def catalog() -> CatalogChoice:
+    """`KD_PIPELINE_CATALOG`: `sqlite:PATH` or `postgres:<libpq connection string>`
+    (`dbname=kd host=db.internal user=kd`); default `sqlite:<lake>/catalog.sqlite` for a
+    folder lake, `sqlite:<data home>/catalog.sqlite` for an object-store lake. Raises
+    ValueError naming the variable for any other form."""
+    raw = os.environ.get(CATALOG_ENV, "").strip()
+    if not raw:
+        root = lake_root()
+        folder = root if isinstance(root, Path) else data_home()
+        return CatalogChoice("sqlite", str(folder / "catalog.sqlite"))
+    kind, _, target = raw.partition(":")
+    if kind == "sqlite" and target.strip():
+        return CatalogChoice("sqlite", str(Path(target.strip()).expanduser().resolve()))
+    if kind in ("postgres", "postgresql") and target.strip():
+        return CatalogChoice("postgres", target.strip())
+    raise ValueError(
+        f"{CATALOG_ENV}={raw!r}: expected sqlite:PATH or postgres:<libpq connection string> "
+        "(e.g. postgres:dbname=kd host=127.0.0.1 user=kd)"
+    )
+
+
+def retention_days() -> float:
+    """`KD_PIPELINE_RETENTION_DAYS` (default 7): how long superseded lake snapshots, their
+    data files and old export versions are kept. It must exceed the longest write: files a
+    writer has not committed yet are only removed once older than this."""
+    raw = os.environ.get(RETENTION_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETENTION_DAYS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{RETENTION_ENV}={raw!r}: expected a positive number of days")
+    return value
 
 
 def sample_mirror_root() -> Path:
@@ -262,7 +339,8 @@ def _usable_folder(variable: str) -> Path | None:
 def _data_folders() -> None:
     """KD_PIPELINE_HOME and KD_PIPELINE_LAKE, when set, name usable folders."""
     _usable_folder(HOME_ENV)
-    _usable_folder(LAKE_ENV)
+    if isinstance(lake_root(), Path):
+        _usable_folder(LAKE_ENV)
 
 
 # Every setting, read and validated once by `settings_problems` (the CLI, every run's
@@ -271,6 +349,8 @@ _ALL_SETTINGS: tuple[Callable[[], object], ...] = (
     source_choice,
     _mirror_folder,
     _data_folders,
+    catalog,
+    retention_days,
     sample_rows_per_config,
     duckdb_memory_limit,
     duckdb_threads,

@@ -1,12 +1,13 @@
-"""The lake: staging, atomic publication, litter removal, writer locks and the catalog."""
+"""The lake on DuckLake: staging, the short retried commit, snapshots and time travel,
+retention, writer locks, plain SQL names, and one clear line for a bad catalog or data path."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,13 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kd_pipeline.ducklake import CatalogUnreachable
 from kd_pipeline.lake import (
-    CATALOG_NAME,
     MANIFEST_NAME,
     Lake,
     LakeError,
     PartitionBusyError,
-    StagedVersion,
+    Publication,
     catalog_view_names,
     safe_name,
 )
@@ -31,41 +32,40 @@ KEY = ("fam", "asset")
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def write_rows(folder: Path, ids: Sequence[int], name: str = "part-0.parquet") -> None:
+def write_rows(folder: Path, ids: Sequence[int], name: str = "part-00000.parquet") -> None:
     table = pa.table(
         {"id": pa.array(ids, pa.int64()), "label": pa.array([f"row-{i}" for i in ids])}
     )
     pq.write_table(table, folder / name)
 
 
-def read_ids(glob: str) -> list[int]:
-    with duckdb.connect() as con:
-        rows = con.execute("SELECT id FROM read_parquet(?)", [glob]).fetchall()
+def publish_ids(
+    lake: Lake, key: Sequence[str], partition: str | None, ids: Sequence[int]
+) -> Publication:
+    with lake.stage(key, partition) as staged:
+        write_rows(staged.path, ids)
+        return lake.publish(staged, {"rows": len(ids)})
+
+
+def table_ids(
+    lake: Lake, key: Sequence[str], partition: str | None = None, at: int | None = None
+) -> list[int]:
+    """The ids of the table (one partition, or all) through DuckLake, at a snapshot."""
+    schema, table = lake.table_name(key)
+    version = f" AT (VERSION => {at})" if at is not None else ""
+    where = " WHERE partition = $p" if partition is not None else ""
+    with lake.connect(read_only=True) as con:
+        rows = con.execute(
+            f"SELECT id FROM {schema}.{table}{version}{where}",
+            {"p": partition} if partition is not None else {},
+        ).fetchall()
     return sorted(row[0] for row in rows)
 
 
-def publish_ids(
-    lake: Lake, key: Sequence[str], partition: str | None, ids: Sequence[int]
-) -> StagedVersion:
-    with lake.stage(key, partition) as staged:
-        write_rows(staged.path, ids)
-        lake.publish(staged, {"rows": len(ids)})
-    return staged
-
-
-def snapshot(folder: Path) -> dict[str, str]:
-    """Every file under folder (links resolved) with the sha256 of its bytes."""
-    folder = folder.resolve()
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def versions_of(lake: Lake, key: Sequence[str], partition: str | None) -> set[str]:
-    folder = lake.root / ".versions" / Path(*key) / (partition or "_")
-    return {p.name for p in folder.iterdir()}
+def read_ids(glob: str | list[str]) -> list[int]:
+    with duckdb.connect() as con:
+        rows = con.execute("SELECT id FROM read_parquet(?)", [glob]).fetchall()
+    return sorted(row[0] for row in rows)
 
 
 def python_child(script: str, *args: str) -> subprocess.Popen[str]:
@@ -80,161 +80,267 @@ def python_child(script: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-# ---- publish ------------------------------------------------------------------------------
-def test_publish_makes_the_version_readable_through_a_link_into_versions(lake_dir: Path):
+# ---- publish --------------------------------------------------------------------------------
+def test_publish_makes_a_partition_of_a_table_with_a_partition_column(lake_dir: Path):
     lake = Lake(lake_dir)
-    assert not lake.is_published(KEY, "p1")
-
-    staged = publish_ids(lake, KEY, "p1", [3, 1, 2])
-
-    published = lake.published_path(KEY, "p1")
-    assert published == lake.root / "fam" / "asset" / "p1"
-    assert published.is_symlink()
-    assert published.resolve() == lake.root / ".versions" / "fam" / "asset" / "p1" / staged.version
-    assert lake.is_published(KEY, "p1")
+    first = publish_ids(lake, KEY, "p1", [1, 2, 3])
+    second = publish_ids(lake, KEY, "p2", [10])
+    assert second.snapshot > first.snapshot
+    assert table_ids(lake, KEY, "p1") == [1, 2, 3]
+    assert table_ids(lake, KEY) == [1, 2, 3, 10]
+    with lake.connect(read_only=True) as con:
+        assert con.execute("SELECT DISTINCT partition FROM fam.asset ORDER BY 1").fetchall() == [
+            ("p1",),
+            ("p2",),
+        ]
+        # the files are where the layout says, and the registry names them
+        (location,) = con.execute(
+            "SELECT location FROM publications WHERE asset = 'fam/asset' AND partition = 'p1'"
+        ).fetchone()
+    assert location == f"data/fam/asset/partition=p1/{first.version}"
+    assert lake.published_path(KEY, "p1") == lake_dir / location == first.location
     assert read_ids(lake.parquet_glob(KEY, "p1")) == [1, 2, 3]
-    # the partition-wide glob of a partitioned asset reads every partition
-    publish_ids(lake, KEY, "p2", [10])
-    assert read_ids(lake.parquet_glob(KEY)) == [1, 2, 3, 10]
-    # nothing left behind: no staging folder, no temporary link next to the published one
-    assert not staged.path.exists()
-    assert sorted(p.name for p in published.parent.iterdir()) == ["p1", "p2"]
+    assert lake.published_rows(KEY, "p1") == 3 and lake.published_partitions(KEY) == ["p1", "p2"]
+    # the catalog lives beside the data of a folder lake, the data under data/
+    assert (lake_dir / "catalog.sqlite").is_file()
 
 
-def test_unpartitioned_asset_is_a_link_at_the_key_path(lake_dir: Path):
+def test_unpartitioned_asset_is_a_table_without_partition_column(lake_dir: Path):
     lake = Lake(lake_dir)
-    staged = publish_ids(lake, ("fam", "table"), None, [7, 8])
-
-    published = lake.published_path(("fam", "table"))
-    assert published == lake.root / "fam" / "table"
-    assert published.is_symlink()
-    assert published.resolve().parent == lake.root / ".versions" / "fam" / "table" / "_"
-    assert read_ids(lake.parquet_glob(("fam", "table"))) == [7, 8]
-    assert lake.manifest(("fam", "table")) == {"version": staged.version, "rows": 2}
+    publish_ids(lake, ("fam", "table"), None, [7, 8])
+    publish_ids(lake, ("fam", "table"), None, [9])
+    assert table_ids(lake, ("fam", "table")) == [9]
+    with lake.connect(read_only=True) as con:
+        columns = [row[0] for row in con.execute("DESCRIBE fam.table_").fetchall()]
+    assert columns == ["id", "label"]  # `table` is reserved: the table is fam.table_
 
 
-def test_manifest_written_by_publish_is_read_back(lake_dir: Path):
+def test_manifest_is_recorded_with_the_version_and_read_back(lake_dir: Path):
     lake = Lake(lake_dir)
     with lake.stage(KEY, "p1") as staged:
-        write_rows(staged.path, [1, 2])
-        lake.publish(staged, {"rows": 2, "lineage": {"revision": "abc123"}, "when": Path("x")})
-
+        write_rows(staged.path, [1])
+        lake.publish(staged, {"rows": 1, "lineage": {"revision": "abc"}})
     manifest = lake.manifest(KEY, "p1")
-    assert manifest == {
-        "version": staged.version,
-        "rows": 2,
-        "lineage": {"revision": "abc123"},
-        "when": "x",  # non-JSON values are written as their str()
-    }
-    assert (lake.published_path(KEY, "p1") / MANIFEST_NAME).is_file()
-    with pytest.raises(LakeError, match="nothing published"):
-        lake.manifest(KEY, "never")
+    assert manifest["version"] == staged.version
+    assert manifest["lineage"] == {"revision": "abc"} and manifest["rows"] == 1
+    with pytest.raises(LakeError, match="nothing published for fam/asset \\[p9\\]"):
+        lake.manifest(KEY, "p9")
 
 
-def test_republish_swaps_the_link_and_keeps_exactly_one_previous_generation(lake_dir: Path):
+def test_a_republish_is_one_snapshot_and_the_old_version_stays_readable_by_time_travel(
+    lake_dir: Path,
+):
     lake = Lake(lake_dir)
-    v1 = publish_ids(lake, KEY, "p1", [1])
-    old_files = lake.published_path(KEY, "p1").resolve()  # a reader resolved the link
-
-    v2 = publish_ids(lake, KEY, "p1", [2, 2])
-    assert read_ids(lake.parquet_glob(KEY, "p1")) == [2, 2]
-    assert lake.manifest(KEY, "p1")["version"] == v2.version
-    assert versions_of(lake, KEY, "p1") == {v1.version, v2.version}
-    # the reader that resolved the link before the swap can still finish on the old files
-    assert read_ids(str(old_files / "*.parquet")) == [1]
-
-    v3 = publish_ids(lake, KEY, "p1", [3, 3, 3])
-    assert read_ids(lake.parquet_glob(KEY, "p1")) == [3, 3, 3]
-    assert versions_of(lake, KEY, "p1") == {v2.version, v3.version}
-    assert not old_files.exists()
-    assert sorted(p.name for p in lake.published_path(KEY).iterdir()) == ["p1"]
+    old = publish_ids(lake, KEY, "p1", [1, 2])
+    publish_ids(lake, KEY, "p2", [5])
+    new = publish_ids(lake, KEY, "p1", [3, 3, 3])
+    assert table_ids(lake, KEY, "p1") == [3, 3, 3]
+    assert table_ids(lake, KEY, "p1", at=old.snapshot) == [1, 2]
+    assert table_ids(lake, KEY, "p2") == [5]  # the other partition is untouched
+    assert Path(old.location).is_dir() and Path(new.location).is_dir()
+    with lake.connect(read_only=True) as con:
+        message = con.execute(
+            "SELECT commit_message, commit_extra_info FROM snapshots() WHERE snapshot_id = $s",
+            {"s": new.snapshot},
+        ).fetchone()
+    assert message[0] == "publish fam/asset [p1]" and new.version in message[1]
 
 
-def test_previous_version_is_kept_when_publishes_fall_in_the_same_second(lake_dir: Path):
+def test_retention_expires_old_snapshots_and_deletes_their_files(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("KD_PIPELINE_RETENTION_DAYS", str(1 / 86400))  # one second
     lake = Lake(lake_dir)
-    previous = publish_ids(lake, KEY, "p1", [0])
-    # Fast republishes (small partitions, retries): each must keep the one before it.
-    for i in range(1, 30):
-        current = publish_ids(lake, KEY, "p1", [i])
-        assert versions_of(lake, KEY, "p1") == {previous.version, current.version}
-        previous = current
+    old = publish_ids(lake, KEY, "p1", [1, 2])
+    time.sleep(1.5)
+    publish_ids(lake, KEY, "p1", [3])
+    assert table_ids(lake, KEY, "p1") == [3]
+    assert not list(Path(old.location).glob("*.parquet"))  # the old version's files are gone
+    with pytest.raises(duckdb.Error):
+        table_ids(lake, KEY, "p1", at=old.snapshot)
 
 
 def test_failure_inside_stage_leaves_the_published_version_untouched(lake_dir: Path):
     lake = Lake(lake_dir)
-    v1 = publish_ids(lake, KEY, "p1", [1, 2, 3])
-    before = snapshot(lake.published_path(KEY, "p1"))
-    manifest_before = lake.manifest(KEY, "p1")
-
+    before = publish_ids(lake, KEY, "p1", [1, 2, 3])
     with pytest.raises(RuntimeError, match="audit failed"), lake.stage(KEY, "p1") as staged:
-        write_rows(staged.path, [99])
-        assert staged.path.is_dir()
+        write_rows(staged.path, [9, 9])
         raise RuntimeError("audit failed")
-
-    assert not staged.path.exists()
-    assert snapshot(lake.published_path(KEY, "p1")) == before
-    assert lake.manifest(KEY, "p1") == manifest_before
-    assert read_ids(lake.parquet_glob(KEY, "p1")) == [1, 2, 3]
-    assert versions_of(lake, KEY, "p1") == {v1.version}
-
-    # leaving the block without publishing (no exception) discards the version as well
-    with lake.stage(KEY, "p1") as unpublished:
-        write_rows(unpublished.path, [98])
-    assert not unpublished.path.exists()
-    assert read_ids(lake.parquet_glob(KEY, "p1")) == [1, 2, 3]
+    assert not staged.path.exists()  # the unpublished version's folder is removed
+    assert table_ids(lake, KEY, "p1") == [1, 2, 3]
+    assert lake.manifest(KEY, "p1")["version"] == before.version
 
 
-def test_litter_of_a_killed_run_is_never_read_and_is_removed_by_the_next_stage(
+def test_a_killed_writers_files_are_never_read_and_old_litter_is_deleted(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    lake = Lake(lake_dir)
+    publish_ids(lake, KEY, "p1", [1, 2, 3])
+    # what a SIGKILLed writer leaves: a version folder nobody registered
+    litter = lake_dir / "data" / "fam" / "asset" / "partition=p1" / "20260101T000000Z-dead"
+    litter.mkdir()
+    write_rows(litter, [666])
+    assert table_ids(lake, KEY) == [1, 2, 3]
+    lake.delete_orphaned_files()  # young litter may be a running writer's: kept
+    assert (litter / "part-00000.parquet").is_file()
+    monkeypatch.setenv("KD_PIPELINE_RETENTION_DAYS", str(1 / 86400))
+    time.sleep(1.5)
+    lake.delete_orphaned_files()
+    assert not (litter / "part-00000.parquet").exists()
+    assert table_ids(lake, KEY) == [1, 2, 3]
+
+
+def test_new_columns_widen_the_table_and_a_changed_type_is_refused(lake_dir: Path):
+    lake = Lake(lake_dir)
+    publish_ids(lake, KEY, "p1", [1])
+    with lake.stage(KEY, "p2") as staged:
+        pq.write_table(
+            pa.table({"id": [2], "label": ["x"], "score": [0.5]}), staged.path / "p.parquet"
+        )
+        lake.publish(staged, {"rows": 1})
+    with lake.connect(read_only=True) as con:
+        rows = con.execute("SELECT partition, id, score FROM fam.asset ORDER BY id").fetchall()
+    assert rows == [("p1", 1, None), ("p2", 2, 0.5)]
+    with lake.stage(KEY, "p1") as staged:
+        pq.write_table(pa.table({"id": ["not a number"]}), staged.path / "p.parquet")
+        with pytest.raises(LakeError, match="column id is VARCHAR in the new version"):
+            lake.publish(staged, {"rows": 1})
+    assert table_ids(lake, KEY, "p1") == [1]  # nothing committed
+
+
+CONCURRENT_WRITER = """
+import sys
+from pathlib import Path
+import pyarrow as pa, pyarrow.parquet as pq
+from kd_pipeline.lake import Lake
+lake = Lake(Path(sys.argv[1]))
+partition = sys.argv[2]
+for round in range(5):
+    with lake.stage(("fam", "asset"), partition) as staged:
+        ids = list(range(int(partition[1:]) * 100, int(partition[1:]) * 100 + round + 1))
+        pq.write_table(pa.table({"id": ids}), staged.path / "part-00000.parquet")
+        lake.publish(staged, {"rows": len(ids)})
+"""
+
+
+def test_writers_of_different_partitions_of_one_table_all_commit(lake_dir: Path):
+    """DuckLake conflicts per table: four processes replacing their own partition five
+    times each collide; the retried short commit lands every one, nothing lost."""
+    writers = [python_child(CONCURRENT_WRITER, str(lake_dir), f"p{i}") for i in range(1, 5)]
+    for writer in writers:
+        assert writer.wait(timeout=240) == 0, writer.stderr.read()
+    lake = Lake(lake_dir)
+    for i in range(1, 5):
+        assert table_ids(lake, KEY, f"p{i}") == list(range(i * 100, i * 100 + 5))
+    with lake.connect(read_only=True) as con:
+        (commits,) = con.execute(
+            "SELECT count(*) FROM snapshots() WHERE commit_message LIKE 'publish fam/asset%'"
+        ).fetchone()
+    assert commits == 20
+
+
+READER = """
+import sys, time
+from pathlib import Path
+from kd_pipeline.lake import Lake
+lake = Lake(Path(sys.argv[1]))
+seen = set()
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    with lake.connect(read_only=True) as con:
+        seen.add(con.execute("SELECT count(*), sum(id) FROM fam.asset").fetchone())
+print(sorted(seen))
+"""
+
+
+def test_a_reader_sees_only_committed_snapshots_while_a_writer_publishes(lake_dir: Path):
+    lake = Lake(lake_dir)
+    publish_ids(lake, KEY, "p1", [1] * 1000)
+    reader = python_child(READER, str(lake_dir), "6")
+    allowed = {(1000, 1000)}
+    for n in range(2, 8):
+        publish_ids(lake, KEY, "p1", [n] * 1000)
+        allowed.add((1000, 1000 * n))
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    seen = set(eval(out))
+    assert seen and seen <= allowed
+
+
+def test_a_catalog_that_cannot_be_opened_is_one_line_naming_the_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("KD_PIPELINE_CATALOG", f"sqlite:{blocker}/catalog.sqlite")
+    with (
+        pytest.raises(CatalogUnreachable, match=r"^KD_PIPELINE_CATALOG: cannot open"),
+        Lake(tmp_path / "lake").connect(),
+    ):
+        pass
+    monkeypatch.setenv(
+        "KD_PIPELINE_CATALOG", "postgres:dbname=kd host=127.0.0.1 port=1 connect_timeout=2"
+    )
+    with (
+        pytest.raises(CatalogUnreachable, match=r"postgres:dbname=kd host=127\.0\.0\.1 port=1"),
+        Lake(tmp_path / "lake").connect(),
+    ):
+        pass
+
+
+def test_a_catalog_keeps_its_data_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("KD_PIPELINE_CATALOG", f"sqlite:{tmp_path / 'shared.sqlite'}")
+    publish_ids(Lake(tmp_path / "a"), KEY, "p1", [1])
+    with (
+        pytest.raises(CatalogUnreachable, match=r"^KD_PIPELINE_LAKE: the catalog"),
+        Lake(tmp_path / "b").connect(),
+    ):
+        pass
+
+
+def test_exports_stay_files_in_version_folders_with_a_view_over_the_current_ones(
     lake_dir: Path,
 ):
     lake = Lake(lake_dir)
-    publish_ids(lake, KEY, "p1", [1, 2])
-    publish_ids(lake, KEY, "p2", [5])
-    # a run killed mid-write in both partitions: half-written versions under .staging
-    litter = {}
-    for partition in ("p1", "p2"):
-        folder = lake.root / ".staging" / "fam" / "asset" / partition / "20200101T000000Z-dead"
-        folder.mkdir(parents=True)
-        write_rows(folder, [666])
-        litter[partition] = folder
-
-    assert read_ids(lake.parquet_glob(KEY, "p1")) == [1, 2]
-    assert read_ids(lake.parquet_glob(KEY)) == [1, 2, 5]
-    with duckdb.connect(str(lake.rebuild_catalog()), read_only=True) as con:
-        assert con.execute('SELECT list(id ORDER BY id) FROM fam."asset"').fetchone()[0] == [
-            1,
-            2,
-            5,
+    key = ("exports", "pointwise", "pointwise_x")
+    first = publish_ids(lake, key, "p1", [1, 2])
+    publish_ids(lake, key, "p2", [3])
+    assert first.location == lake_dir / "exports/pointwise/pointwise_x/p1" / first.version
+    assert (Path(first.location) / MANIFEST_NAME).is_file()
+    with lake.connect(read_only=True) as con:
+        assert con.execute(
+            "SELECT partition, id FROM exports.pointwise_x ORDER BY id"
+        ).fetchall() == [("p1", 1), ("p1", 2), ("p2", 3)]
+        tables = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'exports'"
+        ).fetchone()
+    assert tables == (0,)  # a view over the files, not a table
+    second = publish_ids(lake, key, "p1", [9])
+    assert Path(first.location).is_dir()  # kept for the retention period
+    assert lake.published_path(key, "p1") == second.location
+    with lake.connect(read_only=True) as con:
+        assert con.execute("SELECT id FROM exports.pointwise_x ORDER BY id").fetchall() == [
+            (3,),
+            (9,),
         ]
 
-    with lake.stage(KEY, "p1") as staged:
-        assert not litter["p1"].exists()  # cleared as soon as the writer lock is held
-        assert litter["p2"].exists()  # another partition's litter is not this writer's
-        write_rows(staged.path, [3])
-        lake.publish(staged, {"rows": 1})
 
-    assert not litter["p1"].exists()
-    assert litter["p2"].exists()
-    assert read_ids(lake.parquet_glob(KEY)) == [3, 5]
-
-
-def test_publish_refuses_to_replace_a_real_directory(lake_dir: Path):
+def test_table_names_need_no_quoting(lake_dir: Path) -> None:
     lake = Lake(lake_dir)
-    squatter = lake.published_path(KEY, "p1")
-    squatter.mkdir(parents=True)
-    (squatter / "notes.txt").write_text("hand-made")
+    keys = [("text", "msmarco-passage", "collection"), ("select", "from"), ("9lives",)]
+    for key in keys:
+        publish_ids(lake, key, None, [1])
+    names = catalog_view_names(keys)
+    assert names[("text", "msmarco-passage", "collection")] == (
+        "text",
+        "msmarco_passage_collection",
+    )
+    with lake.connect(read_only=True) as con:
+        for schema, table in names.values():
+            assert con.execute(f"SELECT count(*) FROM {schema}.{table}").fetchone() == (1,)
 
-    with pytest.raises(LakeError, match="is not a lake link"), lake.stage(KEY, "p1") as staged:
-        write_rows(staged.path, [1])
-        lake.publish(staged, {"rows": 1})
 
-    assert not squatter.is_symlink()
-    assert sorted(p.name for p in squatter.iterdir()) == ["notes.txt"]
-    assert (squatter / "notes.txt").read_text() == "hand-made"
-    assert not lake.is_published(KEY, "p1")
-
-
-# ---- names ---------------------------------------------------------------------------------
+# ---- names ----------------------------------------------------------------------------------
 UNSAFE_NAMES = [
     "",
     ".",
@@ -252,6 +358,7 @@ UNSAFE_NAMES = [
     "a\\b",
     "x" * 201,
     "abc\n",
+    "a=b",  # a folder name DuckLake reads as a partition value
 ]
 
 
@@ -270,7 +377,7 @@ def test_published_path_rejects_unsafe_key_parts_and_partitions(lake_dir: Path, 
         lake.published_path(KEY, name)
     with pytest.raises(LakeError), lake.stage(KEY, name):
         pass
-    assert not (lake.root / ".staging").exists()
+    assert not (lake_dir / "data" / "fam").exists()
 
 
 @pytest.mark.parametrize("value", [None, 3, b"abc"])
@@ -280,7 +387,7 @@ def test_safe_name_rejects_non_strings(value: object):
 
 
 @pytest.mark.parametrize(
-    "name", ["raw", "stackexchange_duplicate_questions", "a=b", "v1.2+x", "A-9", "x" * 200]
+    "name", ["raw", "stackexchange_duplicate_questions", "v1.2+x", "A-9", "x" * 200]
 )
 def test_safe_name_accepts_plain_components(name: str):
     assert safe_name(name, "partition key") == name
@@ -317,7 +424,7 @@ def test_second_writer_of_a_partition_in_another_thread_is_refused(lake_dir: Pat
 
     # the lock is released with the block: the next writer proceeds
     publish_ids(Lake(lake_dir), KEY, "p1", [2])
-    assert read_ids(lake.parquet_glob(KEY, "p1")) == [2]
+    assert read_ids(Lake(lake_dir).parquet_glob(KEY, "p1")) == [2]
 
 
 def test_second_writer_in_the_same_thread_is_refused_too(lake_dir: Path):
@@ -358,7 +465,7 @@ def test_writer_in_another_process_blocks_the_partition_until_it_finishes(lake_d
         assert holder_path.is_dir()
         # another partition of the same asset is not blocked
         publish_ids(lake, KEY, "p2", [2])
-        assert read_ids(lake.parquet_glob(KEY, "p2")) == [2]
+        assert read_ids(Lake(lake_dir).parquet_glob(KEY, "p2")) == [2]
 
         holder.stdin.write("\n")
         holder.stdin.flush()
@@ -368,7 +475,7 @@ def test_writer_in_another_process_blocks_the_partition_until_it_finishes(lake_d
             holder.kill()
             holder.wait()
     publish_ids(lake, KEY, "p1", [1])
-    assert read_ids(lake.parquet_glob(KEY)) == [1, 2]
+    assert read_ids(Lake(lake_dir).parquet_glob(KEY)) == [1, 2]
 
 
 def test_different_partitions_and_assets_do_not_block_each_other(lake_dir: Path):
@@ -383,9 +490,9 @@ def test_different_partitions_and_assets_do_not_block_each_other(lake_dir: Path)
             write_rows(staged.path, [i])
             lake.publish(staged, {"rows": 1})
     lake = Lake(lake_dir)
-    assert read_ids(lake.parquet_glob(KEY)) == [0, 1]
-    assert read_ids(lake.parquet_glob(("fam", "other"), "p1")) == [2]
-    assert read_ids(lake.parquet_glob(("fam", "table"))) == [3]
+    assert read_ids(Lake(lake_dir).parquet_glob(KEY)) == [0, 1]
+    assert read_ids(Lake(lake_dir).parquet_glob(("fam", "other"), "p1")) == [2]
+    assert read_ids(Lake(lake_dir).parquet_glob(("fam", "table"))) == [3]
 
 
 def test_partitions_whose_names_contain_double_underscores_do_not_share_a_lock(
@@ -395,132 +502,7 @@ def test_partitions_whose_names_contain_double_underscores_do_not_share_a_lock(
         pass
 
 
-# ---- catalog ------------------------------------------------------------------------------
-def test_catalog_has_one_view_per_asset_with_partition_column_for_partitioned_ones(
-    lake_dir: Path,
-):
-    lake = Lake(lake_dir)
-    publish_ids(lake, KEY, "p1", [1, 2])
-    publish_ids(lake, KEY, "p2", [3, 4, 5])
-    publish_ids(lake, ("fam", "table"), None, [7])
-    publish_ids(lake, ("solo",), None, [8, 9])
-    assert lake.published_assets() == {KEY: True, ("fam", "table"): False, ("solo",): False}
-
-    catalog = lake.rebuild_catalog()
-    assert catalog == lake.root / CATALOG_NAME
-    with duckdb.connect(str(catalog), read_only=True) as con:
-        per_partition = con.execute(
-            "SELECT partition, list(id ORDER BY id) FROM fam.asset GROUP BY ALL ORDER BY 1"
-        ).fetchall()
-        assert per_partition == [("p1", [1, 2]), ("p2", [3, 4, 5])]
-        assert [c[0] for c in con.execute("DESCRIBE fam.asset").fetchall()] == [
-            "id",
-            "label",
-            "partition",
-        ]
-        assert con.execute("SELECT id, label FROM fam.table_").fetchall() == [(7, "row-7")]
-        assert [c[0] for c in con.execute("DESCRIBE fam.table_").fetchall()] == ["id", "label"]
-        assert sorted(r[0] for r in con.execute("SELECT id FROM solo.solo").fetchall()) == [8, 9]
-    assert not list(lake.root.glob(f".{CATALOG_NAME}.*.tmp"))
-
-
-def test_catalog_view_names_need_no_quoting(lake_dir: Path) -> None:
-    """Plain SQL reaches every view: multi-part keys joined by `_`, an export by its key's
-    last part (`exports/splade/splade_hofstaetter` -> `exports.splade_hofstaetter`), unsafe
-    characters and reserved words made plain, two keys that would collide kept apart."""
-    from kd_pipeline.exports.specs import load_export_specs
-
-    lake = Lake(lake_dir)
-    specs = load_export_specs()
-    for number, spec in enumerate(specs):
-        publish_ids(lake, tuple(spec.key.path), None, [100 + number])
-    publish_ids(lake, ("text", "msmarco_passage", "collection"), None, [1])
-    publish_ids(lake, ("lighton", "custom", "v-0a1b"), None, [3])
-    publish_ids(lake, ("lighton", "custom_v_0a1b"), None, [4])
-    publish_ids(lake, ("fam", "select"), None, [5])
-    with duckdb.connect(str(lake.rebuild_catalog()), read_only=True) as con:
-        for number, spec in enumerate(specs):
-            view = f"exports.{spec.label}"
-            assert con.execute(f"SELECT id FROM {view}").fetchall() == [(100 + number,)], view
-        for view, expected in [
-            ("exports.splade_hofstaetter", specs_id(specs, "exports/splade/splade_hofstaetter")),
-            ("exports.pylate_kd_fiqa", specs_id(specs, "exports/pylate_kd/pylate_kd_fiqa")),
-            ("text.msmarco_passage_collection", 1),
-            ("lighton.custom_v_0a1b", 3),
-            ("fam.select_", 5),
-        ]:
-            assert con.execute(f"SELECT id FROM {view}").fetchall() == [(expected,)], view
-        export_views = con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE schema_name = 'exports'"
-        ).fetchall()
-        views = con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE schema_name = 'lighton'"
-        ).fetchall()
-    assert sorted(v[0] for v in export_views) == sorted(spec.label for spec in specs)
-    names = sorted(v[0] for v in views)
-    assert names[0] == "custom_v_0a1b" and names[1].startswith("custom_v_0a1b_")
-    assert catalog_view_names([("2024", "a.b")]) == {("2024", "a.b"): ("_2024", "a_b")}
-
-
-def specs_id(specs: Sequence, key: str) -> int:
-    """The id published for the export spec whose key reads `key`."""
-    (number,) = [n for n, s in enumerate(specs) if s.key.to_user_string() == key]
-    return 100 + number
-
-
-def test_catalog_follows_republished_partitions(lake_dir: Path):
-    lake = Lake(lake_dir)
-    publish_ids(lake, KEY, "p1", [1])
-    lake.rebuild_catalog()
-    publish_ids(lake, KEY, "p1", [4, 5])
-    publish_ids(lake, KEY, "p2", [6])
-    with duckdb.connect(str(lake.rebuild_catalog()), read_only=True) as con:
-        rows = con.execute("SELECT partition, id FROM fam.asset ORDER BY id").fetchall()
-    assert rows == [("p1", 4), ("p1", 5), ("p2", 6)]
-
-
-READ_CATALOG = """
-import sys
-import duckdb
-con = duckdb.connect(sys.argv[1], read_only=True)
-def views():
-    return sorted(r[0] + "." + r[1] for r in con.execute(
-        "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal").fetchall())
-print(views(), flush=True)
-sys.stdin.readline()
-print(views(), con.execute('SELECT count(*) FROM fam."asset"').fetchone()[0], flush=True)
-"""
-
-
-def test_a_reader_holding_the_old_catalog_does_not_block_a_rebuild(lake_dir: Path):
-    lake = Lake(lake_dir)
-    publish_ids(lake, KEY, "p1", [1, 2])
-    catalog = lake.rebuild_catalog()
-
-    # Someone browses the catalog (another process, as a person with the DuckDB CLI would).
-    reader = python_child(READ_CATALOG, str(catalog))
-    try:
-        assert reader.stdout.readline().strip() == "['fam.asset']", reader.stderr.read()
-
-        publish_ids(lake, ("fam", "table"), None, [7])
-        done = threading.Event()
-        threading.Thread(target=lambda: (lake.rebuild_catalog(), done.set())).start()
-        assert done.wait(timeout=20), "rebuild_catalog blocked on an open reader"
-
-        with duckdb.connect(str(catalog), read_only=True) as con:
-            assert con.execute("SELECT id FROM fam.table_").fetchall() == [(7,)]
-
-        # the reader keeps its consistent (old) catalog until it reconnects
-        reader.stdin.write("\n")
-        reader.stdin.flush()
-        assert reader.stdout.readline().strip() == "['fam.asset'] 2"
-        assert reader.wait(timeout=20) == 0
-    finally:
-        if reader.poll() is None:
-            reader.kill()
-            reader.wait()
-
-
+# ---- engine -----
 def test_zstd_level_is_a_knob_and_a_bad_one_is_refused(tmp_path: Path, monkeypatch) -> None:
     from kd_pipeline.engine import copy_parquet
 

@@ -118,7 +118,7 @@ def audit_and_publish(
     if tuple(staged.key) in _SHRINK_GUARDED:
         rules = [*rules, shrink_rule(lake.published_rows(staged.key, staged.partition))]
     if table is None:
-        table = Table("read_parquet($staged_glob)", {"staged_glob": staged.parquet_glob()})
+        table = Table.parquet(staged.parquet_glob())
     outcomes = evaluate_rules(con, rules, table)
     results = [check_result(rule, outcome) for rule, outcome in zip(rules, outcomes, strict=True)]
     failed = [o for r, o in zip(rules, outcomes, strict=True) if r.blocking and not o.passed]
@@ -131,8 +131,17 @@ def audit_and_publish(
             metadata={"failed_checks": ", ".join(o.rule for o in failed)},
         )
     published = lake.publish(staged, manifest)
-    lake.rebuild_catalog()
+    where = (
+        {"table": ".".join(lake.table_name(staged.key))}
+        if lake.is_table(staged.key)
+        else {"path": dg.MetadataValue.path(str(published.location))}
+    )
     yield dg.MaterializeResult(
-        metadata={**metadata, "path": dg.MetadataValue.path(str(published))},
+        metadata={
+            **metadata,
+            **where,
+            "version": published.version,
+            "lake_snapshot": published.snapshot,
+        },
         check_results=results,
     )

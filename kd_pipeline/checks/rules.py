@@ -16,6 +16,11 @@ import duckdb
 EXAMPLES = 5
 
 
+# The options every read of lake files takes: DuckDB would otherwise add a column for each
+# `key=value` folder in the path (the lake's `partition=<key>` folders).
+PARQUET_READ = "hive_partitioning = false"
+
+
 @dataclass(frozen=True)
 class Table:
     """A SQL `FROM` source and its bound parameters, e.g. `read_parquet($glob)`."""
@@ -25,12 +30,14 @@ class Table:
     addressed: str | None = None  # the same rows with `file_index`, `file_row_number` columns
 
     @classmethod
-    def parquet(cls, glob: str) -> Table:
-        """A Parquet dataset (a lake version) by glob."""
+    def parquet(cls, glob: str | list[str]) -> Table:
+        """A Parquet dataset (a lake version) by glob, its columns exactly the files' (a
+        lake folder `partition=<key>` adds no column: DuckLake's layout, not data)."""
         return cls(
-            "read_parquet($glob)",
+            f"read_parquet($glob, {PARQUET_READ})",
             {"glob": glob},
-            "(SELECT *, file_index FROM read_parquet($glob, file_row_number = true))",
+            f"(SELECT *, file_index FROM read_parquet($glob, {PARQUET_READ}, "
+            "file_row_number = true))",
         )
 
     def query(self, con: duckdb.DuckDBPyConnection, select: str, extra: Mapping[str, Any] = {}):

@@ -66,7 +66,7 @@ def pinned_glob(lake: Lake, key: dg.AssetKey, partition: str | None, hint: str) 
     if not lake.is_published(key.path, partition):
         where = key.to_user_string() + (f" [{partition}]" if partition else "")
         raise dg.Failure(f"{where} is not published yet: materialize it first ({hint})")
-    return str(lake.published_path(key.path, partition).resolve() / "*.parquet")
+    return str(lake.parquet_glob(key.path, partition))
 
 
 def _fixed(rules: Sequence[Rule], outcomes: Sequence[RuleOutcome]) -> list[Rule]:

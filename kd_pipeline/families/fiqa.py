@@ -178,7 +178,7 @@ def fiqa_mined_scores(
         for path in local:
             check_mined_columns(con, path)
         rows = copy_parquet(con, explode_select(local), staged.path)
-        out = Table("read_parquet($g)", {"g": staged.parquet_glob()})
+        out = Table.parquet(staged.parquet_glob())
         lineage = {
             **snapshot_metadata(snapshot, files, card),
             "licence": FIQA_MINED_LICENCE,

@@ -162,7 +162,7 @@ def hofstaetter_teacher_scores(
         the_lake.stage(TEACHER_SCORES_KEY.path, teacher.variant) as staged,
     ):
         report = write_pairwise(con, fetched.path, staged.path, teacher.file)
-        out = Table("read_parquet($g)", {"g": staged.parquet_glob()})
+        out = Table.parquet(staged.parquet_glob())
         lineage = {
             **fetched.metadata(),
             "source": fetcher.describe(),

@@ -167,7 +167,7 @@ def rank_distillm_runs(
         qrels = globs[2] if variant.annotated else None
         report = write_run(con, fetched.path, staged.path, variant.top_k, qrels, variant.file)
         rows = report.rows + report.extra.get("unretrieved_positives", 0)
-        out = Table("read_parquet($g)", {"g": staged.parquet_glob()})
+        out = Table.parquet(staged.parquet_glob())
         lineage = {
             **fetched.metadata(),
             "source": fetcher.describe(),

@@ -326,7 +326,7 @@ def published_glob(lake: Lake, key: dg.AssetKey, partition: str | None = None) -
             f"{key.to_user_string()} is not published yet: materialize it first "
             f"(job {TEXT_JOB} builds every text table)"
         )
-    return str(lake.published_path(key.path, partition).resolve() / "*.parquet")
+    return str(lake.parquet_glob(key.path, partition))
 
 
 def published_versions(lake: Lake, keys: list[dg.AssetKey]) -> dict[str, str]:
@@ -384,7 +384,7 @@ def build_text_asset(table: TextTable) -> dg.AssetsDefinition:
             local_member(fetched.path, table.member, the_lake.scratch_dir()) as local,
         ):
             report = table.read(con, local, staged.path, label)
-            out = Table("read_parquet($g)", {"g": staged.parquet_glob()})
+            out = Table.parquet(staged.parquet_glob())
             lineage = {
                 **fetched.metadata(),
                 "member": table.member or "-",
