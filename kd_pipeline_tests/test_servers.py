@@ -223,3 +223,66 @@ def test_missing_postgres_binaries_name_the_package_to_install(
         PostgresServer()
     assert "\n" not in str(missing.value)
     assert "apt-get install postgresql" in str(missing.value)
+
+
+def _stage(con: duckdb.DuckDBPyConnection, url: str, partition: str, rows: int) -> None:
+    """Write ``rows`` rows of ``partition`` (score -2) as one Parquet file at ``url``."""
+    con.execute(
+        f"COPY (SELECT ? AS partition, i::BIGINT AS id, -2::DOUBLE AS score FROM range(?) r(i))"
+        f" TO '{url}' (FORMAT parquet)",
+        [partition, rows],
+    )
+
+
+def _swap_partition(con: duckdb.DuckDBPyConnection, partition: str, url: str) -> None:
+    """Open the short transaction that swaps ``partition`` for the staged file (no COMMIT)."""
+    con.execute("BEGIN")
+    con.execute("DELETE FROM lk.pairs WHERE partition = ?", [partition])
+    con.execute("CALL ducklake_add_data_files('lk', 'pairs', ?)", [url])
+
+
+def test_a_staged_file_survives_a_conflicting_swap_and_the_retry_registers_it(
+    lake: Lake, s3_server: S3Server
+) -> None:
+    setup = lake.attach()
+    setup.execute("CREATE TABLE lk.pairs (partition VARCHAR, id BIGINT, score DOUBLE)")
+    setup.execute("ALTER TABLE lk.pairs SET PARTITIONED BY (partition)")
+    setup.execute("INSERT INTO lk.pairs SELECT 'p' || (i % 2), i, 1 FROM range(1000) r(i)")
+    staged = {p: f"s3://{lake.bucket}/staging/partition={p}/part-0.parquet" for p in ("p0", "p1")}
+    _stage(setup, staged["p0"], "p0", 30)
+    _stage(setup, staged["p1"], "p1", 40)
+
+    first, second = lake.attach(), lake.attach()
+    _swap_partition(first, "p0", staged["p0"])
+    _swap_partition(second, "p1", staged["p1"])
+    first.execute("COMMIT")
+    with pytest.raises(duckdb.TransactionException, match="another transaction has deleted"):
+        second.execute("COMMIT")
+    # Unlike rows written by INSERT, a registered file is not deleted when its commit fails.
+    assert s3_server.list_keys(lake.bucket, "staging/") == [
+        "staging/partition=p0/part-0.parquet",
+        "staging/partition=p1/part-0.parquet",
+    ]
+    assert _partition_rows(second) == {"p0": (30, -60.0), "p1": (500, 500.0)}
+
+    _swap_partition(second, "p1", staged["p1"])  # the retry registers the same file
+    second.execute("COMMIT")
+
+    assert _partition_rows(setup) == {"p0": (30, -60.0), "p1": (40, -80.0)}
+    assert set(_catalog_files(setup, "pairs")) == set(staged.values())
+
+
+def test_the_hive_folder_not_the_file_column_sets_a_registered_files_partition(
+    lake: Lake,
+) -> None:
+    con = lake.attach()
+    con.execute("CREATE TABLE lk.pairs (partition VARCHAR, id BIGINT, score DOUBLE)")
+    con.execute("ALTER TABLE lk.pairs SET PARTITIONED BY (partition)")
+    # The file's own column says p4; the folder says p3. An audit must compare the two.
+    misfiled = f"s3://{lake.bucket}/staging/partition=p3/part-0.parquet"
+    _stage(con, misfiled, "p4", 5)
+
+    con.execute("CALL ducklake_add_data_files('lk', 'pairs', ?)", [misfiled])
+
+    assert _partition_rows(con) == {"p3": (5, -10.0)}
+    assert con.execute("SELECT count(*) FROM lk.pairs WHERE partition = 'p4'").fetchone() == (0,)
