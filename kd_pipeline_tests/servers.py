@@ -36,16 +36,21 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import duckdb
 import pytest
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 __all__ = [
     "LAKE_EXTENSIONS",
     "MissingServerError",
     "PostgresServer",
     "S3Server",
+    "extension_path",
+    "lake_connection",
     "postgres_server",
     "s3_server",
 ]
@@ -106,7 +111,11 @@ def extension_path(name: str) -> Path:
 
 
 def lake_connection() -> duckdb.DuckDBPyConnection:
-    """A new in-memory DuckDB with DuckLake, httpfs and both catalog scanners loaded."""
+    """A new in-memory DuckDB with DuckLake, httpfs and both catalog scanners loaded.
+
+    The tests' own loader (kd_pipeline's lake resource has its own); raises
+    MissingServerError when a wheel is missing, duckdb.Error when a signature check fails.
+    """
     con = duckdb.connect()
     for name in LAKE_EXTENSIONS:
         con.execute(f"LOAD '{extension_path(name)}'")
@@ -332,9 +341,9 @@ class S3Server:
         except (urllib.error.URLError, OSError):
             return False
 
-    def client(self):  # -> botocore S3 client (boto3 ships no static type for it)
-        """A boto3 S3 client for this server."""
-        import boto3
+    def client(self) -> BaseClient:
+        """A boto3 S3 client for this server (boto3 ships no static type for the S3 client)."""
+        import boto3  # a dependency of moto, imported here like moto: only once a test needs it
 
         return boto3.client(
             "s3",
