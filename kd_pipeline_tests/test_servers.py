@@ -286,3 +286,22 @@ def test_the_hive_folder_not_the_file_column_sets_a_registered_files_partition(
 
     assert _partition_rows(con) == {"p3": (5, -10.0)}
     assert con.execute("SELECT count(*) FROM lk.pairs WHERE partition = 'p4'").fetchone() == (0,)
+
+
+def test_the_postgres_fixture_fails_never_skips_without_the_binaries(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(servers, "_PG_BIN_GLOB", str(tmp_path / "*" / "bin"))
+    pytester.makepyfile(
+        test_needs_postgres="""
+        from kd_pipeline_tests.servers import postgres_server
+
+        def test_catalog(postgres_server):
+            pass
+        """
+    )
+
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*apt-get install postgresql*"])
