@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy
 import yaml
 from dagster import DagsterInvalidConfigError
 from dagster._config import process_config
@@ -40,6 +41,8 @@ from dagster._serdes import ConfigurableClassData
 from dagster_k8s import K8sRunLauncher
 from dagster_k8s.container_context import K8sContainerContext
 from dagster_k8s.job import construct_dagster_k8s_job
+from dagster_postgres import DagsterPostgresStorage
+from dagster_postgres.utils import pg_url_from_config
 from kubernetes.client import V1Job
 from kubernetes.utils import parse_quantity
 
@@ -137,8 +140,7 @@ def test_instance_file_is_accepted_by_dagster_dagster_k8s_and_dagster_postgres(
     assert ref.run_coordinator_data.class_name == "QueuedRunCoordinator"
     # the storage reaches the database named by the environment, not one written in the file
     storage = process_config(
-        importlib.import_module("dagster_postgres").DagsterPostgresStorage.config_type(),
-        yaml.safe_load(ref.storage_data.config_yaml),
+        DagsterPostgresStorage.config_type(), yaml.safe_load(ref.storage_data.config_yaml)
     )
     postgres_db = storage.value["postgres_db"]
     assert (postgres_db["hostname"], postgres_db["port"], postgres_db["password"]) == (
@@ -149,6 +151,28 @@ def test_instance_file_is_accepted_by_dagster_dagster_k8s_and_dagster_postgres(
     concurrency = ref.settings["concurrency"]
     assert concurrency["runs"]["max_concurrent_runs"] >= 1
     assert concurrency["pools"]["default_limit"] >= 1
+
+
+def storage_driver(storage_config: Mapping[str, Any]) -> str:
+    """The DB-API driver SQLAlchemy loads for a dagster-postgres storage config: the URL
+    dagster-postgres builds from it, turned into an engine (which imports the driver and
+    connects to nothing). ModuleNotFoundError when that driver is not installed."""
+    value = process_config(DagsterPostgresStorage.config_type(), dict(storage_config)).value
+    return sqlalchemy.create_engine(pg_url_from_config(value)).dialect.driver
+
+
+def test_storage_names_the_driver_dagster_postgres_installs(
+    instance_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy 2.1 reads a bare `postgresql://` as psycopg 3, which dagster-postgres does
+    not bring: the storage, in both files, names psycopg2."""
+    monkeypatch.setenv("DAGSTER_PG_PASSWORD", "set-by-the-chart-from-its-secret")
+    assert storage_driver(instance_file()["storage"]["postgres"]) == "psycopg2"
+    assert storage_driver(helm_postgres_config(helm_values())) == "psycopg2"
+    other = instance_file()["storage"]["postgres"]
+    other["postgres_db"]["scheme"] = "postgresql+pg8000"  # a driver no one installed
+    with pytest.raises(ModuleNotFoundError):
+        storage_driver(other)
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
