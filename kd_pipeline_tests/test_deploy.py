@@ -23,7 +23,7 @@ import re
 import shlex
 import sys
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -465,7 +465,7 @@ KUBECONFIG = {
 
 
 @pytest.fixture
-def run_launcher(tmp_path: Path) -> Iterator[K8sRunLauncher]:
+def run_launcher(tmp_path: Path) -> K8sRunLauncher:
     """The K8sRunLauncher the chart's dagster.yaml configures, built by Dagster from it; only
     the cluster credentials differ (a kubeconfig file instead of the in-cluster service
     account, as outside a pod). Nothing connects to a cluster."""
@@ -476,7 +476,7 @@ def run_launcher(tmp_path: Path) -> Iterator[K8sRunLauncher]:
     data = ConfigurableClassData(
         config["module"], config["class"], yaml.safe_dump(config["config"])
     )
-    yield data.rehydrate(RunLauncher)
+    return data.rehydrate(RunLauncher)
 
 
 def run_pod_job(launcher: K8sRunLauncher, values: Mapping[str, Any]) -> V1Job:
