@@ -12,7 +12,9 @@ from huggingface_hub import constants, file_download
 
 from kd_pipeline_tests.sample_exports import BuiltExports, build_mixture, build_sample_exports
 
-pytest_plugins = ["pytester"]  # test_readme.py runs pytest on a skipped test
+# pytester: test_readme.py runs pytest on a skipped test; servers: the PostgreSQL and S3
+# servers on loopback (fixtures postgres_server, s3_server)
+pytest_plugins = ["pytester", "kd_pipeline_tests.servers"]
 TIMEOUT = 5
 
 

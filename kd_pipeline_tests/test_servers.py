@@ -25,11 +25,6 @@ import pytest
 from kd_pipeline_tests import servers
 from kd_pipeline_tests.servers import PostgresServer, S3Server, lake_connection
 
-# The session fixtures, found by pytest under these names (until conftest.py loads
-# kd_pipeline_tests.servers as a plugin).
-postgres_server = servers.postgres_server
-s3_server = servers.s3_server
-
 REPO = Path(__file__).resolve().parent.parent
 
 
