@@ -707,7 +707,7 @@ def test_dockerfile_builds_the_code_location_the_helm_values_deploy() -> None:
         (lambda text, port: text + "USER root\n", "USER"),
         (lambda text, port: text + "ENV AWS_SECRET_ACCESS_KEY=abc\n", "AWS_SECRET_ACCESS_KEY"),
         (lambda text, port: text + 'ENTRYPOINT ["tini", "--"]\n', "ENTRYPOINT"),
-        (lambda text, port: re.sub(r"pip install '\.\[cluster\]'", "pip install kd-pipeline", text), "pip"),
+        (lambda text, port: text.replace("'.[cluster]'", "kd-pipeline"), "pip"),
         (lambda text, port: text.replace("kd_pipeline.definitions", "kd_pipeline.defs"), "CMD"),
     ],
     ids=["port-exposed", "port-served", "root", "secret", "entrypoint", "not-the-repo", "module"],
