@@ -10,6 +10,8 @@ value and what is allowed, and exit code 2. SIGINT/SIGTERM/SIGHUP stop any comma
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -128,6 +130,9 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from kd_pipeline.lake import Lake
 
     lake = Lake()
+    if lake.catalog.kind == "sqlite" and not Path(lake.catalog.target).is_file():
+        log(f"kd-pipeline sql: no lake at {lake.root} yet (run `kd-pipeline materialize` first)")
+        return 2
     try:
         with lake.connect(read_only=True) as con:
             relation = con.sql(args.query)
@@ -281,7 +286,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with stop_cleanly_on_signals(log):
             return args.func(args)
-    except (ValueError, OSError) as exc:
+    except BrokenPipeError:
+        # The reader of stdout left (`kd-pipeline ids | head`): stop quietly, as `cat` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    except (ValueError, OSError, RuntimeError) as exc:
         log(f"kd-pipeline: error: {exc}")
         return 2
     except CatalogUnreachable as exc:

@@ -178,7 +178,7 @@ class Lake:
 
     def attach(self, con: duckdb.DuckDBPyConnection, *, read_only: bool = False) -> None:
         """Attach the lake to an existing connection (a step's engine connection)."""
-        if not self.remote:
+        if not self.remote and not read_only:
             Path(self.root, "data").mkdir(parents=True, exist_ok=True)
         ducklake.with_retry(
             lambda: ducklake.attach(con, self.catalog, self.data_path, read_only=read_only)

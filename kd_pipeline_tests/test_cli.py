@@ -12,6 +12,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from kd_pipeline.lake import Lake
 from kd_pipeline.sample import lighton_sample_dir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,11 +75,10 @@ def test_materialize_command_runs_through_the_instance(tmp_path, lake_dir) -> No
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(lake_dir)
     assert "2/2 runs succeeded" in proc.stderr
-    (keys,) = (
-        duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
-        .execute("SELECT list(DISTINCT partition ORDER BY partition) FROM lighton.recommended")
-        .fetchone()
-    )
+    with Lake(lake_dir).connect(read_only=True) as con:
+        (keys,) = con.execute(
+            "SELECT list(DISTINCT partition ORDER BY partition) FROM lighton.recommended"
+        ).fetchone()
     assert keys == ["agnews", "fw-edu"]  # the alias fw_edu resolved to its config
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         runs = instance.get_runs()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import dagster as dg
-import duckdb
 import pytest
 from huggingface_hub import constants
 
@@ -33,8 +32,8 @@ def test_quotes_and_spaces_in_paths_are_data_not_sql(tmp_path, monkeypatch) -> N
     monkeypatch.setenv("KD_PIPELINE_MIRROR", str(mirror))
     result = run_lighton_partition("agnews")
     assert result.success, failures(result)
-    catalog = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
-    assert catalog.execute("SELECT count(*) FROM lighton.raw").fetchone() == (9,)
+    with Lake(lake_dir).connect(read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM lighton.raw").fetchone() == (9,)
 
 
 @pytest.mark.parametrize(
