@@ -97,7 +97,10 @@ def catalog() -> CatalogChoice:
     ValueError naming the variable for any other form."""
     raw = os.environ.get(CATALOG_ENV, "").strip()
     if not raw:
-        root = lake_root()
+        try:
+            root: Path | str = lake_root()
+        except ValueError:  # reported once, as KD_PIPELINE_LAKE's problem
+            root = ""
         folder = root if isinstance(root, Path) else data_home()
         return CatalogChoice("sqlite", str(folder / "catalog.sqlite"))
     kind, _, target = raw.partition(":")
@@ -115,16 +118,7 @@ def retention_days() -> float:
     """`KD_PIPELINE_RETENTION_DAYS` (default 7): how long superseded lake snapshots, their
     data files and old export versions are kept. It must exceed the longest write: files a
     writer has not committed yet are only removed once older than this."""
-    raw = os.environ.get(RETENTION_ENV, "").strip()
-    if not raw:
-        return DEFAULT_RETENTION_DAYS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise ValueError(f"{RETENTION_ENV}={raw!r}: expected a positive number of days")
-    return value
+    return _positive_number(RETENTION_ENV, DEFAULT_RETENTION_DAYS, "days")
 
 
 def sample_mirror_root() -> Path:
@@ -181,7 +175,8 @@ def duckdb_memory_limit() -> str:
     """Per-step DuckDB memory limit (`KD_PIPELINE_DUCKDB_MEMORY`, e.g. 4GB, 512MiB, 50%;
     default 4GB); DuckDB spills to the lake's scratch folder past it. Units as DuckDB reads
     them (KB = 1000 bytes, KiB = 1024); a size must be at least 64MiB and a percentage of
-    memory above 0 and at most 100, else ValueError naming the variable."""
+    memory above 0 and at most 100 (turned into MiB of this machine's memory, at least 64),
+    else ValueError naming the variable."""
     raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
     if not raw:
         return "4GB"
@@ -197,6 +192,9 @@ def duckdb_memory_limit() -> str:
                 f"{MEMORY_LIMIT_ENV}={raw!r}: expected a percentage of memory above 0 and "
                 "at most 100%"
             )
+        # DuckDB (1.5) takes sizes only: a share of this machine's physical memory.
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return f"{max(int(total * number / 100) // 2**20, 64)}MiB"
     elif number * _MEMORY_UNITS[unit] < MIN_MEMORY_BYTES:
         raise ValueError(
             f"{MEMORY_LIMIT_ENV}={raw!r}: expected a size of at least 64MiB (such as 4GB)"
@@ -287,15 +285,21 @@ def hub_timeout() -> float:
     """Seconds an upstream metadata request (a Hub listing, a Zenodo record) may take
     (`KD_PIPELINE_HUB_TIMEOUT`, default 30); file downloads use huggingface_hub's own
     `HF_HUB_DOWNLOAD_TIMEOUT`."""
-    raw = os.environ.get(HUB_TIMEOUT_ENV, "").strip()
+    return _positive_number(HUB_TIMEOUT_ENV, 30.0, "seconds")
+
+
+def _positive_number(variable: str, default: float, unit: str) -> float:
+    """A variable holding a positive, finite number of `unit` (default when unset);
+    ValueError naming the variable and its value otherwise."""
+    raw = os.environ.get(variable, "").strip()
     if not raw:
-        return 30.0
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
     if not 0 < value < float("inf"):
-        raise ValueError(f"{HUB_TIMEOUT_ENV}={raw!r}: expected a positive number of seconds")
+        raise ValueError(f"{variable}={raw!r}: expected a positive number of {unit}")
     return value
 
 

@@ -149,6 +149,11 @@ BAD_SETTINGS = [
     ("KD_PIPELINE_REFRESH_CRON", "0 3 * *", "expected a cron string"),
     ("KD_PIPELINE_SAMPLE_ROWS", "-3", "expected a non-negative integer"),
     ("KD_PIPELINE_MIRROR", "/nonexistent/mirror", "expected an existing folder"),
+    ("KD_PIPELINE_LAKE", "s3://", "expected s3://bucket or s3://bucket/prefix"),
+    ("KD_PIPELINE_LAKE", "gs://bucket/lake", "the gs:// scheme is not supported"),
+    ("KD_PIPELINE_CATALOG", "mysql:host=db", "expected sqlite:PATH or postgres:"),
+    ("KD_PIPELINE_CATALOG", "postgres:", "expected sqlite:PATH or postgres:"),
+    ("KD_PIPELINE_RETENTION_DAYS", "0", "expected a positive number of days"),
 ]
 
 

@@ -35,3 +35,35 @@ def test_a_folder_still_to_create_is_accepted_and_not_created_by_the_check(
     monkeypatch.setenv(variable, str(target))
     assert settings.settings_problems() == []
     assert not target.exists()
+
+
+def test_an_object_store_lake_is_a_url_never_a_local_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The old fault: `s3://bucket/prefix` silently wrote to a local folder named `s3:`."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(settings.HOME_ENV, str(tmp_path / "home"))
+    monkeypatch.setenv(settings.LAKE_ENV, "s3://bucket/some/prefix/")
+    assert settings.settings_problems() == []
+    assert settings.lake_root() == "s3://bucket/some/prefix"
+    # its default catalog is on this machine, in the data home
+    assert settings.catalog().attach_string == (
+        f"ducklake:sqlite:{tmp_path / 'home' / 'catalog.sqlite'}"
+    )
+    from kd_pipeline.lake import Lake
+
+    lake = Lake()
+    assert lake.remote and lake.data_path == "s3://bucket/some/prefix/data/"
+    assert not (tmp_path / "s3:").exists()
+
+
+def test_the_catalog_setting_names_sqlite_or_postgres(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(settings.LAKE_ENV, str(tmp_path / "lake"))
+    monkeypatch.delenv(settings.CATALOG_ENV, raising=False)
+    assert settings.catalog().target == str(tmp_path / "lake" / "catalog.sqlite")
+    monkeypatch.setenv(settings.CATALOG_ENV, "postgres:host=db dbname=kd password=hunter2")
+    choice = settings.catalog()
+    assert choice.attach_string == "ducklake:postgres:host=db dbname=kd password=hunter2"
+    assert "hunter2" not in choice.describe()
