@@ -45,9 +45,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any, BinaryIO, Literal, Self
 from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+from kd_pipeline_tests.servers import LoopbackServer
 
 __all__ = ["Fault", "HubServer"]
 
@@ -311,7 +312,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
-class HubServer:
+class HubServer(LoopbackServer):
     """Local Hub-shaped HTTP server over a mirror directory; see the module docstring."""
 
     lfs_suffixes: tuple[str, ...] = _LFS_SUFFIXES
@@ -372,17 +373,6 @@ class HubServer:
         server.server_close()
         self._server = None
         self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- public helpers --------------------------------------------------------------------
 

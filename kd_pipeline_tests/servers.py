@@ -41,15 +41,15 @@ from typing import TYPE_CHECKING, Self
 import duckdb
 import pytest
 
+from kd_pipeline import ducklake
+
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
 __all__ = [
-    "LAKE_EXTENSIONS",
     "MissingServerError",
     "PostgresServer",
     "S3Server",
-    "extension_path",
     "lake_connection",
     "postgres_server",
     "s3_server",
@@ -68,15 +68,26 @@ _INSTALL_MOTO = (
 )
 
 
-# DuckDB extension -> the Python distribution's import name that ships it (pinned to duckdb's
-# version in pyproject.toml). Loaded from the package, never downloaded; DuckDB checks each
-# file's official signature on LOAD (allow_unsigned_extensions stays off).
-LAKE_EXTENSIONS = {
-    "httpfs": "duckdb_extension_httpfs",
-    "postgres_scanner": "duckdb_extension_postgres_scanner",
-    "sqlite_scanner": "duckdb_extension_sqlite_scanner",
-    "ducklake": "duckdb_extension_ducklake",
-}
+class LoopbackServer:
+    """A server a test starts on 127.0.0.1: `with Server(...) as server:` starts it and
+    stops it, even when the block raises."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class MissingServerError(RuntimeError):
@@ -90,35 +101,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def extension_path(name: str) -> Path:
-    """The ``.duckdb_extension`` file of extension ``name`` in its ``duckdb-extension-*`` wheel.
-
-    The wheel's layout: ``<package>/extensions/v<duckdb version>/<name>.duckdb_extension``.
-    Raises MissingServerError when the package or the file for this duckdb version is absent.
-    """
-    spec = importlib.util.find_spec(LAKE_EXTENSIONS[name])
-    if spec is None or spec.origin is None:
-        dist = LAKE_EXTENSIONS[name].replace("_", "-")
-        raise MissingServerError(f"{dist} is not installed: .venv/bin/pip install -e '.[dev]'")
-    path = Path(spec.origin).parent / "extensions" / f"v{duckdb.__version__}"
-    path = path / f"{name}.duckdb_extension"
-    if not path.is_file():
-        raise MissingServerError(
-            f"{path} is missing: the extension wheels must match duckdb "
-            f"{duckdb.__version__} (pyproject.toml pins them together)"
-        )
-    return path
-
-
 def lake_connection() -> duckdb.DuckDBPyConnection:
-    """A new in-memory DuckDB with DuckLake, httpfs and both catalog scanners loaded.
-
-    The tests' own loader (kd_pipeline's lake resource has its own); raises
-    MissingServerError when a wheel is missing, duckdb.Error when a signature check fails.
-    """
+    """A new in-memory DuckDB with DuckLake, httpfs and both catalog scanners loaded from
+    their wheels (`kd_pipeline.ducklake`, never downloaded: DuckDB checks each file's
+    official signature on LOAD). Raises MissingServerError when a wheel is missing."""
     con = duckdb.connect()
-    for name in LAKE_EXTENSIONS:
-        con.execute(f"LOAD '{extension_path(name)}'")
+    for name in ("ducklake", "httpfs", "postgres_scanner", "sqlite_scanner"):
+        path = ducklake.extension_path(name)
+        if path is None:
+            raise MissingServerError(
+                f"the {name} extension wheel for duckdb {duckdb.__version__} is not installed: "
+                ".venv/bin/pip install -e '.[dev]'"
+            )
+        con.execute(f"LOAD '{path}'")
     return con
 
 
@@ -157,7 +152,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-class PostgresServer:
+class PostgresServer(LoopbackServer):
     """A throwaway PostgreSQL cluster on 127.0.0.1 (see the module docstring).
 
     Attributes once started: ``port``, ``user`` (the superuser role, named like the OS user),
@@ -269,19 +264,8 @@ class PostgresServer:
     def _remove_root(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class S3Server:
+class S3Server(LoopbackServer):
     """moto's standalone S3-compatible server on 127.0.0.1, in its own process.
 
     Attributes once started: ``port``, ``endpoint_url`` (``http://127.0.0.1:<port>``),
@@ -395,17 +379,6 @@ class S3Server:
                 process.wait()
         if self._log.name:
             self._log.unlink(missing_ok=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @pytest.fixture(scope="session")
