@@ -126,7 +126,7 @@ def test_dagster_asset_materialize_and_definitions_validate(tmp_path, lake_dir) 
         env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (lake_dir / "lighton" / "raw" / "fw-edu").is_symlink()
+    assert Lake(lake_dir).is_published(("lighton", "raw"), "fw-edu")
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey(["lighton", "raw"]))
         assert event is not None and event.dagster_event.partition == "fw-edu"
@@ -289,7 +289,7 @@ def test_a_negative_seed_in_a_union_spec_is_refused() -> None:
 # ---- browsing the catalog of any data home (issue 12 item 13) -----------------------------
 def test_sql_command_reads_the_catalog_of_the_configured_home(tmp_path, lake_dir) -> None:
     """The README's browse command: `kd-pipeline sql` finds the catalog of whatever data
-    home or lake is configured, and views need no quoting."""
+    home or lake is configured, tables need no quoting, `--csv` is for scripts."""
     env = cli_env(tmp_path)
     home = tmp_path / "elsewhere"
     env["KD_PIPELINE_HOME"] = str(home)
@@ -309,7 +309,10 @@ def test_sql_command_reads_the_catalog_of_the_configured_home(tmp_path, lake_dir
         [sys.executable, "-m", "kd_pipeline.cli", "sql", "SELECT 1"],
         {**env, "KD_PIPELINE_HOME": str(tmp_path / "new")},
     )
-    assert empty.returncode == 2 and "no catalog at" in empty.stderr
+    assert empty.returncode == 2 and "no lake at" in empty.stderr
+    csv = run([sys.executable, "-m", "kd_pipeline.cli", "sql", "--csv", query], env)
+    assert csv.returncode == 0 and csv.stdout.splitlines()[0] == "partition,n"
+    assert csv.stdout.splitlines()[1].startswith("npr,")
 
 
 # ---- the main job on several worker processes (issue 14 item 7) ---------------------------

@@ -131,11 +131,9 @@ def audit_and_publish(
             metadata={"failed_checks": ", ".join(o.rule for o in failed)},
         )
     published = lake.publish(staged, manifest)
-    where = (
-        {"table": ".".join(lake.table_name(staged.key))}
-        if lake.is_table(staged.key)
-        else {"path": dg.MetadataValue.path(str(published.location))}
-    )
+    where = {"path": dg.MetadataValue.path(str(published.location))}
+    if lake.is_table(staged.key):
+        where["table"] = dg.MetadataValue.text(".".join(lake.table_name(staged.key)))
     yield dg.MaterializeResult(
         metadata={
             **metadata,
