@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -50,6 +51,11 @@ from kd_pipeline.settings import CatalogChoice
 MANIFEST_NAME = "_manifest.json"  # written into export folders (provenance for the trainer)
 PUBLICATIONS = "publications"  # the registry table, in the lake's `main` schema
 _UNPARTITIONED = "_"
+# One DuckDB database per process, lake and mode, the extensions loaded and the lake attached
+# once: a new database pays ~0.25 s per signed extension LOAD (the 35 MB files are verified
+# on every load) plus the ATTACH, and a step made six of them (see Lake.connect).
+_SHARED: dict[tuple[int, str, str, bool], duckdb.DuckDBPyConnection] = {}
+_SHARED_LOCK = threading.Lock()
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
 # Keys whose versions stay files (the trainers read files) instead of DuckLake tables.
 FILE_SCHEMAS = frozenset({"exports"})
@@ -165,16 +171,47 @@ class Lake:
     # ---- connections ---------------------------------------------------------------------
     @contextlib.contextmanager
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A new DuckDB connection with the lake attached as `lake` (`USE lake` done, so
+        """A DuckDB connection with the lake attached as `lake` (`USE lake` done, so
         `SELECT * FROM lighton.raw` works). Raises ducklake.CatalogUnreachable naming the
-        setting when the catalog or the data path cannot be opened."""
-        con = duckdb.connect()
+        setting when the catalog or the data path cannot be opened.
+
+        Calls made one after another in a process share one database (a new cursor each);
+        a call made while another such connection is open (nested, or another thread) gets
+        a database of its own: an idle open connection of the same database holds the SQLite
+        catalog and makes the other's COMMIT fail with "database is locked". A connection
+        whose block raised is not reused."""
+        if not _SHARED_LOCK.acquire(blocking=False):
+            con = duckdb.connect()
+            try:
+                self.attach(con, read_only=read_only)
+                con.execute(f"USE {ducklake.ALIAS}")
+                yield con
+            finally:
+                con.close()
+            return
+        key = (os.getpid(), str(self.root), self.catalog.attach_string, read_only)
         try:
-            self.attach(con, read_only=read_only)
-            con.execute(f"USE {ducklake.ALIAS}")
-            yield con
-        finally:
+            database = _SHARED.get(key)
+            if database is None:
+                database = duckdb.connect()
+                try:
+                    self.attach(database, read_only=read_only)
+                except BaseException:
+                    database.close()
+                    raise
+                _SHARED[key] = database
+            con = database.cursor()
+            try:
+                con.execute(f"USE {ducklake.ALIAS}")
+                yield con
+            except BaseException:
+                con.close()
+                _SHARED.pop(key, None)
+                database.close()
+                raise
             con.close()
+        finally:
+            _SHARED_LOCK.release()
 
     def attach(self, con: duckdb.DuckDBPyConnection, *, read_only: bool = False) -> None:
         """Attach the lake to an existing connection (a step's engine connection)."""
