@@ -54,7 +54,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 DEFAULT_WORKDIR = Path("/tmp/kd-bench-lake")
-LAKES = ("baseline", "ducklake")
 LIGHTON_REPO_ID = "lightonai/embeddings-pre-training"
 BIG_CONFIG = "agnews"
 RAW_KEY = ("lighton", "raw")
@@ -157,9 +156,9 @@ def tree_bytes(*paths: Path) -> int:
     return total
 
 
-def lake_bytes(lake: str, root: Path) -> dict[str, int]:
+def lake_bytes(ducklake: bool, root: Path) -> dict[str, int]:
     """What a lake keeps on disk, by part (see the module docstring)."""
-    if lake == "ducklake":
+    if ducklake:
         parts = {
             "data": root / "data",
             "exports": root / "exports",
@@ -173,7 +172,7 @@ def lake_bytes(lake: str, root: Path) -> dict[str, int]:
             "catalog": root / "catalog.duckdb",
         }
     sizes = {name: tree_bytes(path) for name, path in parts.items()}
-    if lake == "baseline":
+    if not ducklake:
         sizes["data"] -= sizes["exports"]
     sizes["total"] = sum(sizes.values())
     return sizes
@@ -238,7 +237,7 @@ def fresh_home(workdir: Path, name: str) -> Path:
     return home
 
 
-def measure_main(lake: str, tree: Path, home: Path, limit: int) -> dict[str, Any]:
+def measure_main(lake: str, tree: Path, ducklake: bool, home: Path, limit: int) -> dict[str, Any]:
     """The sample main job in a fresh home: wall time, step times, bytes."""
     subprocess.run(
         [sys.executable, "-c", "from kd_pipeline.resources import sample_mirror; sample_mirror()"],
@@ -249,17 +248,17 @@ def measure_main(lake: str, tree: Path, home: Path, limit: int) -> dict[str, Any
     )
     result = run_cli(lake, tree, home, ["materialize"], limit=limit)
     result["steps"] = step_seconds(home / "dagster")
-    result["lake_bytes"] = lake_bytes(lake, Path(result["lake_root"]))
+    result["lake_bytes"] = lake_bytes(ducklake, Path(result["lake_root"]))
     result["upstream_bytes"] = tree_bytes(home / "sample-mirror")
     return result
 
 
-def measure_big(lake: str, tree: Path, home: Path, mirror: Path) -> dict[str, Any]:
+def measure_big(lake: str, tree: Path, ducklake: bool, home: Path, mirror: Path) -> dict[str, Any]:
     """One partition of --rows through the pipeline, then the isolated publish driver."""
     extra = {"KD_PIPELINE_MIRROR": str(mirror), "KD_PIPELINE_SOURCE": "mirror"}
     result = run_cli(lake, tree, home, ["materialize", "--partition", BIG_CONFIG], **extra)
     result["steps"] = step_seconds(home / "dagster")
-    result["lake_bytes"] = lake_bytes(lake, Path(result["lake_root"]))
+    result["lake_bytes"] = lake_bytes(ducklake, Path(result["lake_root"]))
     result["upstream_bytes"] = tree_bytes(mirror / "hf")
     spec = {"partition": BIG_CONFIG, "publishes": 2}
     proc = subprocess.run(
@@ -349,22 +348,25 @@ def median(values: list[float]) -> float:
 
 
 def ratio_row(name: str, per_lake: dict[str, list[float]], unit: str = "s") -> dict[str, Any]:
-    base, duck = median(per_lake["baseline"]), median(per_lake["ducklake"])
+    """Medians per lake, and each lake's ratio to the baseline's median."""
+    medians = {lake: median(values) for lake, values in per_lake.items()}
+    base = medians["baseline"]
     return {
         "measure": name,
-        "baseline": base,
-        "ducklake": duck,
-        "ratio": duck / base if base else float("nan"),
+        "median": medians,
+        "ratio": {lake: m / base if base else float("nan") for lake, m in medians.items()},
         "unit": unit,
-        "n": min(len(per_lake["baseline"]), len(per_lake["ducklake"])),
+        "n": min(len(values) for values in per_lake.values()),
     }
 
 
-def summarise(runs: list[dict[str, Any]], main_runs: int = 0) -> list[dict[str, Any]]:
-    """One row per measure: medians per lake and the ratio DuckLake / baseline."""
+def summarise(
+    runs: list[dict[str, Any]], lakes: list[str], main_runs: int = 0
+) -> list[dict[str, Any]]:
+    """One row per measure: medians per lake and the ratios lake / baseline."""
 
     def values(phase: str, pick) -> dict[str, list[float]]:
-        out: dict[str, list[float]] = {lake: [] for lake in LAKES}
+        out: dict[str, list[float]] = {lake: [] for lake in lakes}
         for run in runs:
             if run["phase"] == phase:
                 value = pick(run)
@@ -375,9 +377,7 @@ def summarise(runs: list[dict[str, Any]], main_runs: int = 0) -> list[dict[str, 
     rows = []
     if any(r["phase"] == "main" for r in runs):
         which = f"first {main_runs} runs" if main_runs else "all runs"
-        rows.append(
-            ratio_row(f"main job (sample, {which}), wall", values("main", lambda r: r["seconds"]))
-        )
+        rows.append(ratio_row(f"main job ({which}), wall", values("main", lambda r: r["seconds"])))
         step_sum = values("main", lambda r: sum(r["steps"].values()))
         rows.append(ratio_row("main job, sum of step times", step_sum))
     if any(r["phase"] == "big" for r in runs):
@@ -387,8 +387,8 @@ def summarise(runs: list[dict[str, Any]], main_runs: int = 0) -> list[dict[str, 
             rows.append(
                 ratio_row(f"  step {step}", values("big", lambda r, s=step: r["steps"].get(s)))
             )
-        publish: dict[str, list[float]] = {lake: [] for lake in LAKES}
-        reads: dict[str, list[float]] = {lake: [] for lake in LAKES}
+        publish: dict[str, list[float]] = {lake: [] for lake in lakes}
+        reads: dict[str, list[float]] = {lake: [] for lake in lakes}
         for run in runs:
             if run["phase"] == "big":
                 publish[run["lake"]].extend(run["publish"]["publish_seconds"])
@@ -407,17 +407,23 @@ def summarise(runs: list[dict[str, Any]], main_runs: int = 0) -> list[dict[str, 
     return rows
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'measure':<44} {'baseline':>10} {'ducklake':>10} {'ratio':>7}  n")
+def print_table(rows: list[dict[str, Any]], lakes: list[str]) -> None:
+    others = [lake for lake in lakes if lake != "baseline"]
+    width = max(10, *(len(lake) for lake in lakes))
+    header = "".join(f" {lake:>{width}}" for lake in lakes)
+    header += "".join(f" {lake + '/base':>{width + 5}}" for lake in others)
+    print(f"{'measure':<40}{header}  n")
     for row in rows:
-        fmt = "{:>10.3f}" if row["unit"] == "x" else "{:>9.2f}s"
+        if row["unit"] == "x":
+            cells = "".join(f" {row['median'][lake]:>{width}.3f}" for lake in lakes)
+        else:
+            cells = "".join(f" {row['median'][lake]:>{width - 1}.2f}s" for lake in lakes)
+        cells += "".join(f" {row['ratio'][lake]:>{width + 4}.2f}x" for lake in others)
         flag = ""
-        if row["unit"] == "s" and row["ratio"] > TARGET and not row["measure"].startswith("  "):
-            flag = f"  > {TARGET}x"
-        print(
-            f"{row['measure']:<44} {fmt.format(row['baseline'])} {fmt.format(row['ducklake'])} "
-            f"{row['ratio']:>6.2f}x  {row['n']}{flag}"
-        )
+        over = [lake for lake in others if row["ratio"][lake] > TARGET]
+        if row["unit"] == "s" and over and not row["measure"].startswith("  "):
+            flag = f"  > {TARGET}x: {', '.join(over)}"
+        print(f"{row['measure']:<40}{cells}  {row['n']}{flag}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -434,6 +440,13 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="time only the main job's first N runs (LightOn partitions); 0 = all (default)",
     )
+    parser.add_argument(
+        "--tree",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="another code tree to measure alongside (e.g. a DuckLake lake with a fix)",
+    )
     parser.add_argument("--publish-child", help=argparse.SUPPRESS)
     parser.add_argument("--cli-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -446,10 +459,14 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     trees = {"baseline": baseline_tree(workdir, args.baseline), "ducklake": REPO}
+    for extra in args.tree:
+        name, _, path = extra.partition("=")
+        trees[name] = Path(path).resolve()
+    lakes = list(trees)
     imports = {lake: check_tree(tree) for lake, tree in trees.items()}
     for lake, found in imports.items():
         print(f"{lake}: kd_pipeline {found['kd_pipeline']}, duckdb {found['duckdb']}")
-        if found["ducklake"] != (lake == "ducklake"):
+        if found["ducklake"] == (lake == "baseline"):
             sys.exit(f"{lake}: the tree {trees[lake]} has the other lake's code")
     phases = [p.strip() for p in args.only.split(",") if p.strip()]
     mirror = big_mirror(workdir, args.rows) if "big" in phases else None
@@ -458,12 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for phase in phases:
         for number in range(args.repeat):
-            for lake in LAKES:
+            for lake in lakes:
                 home = fresh_home(workdir, f"{phase}-{lake}-{number}")
+                ducklake = imports[lake]["ducklake"]
                 if phase == "main":
-                    result = measure_main(lake, trees[lake], home, args.main_runs)
+                    result = measure_main(lake, trees[lake], ducklake, home, args.main_runs)
                 else:
-                    result = measure_big(lake, trees[lake], home, mirror)
+                    result = measure_big(lake, trees[lake], ducklake, home, mirror)
                 result.update(phase=phase, lake=lake, repeat=number)
                 runs.append(result)
                 extra = ""
@@ -480,9 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.keep:
                     shutil.rmtree(home, ignore_errors=True)
 
-    rows = summarise(runs, args.main_runs)
+    rows = summarise(runs, lakes, args.main_runs)
     print()
-    print_table(rows)
+    print_table(rows, lakes)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"uptime at the end: {uptime}")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -495,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                 "repeat": args.repeat,
                 "main_runs": args.main_runs or "all",
                 "baseline_commit": args.baseline,
+                "trees": {lake: str(tree) for lake, tree in trees.items()},
                 "imports": imports,
                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
                 "uptime_end": uptime,

@@ -131,7 +131,12 @@ def main() -> int:
             "first_partition": per_partition[0],
             "last_partition": per_partition[-1],
             "methods": {
-                name: {"calls": len(times), "seconds": sum(times)}
+                name: {
+                    "calls": len(times),
+                    "seconds": sum(times),
+                    "first_calls": times[:3],
+                    "last_calls": times[-3:],
+                }
                 for name, times in sorted(TOTALS.items(), key=lambda kv: -sum(kv[1]))
             },
         }
@@ -143,7 +148,12 @@ def main() -> int:
         f"(first {report['first_partition']:.3f} s, last {report['last_partition']:.3f} s)"
     )
     for name, entry in report["methods"].items():
-        print(f"  {name:<28} {entry['calls']:>5} calls {entry['seconds']:8.3f} s")
+        first = " ".join(f"{t:.3f}" for t in entry["first_calls"])
+        last = " ".join(f"{t:.3f}" for t in entry["last_calls"])
+        print(
+            f"  {name:<28} {entry['calls']:>5} calls {entry['seconds']:8.3f} s"
+            f"   first calls {first}   last calls {last}"
+        )
     print(json.dumps(report))
     return 0
 
