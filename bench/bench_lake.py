@@ -472,7 +472,24 @@ def main(argv: list[str] | None = None) -> int:
     mirror = big_mirror(workdir, args.rows) if "big" in phases else None
     print(f"cores {os.cpu_count()}, load {os.getloadavg()}, workdir {workdir}", flush=True)
 
-    runs: list[dict[str, Any]] = []
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = RESULTS_DIR / f"lake-{stamp}.json"
+    report: dict[str, Any] = {
+        "rows": args.rows,
+        "repeat": args.repeat,
+        "main_runs": args.main_runs or "all",
+        "baseline_commit": args.baseline,
+        "trees": {lake: str(tree) for lake, tree in trees.items()},
+        "imports": imports,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "runs": [],
+    }
+
+    def save() -> None:  # after every run, so a stopped bench keeps what it measured
+        out.write_text(json.dumps(report, indent=2, default=str))
+
+    runs: list[dict[str, Any]] = report["runs"]
     for phase in phases:
         for number in range(args.repeat):
             for lake in lakes:
@@ -484,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = measure_big(lake, trees[lake], ducklake, home, mirror)
                 result.update(phase=phase, lake=lake, repeat=number)
                 runs.append(result)
+                save()
                 extra = ""
                 if "publish" in result:
                     extra = ", publish " + ", ".join(
@@ -498,32 +516,12 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.keep:
                     shutil.rmtree(home, ignore_errors=True)
 
-    rows = summarise(runs, lakes, args.main_runs)
+    report["summary"] = summarise(runs, lakes, args.main_runs)
     print()
-    print_table(rows, lakes)
-    uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    print(f"uptime at the end: {uptime}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = RESULTS_DIR / f"lake-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "repeat": args.repeat,
-                "main_runs": args.main_runs or "all",
-                "baseline_commit": args.baseline,
-                "trees": {lake: str(tree) for lake, tree in trees.items()},
-                "imports": imports,
-                "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                "uptime_end": uptime,
-                "summary": rows,
-                "runs": runs,
-            },
-            indent=2,
-            default=str,
-        )
-    )
+    print_table(report["summary"], lakes)
+    report["uptime_end"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"uptime at the end: {report['uptime_end']}")
+    save()
     print(f"results: {out}")
     return 0
 
