@@ -5,7 +5,8 @@
 
 Runs against the kd_pipeline on the path (this checkout, or a baseline tree first on
 PYTHONPATH, as bench_lake.py runs it), in a fresh lake under a temporary folder. For each
-of --partitions partitions of `lighton/raw` it does what a step does: the reads before the
+of --partitions partitions of `lighton/raw` (or --partitions publishes of the same partition
+with --same) it does what a step does: the reads before the
 write (`is_published`, `published_rows`, `manifest`), then stage a --rows Parquet file and
 `publish` it (+ `rebuild_catalog` for the baseline). Every method of the lake and of
 kd_pipeline.ducklake is wrapped with a timer, so the report gives, per method, its calls and
@@ -77,6 +78,12 @@ def instrument() -> None:
     ):
         if name in vars(lake_class):
             setattr(lake_class, name, timed(f"Lake.{name}", vars(lake_class)[name]))
+    for name in ("_table_columns", "_widen", "_register", "_fsync_tree", "_has_table"):
+        if hasattr(lake_module, name):
+            setattr(lake_module, name, timed(f"lake.{name}", getattr(lake_module, name)))
+    for name in ("_swap_partition",):
+        if name in vars(lake_class):
+            setattr(lake_class, name, timed(f"Lake.{name}", vars(lake_class)[name]))
     for name in ("connect", "stage"):
         if name in vars(lake_class):
             setattr(lake_class, name, timed_context(f"Lake.{name}", vars(lake_class)[name]))
@@ -91,7 +98,14 @@ def instrument() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--partitions", type=int, default=10)
+    parser.add_argument("--same", action="store_true", help="publish one partition again")
     parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument(
+        "--source",
+        type=Path,
+        help="a folder of raw-shaped Parquet files to publish instead (e.g. bench_filters' "
+        "raw-2000000): every partition gets a copy of them",
+    )
     args = parser.parse_args()
 
     import duckdb
@@ -109,17 +123,23 @@ def main() -> int:
             "i % 3 = 0 AS drop, NULL::BIGINT AS duplicate, i AS index "
             f"FROM range({args.rows}) t(i)) TO '{source}' (FORMAT parquet)"
         )
+        sources = sorted(args.source.glob("*.parquet")) if args.source else [source]
+        rows = duckdb.execute(
+            "SELECT sum(num_rows) FROM parquet_file_metadata($f)",
+            {"f": [str(f) for f in sources]},
+        ).fetchone()[0]
         lake = Lake(workdir / "lake")
         rebuild = getattr(lake, "rebuild_catalog", None)
         per_partition = []
         for number in range(args.partitions):
-            partition = f"p{number:03d}"
+            partition = "p000" if args.same else f"p{number:03d}"
             began = time.perf_counter()
             lake.is_published(KEY, partition)
             lake.published_rows(KEY, partition)
             with lake.stage(KEY, partition) as staged:
-                shutil.copyfile(source, staged.path / "part-00000.parquet")
-                lake.publish(staged, {"rows": args.rows, "run_id": "profile"})
+                for number_, file in enumerate(sources):
+                    shutil.copyfile(file, staged.path / f"part-{number_:05d}.parquet")
+                lake.publish(staged, {"rows": int(rows), "run_id": "profile"})
                 if rebuild is not None:
                     rebuild()
             lake.manifest(KEY, partition)
