@@ -51,6 +51,9 @@ from kd_pipeline.settings import CatalogChoice
 MANIFEST_NAME = "_manifest.json"  # written into export folders (provenance for the trainer)
 PUBLICATIONS = "publications"  # the registry table, in the lake's `main` schema
 _UNPARTITIONED = "_"
+# Under this much room left, a failed commit is reported as a full disk (the catalog's
+# commit writes a rollback journal and pages of a few KiB each).
+LOW_DISK_BYTES = 4 * 1024 * 1024
 # One DuckDB database per process, lake and mode, the extensions loaded and the lake attached
 # once: a new database pays ~0.25 s per signed extension LOAD (the 35 MB files are verified
 # on every load) plus the ATTACH, and a step made six of them (see Lake.connect).
@@ -217,9 +220,24 @@ class Lake:
         """Attach the lake to an existing connection (a step's engine connection)."""
         if not self.remote and not read_only:
             Path(self.root, "data").mkdir(parents=True, exist_ok=True)
-        ducklake.with_retry(
-            lambda: ducklake.attach(con, self.catalog, self.data_path, read_only=read_only)
-        )
+
+        def attach() -> None:
+            ducklake.attach(con, self.catalog, self.data_path, read_only=read_only)
+
+        new_sqlite = self.catalog.kind == "sqlite" and not Path(self.catalog.target).exists()
+        if not new_sqlite or read_only:
+            ducklake.with_retry(attach)
+            return
+        # DuckLake creates a new catalog's tables in several statements: two processes doing
+        # it at once leave one with "database is locked". One creates it; the others wait.
+        lock_file = self.work_dir / ".locks" / "catalog-init.lock"
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_file, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                ducklake.with_retry(attach)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ---- reads ---------------------------------------------------------------------------
     def _current(self, key: Sequence[str], partition: str | None) -> dict[str, Any] | None:
@@ -401,10 +419,27 @@ class Lake:
                 _delete_remote(str(location))
             raise LakeError(
                 f"{where}: not published, the lake commit failed: {ducklake.first_line(exc)}"
+                + self._full_disk_hint()
             ) from exc
         staged.published = True
         self.expire_old_versions(key)
         return Publication(location, snapshot, staged.version)
+
+    def _full_disk_hint(self) -> str:
+        """'; the disk is full: <folder> has N KiB free' for the lake's folder and its SQLite
+        catalog's when either has under LOW_DISK_BYTES left, else ''. SQLite's 'database or
+        disk is full' does not survive DuckLake's error ('Failed to commit DuckLake
+        transaction', or a failed ROLLBACK), so the commit's failure is named from here."""
+        folders = [] if self.remote else [Path(self.root)]
+        if self.catalog.kind == "sqlite":
+            folders.append(Path(self.catalog.target).parent)
+        low = []
+        for folder in dict.fromkeys(folders):
+            with contextlib.suppress(OSError):
+                free = shutil.disk_usage(folder).free
+                if free < LOW_DISK_BYTES:
+                    low.append(f"{folder} has {free // 1024} KiB free")
+        return f"; the disk is full: {', '.join(low)}" if low else ""
 
     def _create_table(self, key: tuple[str, ...], partition: str | None, files: list[str]) -> None:
         """Create the table of key from the first version's columns, in a transaction of
