@@ -97,6 +97,8 @@ def read_whole(lake: Lake) -> State:
     data files lie in its published version folder. Returns the state it read."""
 
     def read() -> State:
+        if lake.catalog.kind == "sqlite" and not Path(lake.catalog.target).exists():
+            return {}  # before the first publish there is no catalog to read
         with lake.connect(read_only=True) as con:
             con.execute("BEGIN TRANSACTION")  # every query below reads one snapshot
             tables = {
