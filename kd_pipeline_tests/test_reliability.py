@@ -527,6 +527,36 @@ def test_a_nearly_full_disk_never_publishes_a_partial_state(tmp_path) -> None:
             subprocess.run(["umount", "-l", str(disk)])
 
 
+def test_a_catalog_locked_for_a_moment_is_waited_for_not_reported_unreachable(
+    lake_dir: Path,
+) -> None:
+    """Another process holds the SQLite catalog's write lock for a second (as a commit
+    does): opening the lake waits for it and succeeds; it is not reported as an
+    unreachable KD_PIPELINE_CATALOG."""
+    lake_dir.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "con.execute('BEGIN EXCLUSIVE')\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(1.5)\n"
+            "con.execute('COMMIT')\n",
+            str(lake_dir / "catalog.sqlite"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with Lake(lake_dir).connect() as con:
+            assert con.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        holder.wait(timeout=30)
+
+
 # ---- writers at once, and a reader meanwhile ----------------------------------------------
 def test_parallel_runs_on_one_table_all_commit_and_a_browser_sees_only_whole_states(
     tmp_path, lake_dir
