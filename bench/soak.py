@@ -5,13 +5,15 @@
 The sample mirror is served by the loopback Hub-shaped server with faults injected into
 file downloads (503s, connections dropped mid-file, short stalls); some runs are killed
 with SIGKILL at a random moment. Failed or killed partitions are retried (bounded). At the
-end every published partition of the lake must be whole: its Parquet row count equals its
-manifest's. Prints runs, faults injected, retries, failures and the audit.
+end every published partition of the lake must be whole: its row count read through
+DuckLake equals its manifest's, and every file the catalog references exists. Prints runs,
+faults injected, retries, failures and the audit.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -23,8 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-import duckdb  # noqa: E402
 
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS  # noqa: E402
 from kd_pipeline.lake import Lake  # noqa: E402
@@ -45,22 +45,41 @@ def start_run(env: dict[str, str], partition: str, log_dir: Path) -> subprocess.
 
 
 def audit(lake: Lake) -> tuple[int, list[str]]:
-    """(partitions checked, problems): every published version's rows equal its manifest."""
-    checked, problems = 0, []
-    for key, partitioned in lake.published_assets().items():
-        root = lake.published_path(key)
-        partitions = [p.name for p in root.iterdir()] if partitioned else [None]
-        for partition in partitions:
-            checked += 1
-            manifest = lake.manifest(key, partition)
-            (rows,) = duckdb.execute(
-                "SELECT count(*) FROM read_parquet($g)", {"g": lake.parquet_glob(key, partition)}
+    """(partitions checked, problems), read through DuckLake in one snapshot, as readers
+    read: every table partition's rows equal the rows its manifest records in
+    `publications` (a partition counted twice or half shows here), and every file the
+    snapshot references exists."""
+    problems: list[str] = []
+    with lake.connect(read_only=True) as con:
+        con.execute("BEGIN TRANSACTION")
+        registry = con.execute(
+            "SELECT asset, partition, rows, manifest FROM publications"
+        ).fetchall()
+        for asset, partition, rows, manifest in registry:
+            key = tuple(asset.split("/"))
+            if json.loads(manifest)["rows"] != rows:
+                problems.append(f"{asset}[{partition}]: registry {rows} rows, manifest differs")
+            if not lake.is_table(key):
+                continue
+            schema, table = lake.table_name(key)
+            where = "" if partition == "_" else " WHERE partition = $p"
+            params = {} if partition == "_" else {"p": partition}
+            (read,) = con.execute(
+                f"SELECT count(*) FROM {schema}.{table}{where}", params
             ).fetchone()
-            if rows != manifest["rows"]:
-                problems.append(
-                    f"{'/'.join(key)}[{partition}]: {rows} rows, manifest {manifest['rows']}"
-                )
-    return checked, problems
+            if read != rows:
+                problems.append(f"{asset}[{partition}]: {read} rows read, manifest {rows}")
+        for schema, table in con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'lake'"
+        ).fetchall():
+            for (path,) in con.execute(
+                "SELECT data_file FROM ducklake_list_files('lake', $t, schema => $s)",
+                {"t": table, "s": schema},
+            ).fetchall():
+                if not Path(path).is_file():
+                    problems.append(f"{schema}.{table}: references missing {path}")
+        con.execute("COMMIT")
+    return len(registry), problems
 
 
 def main() -> int:
