@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
-
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "kd_pipeline.cli"]
 
@@ -45,14 +43,19 @@ def children_cpu() -> float:
 
 
 def catalog_counts(lake: Path) -> dict[str, int]:
-    """Rows of every view of the lake's catalog."""
-    con = duckdb.connect(str(lake / "catalog.duckdb"), read_only=True)
-    views = con.execute(
-        "SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal"
-    ).fetchall()
-    return {
-        f"{s}.{v}": con.execute(f'SELECT count(*) FROM "{s}"."{v}"').fetchone()[0] for s, v in views
-    }
+    """Rows of every table and view of the lake (read through DuckLake)."""
+    from kd_pipeline.lake import Lake
+
+    with Lake(lake).connect(read_only=True) as con:
+        names = con.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = 'lake' "
+            "UNION ALL SELECT schema_name, view_name FROM duckdb_views() "
+            "WHERE database_name = 'lake' AND NOT internal"
+        ).fetchall()
+        return {
+            f"{s}.{t}": con.execute(f'SELECT count(*) FROM "{s}"."{t}"').fetchone()[0]
+            for s, t in names
+        }
 
 
 def run_variant(name: str, home: Path, runs_at_once: int | None) -> dict:

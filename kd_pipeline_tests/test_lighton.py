@@ -101,7 +101,9 @@ def test_sample_partition_publishes_raw_and_recipes_with_passing_checks(lake_dir
         f"SELECT count(*), count(DISTINCT query_id) FROM read_parquet('{raw_glob}')"
     ).fetchone()
     assert rows == 200 and distinct_ids > 1
-    schema = duckdb.execute(f"DESCRIBE SELECT * FROM read_parquet('{raw_glob}')").fetchall()
+    schema = duckdb.execute(
+        f"DESCRIBE SELECT * FROM read_parquet('{raw_glob}', hive_partitioning = false)"
+    ).fetchall()
     assert {name: dtype for name, dtype, *_ in schema} == CANONICAL_COLUMNS
     (expected,) = duckdb.execute(
         f"SELECT count(*) FROM read_parquet('{raw_glob}') WHERE NOT \"drop\" AND duplicate IS NULL"
@@ -115,10 +117,10 @@ def test_sample_partition_publishes_raw_and_recipes_with_passing_checks(lake_dir
     assert meta["dagster/row_count"].value == 200
     assert meta["revision"].value.startswith("mirror-")
     assert len(meta["files"].value) == 3
-    catalog = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
-    assert catalog.execute("SELECT DISTINCT partition FROM lighton.top35").fetchall() == [
-        ("msmarco",)
-    ]
+    with lake.connect(read_only=True) as catalog:
+        assert catalog.execute("SELECT DISTINCT partition FROM lighton.top35").fetchall() == [
+            ("msmarco",)
+        ]
 
 
 def test_mirror_with_data_prefix_layout_and_other_widths(lake_dir, tmp_path, monkeypatch) -> None:
@@ -241,7 +243,9 @@ def test_blocking_check_failure_keeps_the_published_version(
     assert lake.manifest(RAW, "agnews")["version"] == good_version
     assert _raw_rows(lake, "agnews") == good_rows
     assert lake.manifest(("lighton", "recommended"), "agnews")["version"] == good_recommended
-    assert not any((lake_dir / ".staging" / "lighton" / "raw" / "agnews").iterdir())
+    # the refused version's folder is gone: only the published one is left
+    versions = list((lake_dir / "data" / "lighton" / "raw" / "partition=agnews").iterdir())
+    assert versions == [lake.published_path(RAW, "agnews")]
 
 
 def test_runs_are_recorded_in_the_instance(tmp_path) -> None:

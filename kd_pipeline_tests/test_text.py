@@ -355,8 +355,10 @@ def test_text_job_publishes_every_table_on_the_sample(lake_dir: Path) -> None:
     assert materialized(result, FIQA_QRELS_TRAIN_KEY)["header_skipped"] is True
     corpus = rows(lake_dir, FIQA_CORPUS_KEY, query="title")
     assert len(corpus) == 150 and {t for (t,) in corpus} == {""}
-    catalog = duckdb.connect(str(lake_dir / "catalog.duckdb"), read_only=True)
-    (count,) = catalog.execute("SELECT count(*) FROM text.msmarco_passage_collection").fetchone()
+    with Lake(lake_dir).connect(read_only=True) as catalog:
+        (count,) = catalog.execute(
+            "SELECT count(*) FROM text.msmarco_passage_collection"
+        ).fetchone()
     assert count == 240
 
 
