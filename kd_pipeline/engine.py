@@ -16,18 +16,24 @@ from typing import Any
 import duckdb
 from dagster_duckdb import DuckDBResource
 
-from kd_pipeline import settings
+from kd_pipeline import ducklake, settings
 from kd_pipeline.lake import Lake, quote_literal
 
 
 @contextlib.contextmanager
 def engine_connection(resource: DuckDBResource, lake: Lake) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection from the step's DuckDBResource with the pipeline's limits applied."""
+    """A connection from the step's DuckDBResource with the pipeline's limits applied.
+
+    For a lake on an object store, the connection also gets its credentials (the AWS_*
+    variables, see `ducklake.configure_object_store`): steps read the published Parquet of
+    their inputs by URL (`read_parquet('s3://bucket/prefix/data/...')`)."""
     with resource.get_connection() as con:
         con.execute("SET memory_limit = ?", [settings.duckdb_memory_limit()])
         con.execute("SET threads = ?", [settings.duckdb_threads()])
         con.execute("SET temp_directory = ?", [str(lake.scratch_dir())])
         con.execute("SET preserve_insertion_order = true")
+        if lake.remote:
+            ducklake.configure_object_store(con, str(lake.root))
         yield con
 
 
