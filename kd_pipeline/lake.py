@@ -340,6 +340,10 @@ class Lake:
             relative = self._relative_folder(parts, partition, version)
             base = self.work_dir / ".staging" if self.remote else Path(self.root)
             path = base / relative
+            if self.remote and path.parent.is_dir():
+                # a killed writer's staged versions of this partition (its lock is ours now)
+                for stale in path.parent.iterdir():
+                    shutil.rmtree(stale, ignore_errors=True)
             path.mkdir(parents=True)
             staged = StagedVersion(parts, partition, version, path)
             try:
@@ -555,16 +559,36 @@ class Lake:
     def delete_orphaned_files(self) -> None:
         """Delete data files no snapshot references that are older than
         `KD_PIPELINE_RETENTION_DAYS` (a killed writer's; the age limit keeps the files of a
-        writer still running, which DuckLake cannot tell from litter). Run at the end of
+        writer still running, which DuckLake cannot tell from litter). DuckLake names them;
+        the file of a current empty version is kept (DuckLake registers no file for 0 rows,
+        but readers of that version need its schema). Run at the end of
         `kd-pipeline materialize`."""
         cutoff = self._retention_cutoff()
 
-        def delete() -> None:
+        def orphans() -> list[str]:
             with self.connect() as con:
-                alias = quote_literal(ducklake.ALIAS)
-                con.execute(f"CALL ducklake_delete_orphaned_files({alias}, older_than => {cutoff})")
+                rows = con.execute(
+                    "SELECT path FROM ducklake_delete_orphaned_files($alias, dry_run => true, "
+                    f"older_than => {cutoff})",
+                    {"alias": ducklake.ALIAS},
+                ).fetchall()
+            return [path for (path,) in rows]
 
-        ducklake.with_retry(delete)
+        current = {
+            str(self._location(location))
+            for (location,) in self._registry("SELECT location FROM publications")
+        }
+        doomed = [
+            path for path in ducklake.with_retry(orphans) if path.rsplit("/", 1)[0] not in current
+        ]
+        if self.remote:
+            filesystem = _s3()
+            for path in doomed:
+                with contextlib.suppress(OSError):
+                    filesystem.delete_file(path.split("://", 1)[1])
+        else:
+            for path in doomed:
+                Path(path).unlink(missing_ok=True)
 
 
 def _register(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:

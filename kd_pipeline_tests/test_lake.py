@@ -190,6 +190,20 @@ def test_a_killed_writers_files_are_never_read_and_old_litter_is_deleted(
     assert table_ids(lake, KEY) == [1, 2, 3]
 
 
+def test_the_file_of_a_current_empty_version_outlives_the_orphan_cleanup(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """DuckLake registers no file for 0 rows, so it counts an empty version's file as an
+    orphan; readers of that version need it (its schema), so the cleanup keeps it."""
+    monkeypatch.setenv("KD_PIPELINE_RETENTION_DAYS", str(1 / 86400))
+    lake = Lake(lake_dir)
+    empty = publish_ids(lake, KEY, "p1", [])
+    time.sleep(1.5)
+    lake.delete_orphaned_files()
+    assert read_ids(lake.parquet_glob(KEY, "p1")) == []  # the glob still finds its file
+    assert (Path(empty.location) / "part-00000.parquet").is_file()
+
+
 def test_new_columns_widen_the_table_and_a_changed_type_is_refused(lake_dir: Path):
     lake = Lake(lake_dir)
     publish_ids(lake, KEY, "p1", [1])
