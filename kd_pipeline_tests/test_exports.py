@@ -849,13 +849,14 @@ PUBLISHED = [
 def test_one_datasets_cache_never_serves_another_export_or_an_old_version(
     sample: SampleExports, tmp_path: Path
 ) -> None:
-    """A user keeps one `datasets` cache and loads the published paths (links, not version
-    folders). Two exports whose folders are both named `bert` must each load their own
-    rows, and a republished export must load its new rows, not the cached old ones."""
+    """A user keeps one `datasets` cache and loads the published paths. Two exports of the
+    partition `bert` must each load their own rows, and an export rewritten in place (a user
+    copying a version to a folder of their own) must load its new rows, not the cached
+    old ones."""
     cache = str(tmp_path / "shared_cache")
     margin = sample.path("exports/margin_mse/margin_mse_hofstaetter", "bert")
     triplets = sample.path("exports/splade_triplets/splade_triplets_hofstaetter", "bert")
-    assert margin.name == triplets.name == "bert"
+    assert margin.parent.name == triplets.parent.name == "bert"
     first = datasets.load_dataset(str(margin), split="train", cache_dir=cache)
     second = datasets.load_dataset(str(triplets), split="train", cache_dir=cache)
     assert "margin" not in second.column_names and "query_text" in second.column_names

@@ -323,7 +323,7 @@ def test_prepare_reuses_what_is_published(shared: dict) -> None:
     assert again.stdout.strip().splitlines()[-1] == shared["stdout"].strip().splitlines()[-1]
     recommended = cli(["prepare", "ai.lighton.embeddings_pre_training[name=agnews]"], env)
     assert recommended.returncode == 0, recommended.stderr
-    assert recommended.stdout.strip().endswith("lighton/recommended/agnews")
+    assert "/data/lighton/recommended/partition=agnews/" in recommended.stdout.strip()
     variant = cli(
         ["prepare", "ai.lighton.embeddings_pre_training[name=agnews,top_percentile=0.5]"], env
     )
@@ -331,7 +331,7 @@ def test_prepare_reuses_what_is_published(shared: dict) -> None:
         ["prepare", "ai.lighton.embeddings_pre_training[name=agnews,top_percentile=0.25]"], env
     )
     paths = {variant.stdout.strip().splitlines()[-1], other.stdout.strip().splitlines()[-1]}
-    assert len(paths) == 2 and all("/lighton/custom/v-" in p for p in paths)
+    assert len(paths) == 2 and all("/data/lighton/custom_v_" in p for p in paths)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         assert len(instance.get_runs()) == runs_before + 3  # nothing redone, raw reused
 
