@@ -10,6 +10,7 @@ value and what is allowed, and exit code 2. SIGINT/SIGTERM/SIGHUP stop any comma
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import signal
 import sys
@@ -139,7 +140,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
             if relation is None:
                 return 0
             if args.csv:
-                relation.write_csv("/dev/stdout")
+                writer = csv.writer(sys.stdout, lineterminator="\n")
+                writer.writerow(relation.columns)
+                while batch := relation.fetchmany(10_000):
+                    writer.writerows(batch)
             else:
                 relation.show(max_rows=args.max_rows, max_width=10_000)
     except duckdb.Error as exc:

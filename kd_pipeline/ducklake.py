@@ -35,7 +35,12 @@ _WHEELS = {
 }
 
 # Errors a concurrent writer causes; the short commit is retried on them.
-_CONFLICT_MARKERS = ("conflict", "database is locked", "could not serialize", "deadlock")
+_CONFLICT_MARKERS = (
+    "transaction conflict",
+    "database is locked",
+    "could not serialize",
+    "deadlock detected",
+)
 
 
 class CatalogUnreachable(Exception):
@@ -120,15 +125,19 @@ def attach(
     try:
         con.execute(f"ATTACH {_literal(catalog.attach_string)} AS {ALIAS} ({', '.join(options)})")
     except duckdb.Error as exc:
-        if "does not match existing data path" in str(exc):
+        if is_conflict(exc):
+            raise  # another process is creating or committing: with_retry tries again
+        # (the scanners quote the connection string: settings.catalog refuses passwords in it)
+        cause = first_line(exc)
+        if "does not match existing data path" in cause:
             raise CatalogUnreachable(
                 f"{LAKE_ENV}: the catalog {catalog.describe()} keeps its data under another "
-                f"path than {data_path} ({first_line(exc)}); point {LAKE_ENV} there or use "
+                f"path than {data_path} ({cause}); point {LAKE_ENV} there or use "
                 f"another {CATALOG_ENV}"
-            ) from exc
+            ) from None
         raise CatalogUnreachable(
-            f"{CATALOG_ENV}: cannot open the lake catalog {catalog.describe()}: {first_line(exc)}"
-        ) from exc
+            f"{CATALOG_ENV}: cannot open the lake catalog {catalog.describe()}: {cause}"
+        ) from None
 
 
 T = TypeVar("T")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import secrets
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -418,7 +420,12 @@ class Lake:
         where = asset + (f" [{partition}]" if partition else "")
         try:
             snapshot = ducklake.with_retry(commit)
-        except duckdb.Error as exc:
+        except (duckdb.Error, ducklake.CatalogUnreachable) as exc:
+            if self._landed(key, partition, staged.version):
+                # The COMMIT reached the catalog before its answer was lost (a dropped
+                # connection): the version is published; deleting it would break the table.
+                staged.published = True
+                return Publication(location, self._snapshot_of(staged.version), staged.version)
             if self.remote:
                 _delete_remote(str(location))
             raise LakeError(
@@ -426,8 +433,28 @@ class Lake:
                 + self._full_disk_hint()
             ) from exc
         staged.published = True
-        self.expire_old_versions(key)
+        try:
+            self.expire_old_versions(key)
+        except (duckdb.Error, ducklake.CatalogUnreachable, OSError) as exc:
+            # Published is published: the next publish expires what this one could not.
+            warnings.warn(f"{where}: old versions not expired: {exc}", stacklevel=2)
         return Publication(location, snapshot, staged.version)
+
+    def _landed(self, key: Sequence[str], partition: str | None, version: str) -> bool:
+        """Whether `version` is the published one (False when the catalog cannot say)."""
+        try:
+            current = self._current(key, partition)
+        except (duckdb.Error, ducklake.CatalogUnreachable):
+            return False
+        return current is not None and current["version"] == version
+
+    def _snapshot_of(self, version: str) -> int:
+        """The snapshot whose commit published `version` (its commit's extra info names it)."""
+        rows = self._registry(
+            "SELECT max(snapshot_id) FROM snapshots() WHERE commit_extra_info LIKE $pattern",
+            {"pattern": f'%"version": "{version}"%'},
+        )
+        return int(rows[0][0]) if rows and rows[0][0] is not None else -1
 
     def _full_disk_hint(self) -> str:
         """'; the disk is full: <folder> has N KiB free' for the lake's folder and its SQLite
@@ -533,28 +560,39 @@ class Lake:
         return f"now() - INTERVAL {int(settings.retention_days() * 86400)} SECOND"
 
     def expire_old_versions(self, key: Sequence[str]) -> None:
-        """After a publish: drop the DuckLake snapshots older than
-        `KD_PIPELINE_RETENTION_DAYS` with the data files only they referenced, and the
-        superseded versions of an export (key) older than that. Until then an old version
-        stays readable (time travel, a reader that started before the swap)."""
+        """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
+        ago. Every snapshot that was current at some moment of that window is kept (the
+        newest one older than the window included), so a version stays readable (time
+        travel, a reader that started before the swap) for that long after it was replaced;
+        older snapshots expire with the data files only they referenced. An export's old
+        version folder goes once the version that replaced it is older than the window."""
         cutoff = self._retention_cutoff()
 
         def expire() -> None:
             with self.connect() as con:
                 alias = quote_literal(ducklake.ALIAS)
-                con.execute(f"CALL ducklake_expire_snapshots({alias}, older_than => {cutoff})")
+                (ids,) = con.execute(
+                    "SELECT list(snapshot_id) FROM snapshots() WHERE snapshot_id < "
+                    f"(SELECT max(snapshot_id) FROM snapshots() WHERE snapshot_time < {cutoff})"
+                ).fetchone()
+                if not ids:
+                    return
+                con.execute(
+                    f"CALL ducklake_expire_snapshots({alias}, versions => $ids::UBIGINT[])",
+                    {"ids": ids},
+                )
                 # what the expiry just released: no live snapshot references it any more
                 con.execute(f"CALL ducklake_cleanup_old_files({alias}, cleanup_all => true)")
 
         ducklake.with_retry(expire)
         if not self.is_table(key) and not self.remote:
-            current = {loc for (loc,) in self._registry("SELECT location FROM publications")}
             before = time.time() - settings.retention_days() * 86400
-            for manifest in Path(self.root, *self._key_parts(key)).glob(f"*/*/{MANIFEST_NAME}"):
-                folder = manifest.parent
-                relative = folder.relative_to(self.root).as_posix()
-                if relative not in current and manifest.stat().st_mtime < before:
-                    shutil.rmtree(folder, ignore_errors=True)
+            for partition in Path(self.root, *self._key_parts(key)).iterdir():
+                # version ids start with their UTC time: name order is publish order
+                versions = sorted(p for p in partition.iterdir() if (p / MANIFEST_NAME).is_file())
+                for old, replacement in itertools.pairwise(versions):
+                    if (replacement / MANIFEST_NAME).stat().st_mtime < before:
+                        shutil.rmtree(old, ignore_errors=True)
 
     def delete_orphaned_files(self) -> None:
         """Delete data files no snapshot references that are older than
@@ -626,7 +664,7 @@ def _table_columns(
     """(name, type) of the table a version's files make: `partition` first when the asset
     is partitioned, then the files' columns."""
     rows = con.execute(
-        f"DESCRIBE SELECT * FROM read_parquet($files, union_by_name = true, {PARQUET_READ})",
+        f"DESCRIBE SELECT * FROM read_parquet($files, {PARQUET_READ})",
         {"files": files},
     ).fetchall()
     columns = [(row[0], row[1]) for row in rows]

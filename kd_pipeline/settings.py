@@ -84,10 +84,8 @@ class CatalogChoice:
         return f"ducklake:{self.kind}:{self.target}"
 
     def describe(self) -> str:
-        """The catalog for a log line, without a password."""
-        if self.kind == "sqlite":
-            return f"sqlite:{self.target}"
-        return "postgres:" + re.sub(r"password=\S+", "password=***", self.target)
+        """The catalog for a log line (`catalog()` refuses a password in the string)."""
+        return f"{self.kind}:{self.target}"
 
 
 def catalog() -> CatalogChoice:
@@ -107,6 +105,11 @@ def catalog() -> CatalogChoice:
     if kind == "sqlite" and target.strip():
         return CatalogChoice("sqlite", str(Path(target.strip()).expanduser().resolve()))
     if kind in ("postgres", "postgresql") and target.strip():
+        if re.search(r"(^|\s)password\s*=|://[^/@\s]*:[^/@\s]*@", target):
+            raise ValueError(
+                f"{CATALOG_ENV}: a password in the connection string is refused (it would "
+                "reach logs and run metadata); give it in PGPASSWORD or ~/.pgpass"
+            )
         return CatalogChoice("postgres", target.strip())
     raise ValueError(
         f"{CATALOG_ENV}={raw!r}: expected sqlite:PATH or postgres:<libpq connection string> "

@@ -146,18 +146,23 @@ def test_a_republish_is_one_snapshot_and_the_old_version_stays_readable_by_time_
     assert message[0] == "publish fam/asset [p1]" and new.version in message[1]
 
 
-def test_retention_expires_old_snapshots_and_deletes_their_files(
+def test_a_superseded_version_stays_readable_for_the_retention_then_goes(
     lake_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setenv("KD_PIPELINE_RETENTION_DAYS", str(1 / 86400))  # one second
     lake = Lake(lake_dir)
     old = publish_ids(lake, KEY, "p1", [1, 2])
-    time.sleep(1.5)
-    publish_ids(lake, KEY, "p1", [3])
+    time.sleep(1.5)  # old's snapshot is older than the window, but current until now
+    middle = publish_ids(lake, KEY, "p1", [3])
     assert table_ids(lake, KEY, "p1") == [3]
-    assert not list(Path(old.location).glob("*.parquet"))  # the old version's files are gone
+    assert table_ids(lake, KEY, "p1", at=old.snapshot) == [1, 2]  # superseded 0 s ago
+    assert list(Path(old.location).glob("*.parquet"))
+    time.sleep(1.5)  # now superseded for longer than the retention
+    publish_ids(lake, KEY, "p1", [4])
+    assert not list(Path(old.location).glob("*.parquet"))  # expired, its files deleted
     with pytest.raises(duckdb.Error):
         table_ids(lake, KEY, "p1", at=old.snapshot)
+    assert table_ids(lake, KEY, "p1", at=middle.snapshot) == [3]  # replaced 0 s ago: kept
 
 
 def test_failure_inside_stage_leaves_the_published_version_untouched(lake_dir: Path):

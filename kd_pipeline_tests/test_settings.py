@@ -63,7 +63,11 @@ def test_the_catalog_setting_names_sqlite_or_postgres(
     monkeypatch.setenv(settings.LAKE_ENV, str(tmp_path / "lake"))
     monkeypatch.delenv(settings.CATALOG_ENV, raising=False)
     assert settings.catalog().target == str(tmp_path / "lake" / "catalog.sqlite")
-    monkeypatch.setenv(settings.CATALOG_ENV, "postgres:host=db dbname=kd password=hunter2")
-    choice = settings.catalog()
-    assert choice.attach_string == "ducklake:postgres:host=db dbname=kd password=hunter2"
-    assert "hunter2" not in choice.describe()
+    monkeypatch.setenv(settings.CATALOG_ENV, "postgres:host=db dbname=kd user=kd")
+    assert settings.catalog().attach_string == "ducklake:postgres:host=db dbname=kd user=kd"
+    # a password would reach every error line that quotes the connection string
+    for leaky in ("host=db password=hunter2", "postgresql://kd:hunter2@db/kd"):
+        monkeypatch.setenv(settings.CATALOG_ENV, f"postgres:{leaky}")
+        problems = settings.settings_problems()
+        assert len(problems) == 1 and "PGPASSWORD" in problems[0]
+        assert "hunter2" not in problems[0]

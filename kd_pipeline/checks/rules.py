@@ -17,8 +17,9 @@ EXAMPLES = 5
 
 
 # The options every read of lake files takes: DuckDB would otherwise add a column for each
-# `key=value` folder in the path (the lake's `partition=<key>` folders).
-PARQUET_READ = "hive_partitioning = false"
+# `key=value` folder in the path (the lake's `partition=<key>` folders), and take the first
+# file's columns for all (partitions published before a column was added lack it).
+PARQUET_READ = "hive_partitioning = false, union_by_name = true"
 
 
 @dataclass(frozen=True)
