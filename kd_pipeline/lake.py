@@ -425,6 +425,8 @@ class Lake:
                 # The COMMIT reached the catalog before its answer was lost (a dropped
                 # connection): the version is published; deleting it would break the table.
                 staged.published = True
+                if not self.is_table(key) and not self.remote:
+                    _point_current(Path(location))
                 return Publication(location, self._snapshot_of(staged.version), staged.version)
             if self.remote:
                 _delete_remote(str(location))
@@ -433,6 +435,8 @@ class Lake:
                 + self._full_disk_hint()
             ) from exc
         staged.published = True
+        if not self.is_table(key) and not self.remote:
+            _point_current(Path(location))
         try:
             self.expire_old_versions(key)
         except (duckdb.Error, ducklake.CatalogUnreachable, OSError) as exc:
@@ -589,7 +593,11 @@ class Lake:
             before = time.time() - settings.retention_days() * 86400
             for partition in Path(self.root, *self._key_parts(key)).iterdir():
                 # version ids start with their UTC time: name order is publish order
-                versions = sorted(p for p in partition.iterdir() if (p / MANIFEST_NAME).is_file())
+                versions = sorted(
+                    p
+                    for p in partition.iterdir()
+                    if not p.is_symlink() and (p / MANIFEST_NAME).is_file()
+                )
                 for old, replacement in itertools.pairwise(versions):
                     if (replacement / MANIFEST_NAME).stat().st_mtime < before:
                         shutil.rmtree(old, ignore_errors=True)
@@ -627,6 +635,21 @@ class Lake:
         else:
             for path in doomed:
                 Path(path).unlink(missing_ok=True)
+
+
+CURRENT_LINK = "current"  # <export>/<partition>/current -> the published version folder
+
+
+def _point_current(version: Path) -> None:
+    """Point `<partition folder>/current` at a just-committed export version (a folder
+    lake): trainers load that one path; a glob over the partition folder would also read
+    the older versions kept for the retention period. Swapped with one rename."""
+    link = version.parent / CURRENT_LINK
+    temporary = version.parent / f".{CURRENT_LINK}.{version.name}"
+    temporary.unlink(missing_ok=True)
+    os.symlink(version.name, temporary)
+    os.replace(temporary, link)
+    _fsync_dir(version.parent)
 
 
 def _register(con: duckdb.DuckDBPyConnection, row: Mapping[str, Any]) -> None:

@@ -334,9 +334,13 @@ def test_exports_stay_files_in_version_folders_with_a_view_over_the_current_ones
             "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'exports'"
         ).fetchone()
     assert tables == (0,)  # a view over the files, not a table
+    current = lake_dir / "exports/pointwise/pointwise_x/p1/current"
+    assert current.resolve() == first.location
     second = publish_ids(lake, key, "p1", [9])
     assert Path(first.location).is_dir()  # kept for the retention period
     assert lake.published_path(key, "p1") == second.location
+    assert current.resolve() == second.location  # the one path a trainer loads
+    assert read_ids(str(current / "*.parquet")) == [9]
     with lake.connect(read_only=True) as con:
         assert con.execute("SELECT id FROM exports.pointwise_x ORDER BY id").fetchall() == [
             (3,),

@@ -333,6 +333,7 @@ def run_export(
             metadata["preview"] = preview(con, written["train"].table, columns)
         manifest = {
             "format": spec.format.name,
+            "rows": metadata["dagster/row_count"],
             "files": files,
             "selection": counts,
             "written": written_counts,
