@@ -640,6 +640,19 @@ def claimed_slots(env: dict[str, str]) -> list[str]:
         return [slot.run_id for slot in info.claimed_slots]
 
 
+def start_materialize(
+    env: dict[str, str], log: Path, runs_at_once: int, *partitions: str
+) -> subprocess.Popen:
+    """`kd-pipeline materialize --runs-at-once N --partition ...` in the background, its
+    stderr in `log`."""
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize"]
+    args += ["--runs-at-once", str(runs_at_once)]
+    for partition in partitions:
+        args += ["--partition", partition]
+    with open(log, "w") as err:
+        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -749,11 +762,7 @@ def test_a_killed_worker_fails_its_run_and_the_rest_run_on_a_new_pool(tmp_path, 
     small_config(mirror, "npr")
     env = env_for(tmp_path, mirror)
     pool_of_one(env)
-    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "1"]
-    for config in ("agnews", "quora", "npr"):
-        args += ["--partition", config]
-    with open(tmp_path / "stderr.log", "w") as err:
-        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    command = start_materialize(env, tmp_path / "stderr.log", 1, "agnews", "quora", "npr")
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
 
         def started_run() -> list[dg.DagsterRun]:
@@ -801,11 +810,7 @@ def test_a_killed_worker_ends_its_sibling_run_too_and_frees_every_slot(tmp_path,
     )
     small_config(mirror, "quora")
     env = env_for(tmp_path, mirror)
-    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
-    for config in ("agnews", "npr", "quora"):
-        args += ["--partition", config]
-    with open(tmp_path / "stderr.log", "w") as err:
-        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    command = start_materialize(env, tmp_path / "stderr.log", 2, "agnews", "npr", "quora")
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
 
         def started() -> list[dg.DagsterRun]:
@@ -855,11 +860,7 @@ def test_a_worker_killed_before_its_run_started_loses_no_step(tmp_path, lake_dir
     for config in ("agnews", "npr", "quora"):
         small_config(mirror, config)
     env = env_for(tmp_path, mirror)
-    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
-    for config in ("agnews", "npr", "quora"):
-        args += ["--partition", config]
-    with open(tmp_path / "stderr.log", "w") as err:
-        command = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    command = start_materialize(env, tmp_path / "stderr.log", 2, "agnews", "npr", "quora")
     # The workers import the code location for seconds before they take a step.
     wait_for(lambda: len(pool_workers(command.pid)) == 2, 60, "the two workers to spawn")
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
