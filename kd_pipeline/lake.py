@@ -286,8 +286,9 @@ class Lake:
         a partitioned asset read whole (partition None), one glob per published partition.
         These are exactly the files the table's current snapshot references (a version is
         always registered and removed whole)."""
-        if partition is None and self.published_partitions(key):
-            return [self.parquet_glob(key, p) for p in self.published_partitions(key)]  # type: ignore[misc]
+        partitions = self.published_partitions(key) if partition is None else []
+        if partitions:
+            return [f"{self.published_path(key, p)}/*.parquet" for p in partitions]
         return f"{self.published_path(key, partition)}/*.parquet"
 
     def is_published(self, key: Sequence[str], partition: str | None = None) -> bool:
