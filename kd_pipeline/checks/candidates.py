@@ -8,7 +8,7 @@ parse report of the upstream file (malformed lines, with file and line number).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import duckdb
 
@@ -21,6 +21,7 @@ from kd_pipeline.checks.rules import (
     not_empty,
     rows_where,
     schema_is,
+    static,
 )
 from kd_pipeline.parsers import ParseReport
 
@@ -30,7 +31,7 @@ from kd_pipeline.parsers import ParseReport
 MAX_UNRESOLVED_SHARE = 0.01
 
 
-def groups_where(rule: str, group_by: str, having: str, detail: str, where: str = "true") -> RuleFn:
+def groups_where(group_by: str, having: str, detail: str, where: str = "true") -> RuleFn:
     """A rule broken by every group (of rows matching where) whose HAVING condition holds;
     examples show the group keys."""
 
@@ -44,7 +45,7 @@ def groups_where(rule: str, group_by: str, having: str, detail: str, where: str 
         if count:
             rows = table.query(con, f"SELECT k FROM ({groups}) ORDER BY k LIMIT {EXAMPLES}")
             examples = tuple(str(r[0]) for r in rows.fetchall())
-        return RuleOutcome(rule, count == 0, count, examples, detail)
+        return RuleOutcome(count == 0, count, examples, detail)
 
     return evaluate
 
@@ -68,7 +69,7 @@ def within_share(inner: RuleFn, max_share: float) -> RuleFn:
 
 
 def ids_resolve(
-    rule: str, references: Sequence[tuple[str, str, str]], max_share: float = MAX_UNRESOLVED_SHARE
+    references: Sequence[tuple[str, str, str]], max_share: float = MAX_UNRESOLVED_SHARE
 ) -> RuleFn:
     """Rows whose ids are missing from the text tables, as a share of all rows.
 
@@ -84,7 +85,6 @@ def ids_resolve(
         missing.append(test)
         labels.append(f"CASE WHEN {test} THEN '{column}=' || {column} END")
     inner = rows_where(
-        rule,
         " OR ".join(missing),
         f"concat_ws(' ', {', '.join(labels)})",
         "ids without a text",
@@ -93,7 +93,7 @@ def ids_resolve(
     return within_share(inner, max_share)
 
 
-def malformed_lines(rule: str, reports: Sequence[ParseReport]) -> RuleFn:
+def malformed_lines(reports: Sequence[ParseReport]) -> RuleFn:
     """Every upstream line parsed: the verdict of the parse, not of the table (a line that
     did not parse is not in the table to be found)."""
 
@@ -101,26 +101,23 @@ def malformed_lines(rule: str, reports: Sequence[ParseReport]) -> RuleFn:
         count = sum(r.malformed_lines for r in reports)
         examples = tuple(e for r in reports for e in r.examples)[:EXAMPLES]
         formats = ", ".join(sorted({r.format for r in reports})) or "the upstream format"
-        return RuleOutcome(
-            rule, count == 0, count, examples, f"lines that do not parse as {formats}"
-        )
+        return RuleOutcome(count == 0, count, examples, f"lines that do not parse as {formats}")
 
     return evaluate
 
 
-def holds(rule: str, detail: str) -> RuleFn:
+def holds(detail: str) -> RuleFn:
     """A rule that does not apply to this partition: it holds, and says why."""
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
-        return RuleOutcome(rule, True, 0, (), detail)
+        return RuleOutcome(True, 0, (), detail)
 
     return evaluate
 
 
-def ranks_contiguous(rule: str) -> RuleFn:
+def ranks_contiguous() -> RuleFn:
     """Each query's ranked rows carry ranks exactly 1..n."""
     return groups_where(
-        rule,
         "query_id",
         "min(rank) <> 1 OR max(rank) <> count(*) OR count(DISTINCT rank) <> count(*)",
         "queries whose ranks are not exactly 1..n",
@@ -128,11 +125,10 @@ def ranks_contiguous(rule: str) -> RuleFn:
     )
 
 
-def scores_follow_ranks(rule: str) -> RuleFn:
+def scores_follow_ranks() -> RuleFn:
     """A better rank never has a lower score (a ranked list read in the wrong order, or a
     score column that is not the ranker's, shows up here)."""
     return groups_where(
-        rule,
         "query_id",
         "list(score ORDER BY rank) <> list_reverse_sort(list(score))",
         "queries whose scores do not decrease with rank",
@@ -140,103 +136,105 @@ def scores_follow_ranks(rule: str) -> RuleFn:
     )
 
 
-def every_query_has_positive(rule: str) -> RuleFn:
+def every_query_has_positive() -> RuleFn:
     return groups_where(
-        rule,
         "query_id",
         "NOT bool_or(coalesce(is_positive, false))",
         "queries without a relevant document",
     )
 
 
-def unique_key(rule: str, columns: Sequence[str]) -> RuleFn:
+def unique_key(columns: Sequence[str]) -> RuleFn:
     key = ", ".join(columns)
-    return groups_where(rule, key, "count(*) > 1", f"({key}) occurs more than once")
+    return groups_where(key, "count(*) > 1", f"({key}) occurs more than once")
 
 
-def non_empty_ids(rule: str, columns: Sequence[str], id_expr: str) -> RuleFn:
+def non_empty_ids(columns: Sequence[str], id_expr: str) -> RuleFn:
     """Ids are never null nor empty (an empty field parses as '', not NULL)."""
     condition = " OR ".join(f"{c} IS NULL OR {c} = ''" for c in columns)
-    return rows_where(rule, condition, id_expr, f"null or empty {', '.join(columns)}")
+    return rows_where(condition, id_expr, f"null or empty {', '.join(columns)}")
 
 
-def listwise_rules(
-    columns: dict[str, str],
-    references: Sequence[tuple[str, str, str]],
-    positives: str | None,
-) -> list[Rule]:
-    """The rules every listwise table (ranked candidates per query) is published under.
+@dataclass(frozen=True)
+class ReadFacts:
+    """What a family's write learned, for its rules: the parse reports of the upstream
+    files, the text tables its ids must resolve to, as (column of this table, glob of the
+    text table's Parquet, its id column), and why the partition has no relevance labels
+    (None: every query must have a relevant document)."""
 
-    positives: None when every query must have a relevant document; else the reason the
-    partition carries no relevance labels (the rule then holds and says so).
-    """
+    reports: Sequence[ParseReport] = ()
+    references: Sequence[tuple[str, str, str]] = ()
+    unlabelled: str | None = None
+
+
+UNRESOLVED_RULE = "ids_resolve_to_texts"
+
+
+def parsed_rule(description: str) -> Rule[ReadFacts]:
+    """Every upstream line parsed (the rule of every family read with a parse report)."""
+    return Rule("no_malformed_lines", description, lambda f: malformed_lines(f.reports))
+
+
+def resolved_rule(description: str) -> Rule[ReadFacts]:
+    """Ids resolve to the text tables (the share that do not is reported; blocking above
+    MAX_UNRESOLVED_SHARE)."""
+    return Rule(UNRESOLVED_RULE, description, lambda f: ids_resolve(f.references))
+
+
+def listwise_rules(columns: dict[str, str]) -> list[Rule[ReadFacts]]:
+    """The rules every listwise table (ranked candidates per query) is published under."""
     return [
         Rule(
             "schema",
             "Columns and types are the canonical listwise table.",
-            schema_is("schema", columns),
+            static(schema_is(columns)),
         ),
         Rule(
             "ids_present",
             "Query and document ids are neither null nor empty.",
-            non_empty_ids("ids_present", ["query_id", "doc_id"], "query_id"),
+            static(non_empty_ids(["query_id", "doc_id"], "query_id")),
         ),
         Rule(
             "finite_scores",
             "Every ranked row has a finite score.",
-            rows_where(
-                "finite_scores",
-                "rank IS NOT NULL AND (score IS NULL OR NOT isfinite(score))",
-                "query_id || ' ' || doc_id",
-                "score is null, NaN or infinite",
+            static(
+                rows_where(
+                    "rank IS NOT NULL AND (score IS NULL OR NOT isfinite(score))",
+                    "query_id || ' ' || doc_id",
+                    "score is null, NaN or infinite",
+                )
             ),
         ),
         Rule(
             "ranks_contiguous",
             "Each query's ranks are exactly 1..n.",
-            ranks_contiguous("ranks_contiguous"),
+            static(ranks_contiguous()),
         ),
         Rule(
             "unique_candidates",
             "A document appears at most once per query.",
-            unique_key("unique_candidates", ["query_id", "doc_id"]),
+            static(unique_key(["query_id", "doc_id"])),
         ),
         Rule(
             "every_query_has_positive",
             "Each query has a relevant document (annotated or labelled tables).",
-            every_query_has_positive("every_query_has_positive")
-            if positives is None
-            else holds("every_query_has_positive", positives),
+            lambda f: every_query_has_positive() if f.unlabelled is None else holds(f.unlabelled),
         ),
-        Rule(
-            "ids_resolve_to_texts",
+        resolved_rule(
             "Query and document ids resolve to texts (the share that do not is reported; "
-            f"blocking above {MAX_UNRESOLVED_SHARE:.0%}).",
-            ids_resolve("ids_resolve_to_texts", references),
+            f"blocking above {MAX_UNRESOLVED_SHARE:.0%})."
         ),
         Rule(
             "scores_follow_ranks",
             "Scores do not increase down a ranked list (warning only).",
-            scores_follow_ranks("scores_follow_ranks"),
+            static(scores_follow_ranks()),
             blocking=False,
         ),
-        Rule("not_empty", "The table has rows.", not_empty("not_empty")),
+        Rule("not_empty", "The table has rows.", static(not_empty())),
     ]
 
 
-def evaluate_once(
-    rules: Sequence[Rule], name: str, con: duckdb.DuckDBPyConnection, table: Table
-) -> tuple[list[Rule], RuleOutcome]:
-    """Evaluate one rule now and hand the audit the same verdict (no second pass), so its
-    detail can also go into the materialisation metadata: the unresolved-id share is worth
-    seeing even when it is under the threshold and the check says only "ok"."""
-    (rule,) = (r for r in rules if r.name == name)
-    outcome = rule.evaluate(con, table)
-    memo = replace(rule, evaluate=lambda _con, _table: outcome)
-    return [memo if r.name == name else r for r in rules], outcome
-
-
-def one_split_per_query(rule: str, tables: dict[str, Table], column: str) -> RuleFn:
+def one_split_per_query(tables: dict[str, Table], column: str) -> RuleFn:
     """No query in two splits (a leak of validation queries into training).
 
     tables: split name -> the written rows of that split; column: the one naming the query
@@ -245,7 +243,7 @@ def one_split_per_query(rule: str, tables: dict[str, Table], column: str) -> Rul
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         if len(tables) < 2:
-            return RuleOutcome(rule, True, 0, (), f"one split only ({', '.join(tables)})")
+            return RuleOutcome(True, 0, (), f"one split only ({', '.join(tables)})")
         names = []
         for split, rows in tables.items():
             name = f"kd_split_keys_{split}"
@@ -264,14 +262,14 @@ def one_split_per_query(rule: str, tables: dict[str, Table], column: str) -> Rul
         for name in names:
             con.execute(f"DROP TABLE {name}")
         return RuleOutcome(
-            rule, count == 0, count, examples, f"{column} in more than one of {sorted(tables)}"
+            count == 0, count, examples, f"{column} in more than one of {sorted(tables)}"
         )
 
     return evaluate
 
 
 def one_list_length(
-    rule: str, length: str, expected: int, id_expr: str, export: str, dropped: int
+    length: str, expected: int, id_expr: str, export: str, dropped: int
 ) -> RuleFn:
     """Every row's list has exactly `expected` entries (the fixed shape a consumer batches).
 
@@ -282,7 +280,7 @@ def one_list_length(
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         outcome = rows_where(
-            rule, f"{length} <> {int(expected)}", id_expr, f"a list whose length is not {expected}"
+            f"{length} <> {int(expected)}", id_expr, f"a list whose length is not {expected}"
         )(con, table)
         (rows,) = table.query(con, "SELECT count(*) FROM {table}").fetchall()[0]
         if rows == 0 and dropped > 0:
@@ -290,13 +288,13 @@ def one_list_length(
                 f"{export}: none of the {dropped} queries can fill the {expected} entries "
                 "a row needs (every one was dropped)"
             )
-            return RuleOutcome(rule, False, dropped, (export,), detail)
+            return RuleOutcome(False, dropped, (export,), detail)
         return outcome
 
     return evaluate
 
 
-def increasing_in_file_order(rule: str, glob: str, column: str) -> RuleFn:
+def increasing_in_file_order(glob: str, column: str) -> RuleFn:
     """column strictly increases down the files read in name order (the order `datasets`
     and DuckDB read them): an ordered export whose part files or rows are out of order, or
     which repeats a row, breaks it at the first row that does not follow."""
@@ -316,7 +314,7 @@ def increasing_in_file_order(rule: str, glob: str, column: str) -> RuleFn:
         ).fetchall()
         examples = tuple(f"{column} {v} after {p}" for v, p in rows)
         return RuleOutcome(
-            rule, count == 0, count, examples, f"{column} does not increase in file order"
+            count == 0, count, examples, f"{column} does not increase in file order"
         )
 
     return evaluate

@@ -8,8 +8,8 @@ check, the CLI and an export can all report the same thing the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, TypeVar
 
 import duckdb
 
@@ -47,13 +47,13 @@ class Table:
 
 @dataclass(frozen=True)
 class RuleOutcome:
-    """The verdict of one rule on one table."""
+    """The verdict of one rule on one table; `rule` is filled in by `Rule.evaluate`."""
 
-    rule: str
     passed: bool
     violations: int = 0
     examples: tuple[str, ...] = ()
     detail: str = ""
+    rule: str = ""
 
     def message(self) -> str:
         if self.passed:
@@ -64,21 +64,34 @@ class RuleOutcome:
         )
 
 
+# How a rule judges a table: a function of the connection and the table.
 RuleFn = Callable[[duckdb.DuckDBPyConnection, Table], RuleOutcome]
+F = TypeVar("F")
 
 
 @dataclass(frozen=True)
-class Rule:
-    """A named rule; `blocking` rules stop a publish when they fail."""
+class Rule(Generic[F]):
+    """A rule, declared once: its name (the asset check's), what it protects against, and
+    `judge`, which turns the facts a run learned while writing (type F: parse reports, the
+    text tables' globs, a threshold; None for rules that need none) into a RuleFn.
+    `blocking` rules stop a publish when they fail."""
 
     name: str
     description: str
-    evaluate: RuleFn
+    judge: Callable[[F], RuleFn]
     blocking: bool = True
+
+    def evaluate(self, con: duckdb.DuckDBPyConnection, table: Table, facts: F) -> RuleOutcome:
+        return replace(self.judge(facts)(con, table), rule=self.name)
+
+
+def static(fn: RuleFn) -> Callable[[Any], RuleFn]:
+    """The judge of a rule that needs no facts of the run."""
+    return lambda _facts: fn
 
 
 def rows_where(
-    rule: str, condition: str, id_expr: str, detail: str, params: Mapping[str, Any] = {}
+    condition: str, id_expr: str, detail: str, params: Mapping[str, Any] = {}
 ) -> RuleFn:
     """A rule broken by every row matching condition (values bound as `$name` params);
     examples show id_expr of the first offending rows."""
@@ -96,12 +109,12 @@ def rows_where(
                 params,
             ).fetchall()
             examples = tuple(str(row[0]) for row in rows)
-        return RuleOutcome(rule, count == 0, count, examples, detail)
+        return RuleOutcome(count == 0, count, examples, detail)
 
     return evaluate
 
 
-def schema_is(rule: str, expected: Mapping[str, str]) -> RuleFn:
+def schema_is(expected: Mapping[str, str]) -> RuleFn:
     """The table has exactly the expected columns, in order, with the expected types."""
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
@@ -117,43 +130,43 @@ def schema_is(rule: str, expected: Mapping[str, str]) -> RuleFn:
         problems += [f"{name}: unexpected column" for name in actual if name not in expected]
         if not problems and list(actual) != list(expected):
             problems.append(f"column order {list(actual)} != {list(expected)}")
-        return RuleOutcome(rule, not problems, len(problems), tuple(problems), "schema differs")
+        return RuleOutcome(not problems, len(problems), tuple(problems), "schema differs")
 
     return evaluate
 
 
-def no_nulls(rule: str, columns: Sequence[str], id_expr: str) -> RuleFn:
+def no_nulls(columns: Sequence[str], id_expr: str) -> RuleFn:
     condition = " OR ".join(f"{c} IS NULL" for c in columns)
-    return rows_where(rule, condition, id_expr, f"null in {', '.join(columns)}")
+    return rows_where(condition, id_expr, f"null in {', '.join(columns)}")
 
 
-def finite(rule: str, column: str, id_expr: str) -> RuleFn:
-    return rows_where(rule, f"NOT isfinite({column})", id_expr, f"{column} is NaN or infinite")
+def finite(column: str, id_expr: str) -> RuleFn:
+    return rows_where(f"NOT isfinite({column})", id_expr, f"{column} is NaN or infinite")
 
 
-def row_count_is(rule: str, expected: int) -> RuleFn:
+def row_count_is(expected: int) -> RuleFn:
     """The table has exactly expected rows (nothing lost or invented on the way)."""
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         (count,) = table.query(con, "SELECT count(*) FROM {table}").fetchall()[0]
         return RuleOutcome(
-            rule, count == expected, abs(count - expected), (), f"{count} rows, expected {expected}"
+            count == expected, abs(count - expected), (), f"{count} rows, expected {expected}"
         )
 
     return evaluate
 
 
-def known_count(rule: str, count: int, detail: str) -> RuleFn:
+def known_count(count: int, detail: str) -> RuleFn:
     """A rule whose violations were counted while the data was read (e.g. upstream values
     the canonical table can no longer show): broken when count > 0."""
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
-        return RuleOutcome(rule, count == 0, count, (), detail)
+        return RuleOutcome(count == 0, count, (), detail)
 
     return evaluate
 
 
-def no_unexpected_shrink(rule: str, previous_rows: int | None, max_shrink: float) -> RuleFn:
+def no_unexpected_shrink(previous_rows: int | None, max_shrink: float) -> RuleFn:
     """The new version keeps at least (1 - max_shrink) of the previously published rows.
 
     previous_rows None or 0 (nothing published before) always passes; with max_shrink < 1 a
@@ -164,10 +177,9 @@ def no_unexpected_shrink(rule: str, previous_rows: int | None, max_shrink: float
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         (count,) = table.query(con, "SELECT count(*) FROM {table}").fetchall()[0]
         if not previous_rows:
-            return RuleOutcome(rule, True)
+            return RuleOutcome(True)
         shrink = (previous_rows - count) / previous_rows
         return RuleOutcome(
-            rule,
             shrink <= max_shrink,
             max(previous_rows - count, 0),
             (),
@@ -178,17 +190,18 @@ def no_unexpected_shrink(rule: str, previous_rows: int | None, max_shrink: float
     return evaluate
 
 
-def not_empty(rule: str) -> RuleFn:
+def not_empty() -> RuleFn:
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
         (count,) = table.query(
             con, "SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)"
         ).fetchall()[0]
-        return RuleOutcome(rule, count > 0, 0 if count else 1, (), "the table has no rows")
+        return RuleOutcome(count > 0, 0 if count else 1, (), "the table has no rows")
 
     return evaluate
 
 
 def evaluate_rules(
-    con: duckdb.DuckDBPyConnection, rules: Sequence[Rule], table: Table
+    con: duckdb.DuckDBPyConnection, rules: Sequence[Rule[F]], table: Table, facts: F = None
 ) -> list[RuleOutcome]:
-    return [rule.evaluate(con, table) for rule in rules]
+    """Every rule's verdict on table, in order (facts: what the run learned, see `Rule`)."""
+    return [rule.evaluate(con, table, facts) for rule in rules]

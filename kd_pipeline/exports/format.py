@@ -61,7 +61,7 @@ class Written:
     table: Table
     files: dict[str, int] = field(default_factory=dict)  # relative path -> rows
     counts: dict[str, Any] = field(default_factory=dict)
-    rules: list[Rule] | None = None  # the rules to audit with, when they need the run's paths
+    facts: Any = None  # what the format's rules read besides the table (see ExportFormat.rules)
     # split -> a table with the format's query column, when not `table` (SPLADE's masters)
     query_tables: dict[str, Table] | None = None
 
@@ -79,7 +79,9 @@ class ExportFormat:
     column_schema: dg.TableSchema
     layout: str  # the files on disk (Markdown), for the asset's metadata and the README
     write: Callable[[ExportRun], Written]
-    rules: Callable[[Any], list[Rule]]  # the declared rules (names and descriptions)
+    # the rules of an export with these knobs, declared once (one asset check each) and
+    # judged on every split's `Written.table` with its `Written.facts`
+    rules: Callable[[Any], list[Rule[Any]]]
     query_column: str  # the column naming the query in the written table (split check)
     # the dataset card: config name -> files of a split (a glob; `{split}` where the
     # format names split folders itself), the default config, the consumer's loading call

@@ -8,37 +8,29 @@ definition and in every materialisation, so the lineage of anything built from i
 """
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from kd_pipeline import canonical
-from kd_pipeline.checks.audit import audit_and_publish, check_specs
-from kd_pipeline.checks.candidates import evaluate_once, listwise_rules
-from kd_pipeline.checks.rules import Rule, Table, rows_where
-from kd_pipeline.engine import copy_parquet, engine_connection
+from kd_pipeline.checks.candidates import UNRESOLVED_RULE, ReadFacts, listwise_rules
+from kd_pipeline.checks.rules import Rule, rows_where, static
+from kd_pipeline.engine import copy_parquet
 from kd_pipeline.families.lighton import (
     SchemaError,
     card_front_matter,
     resolve_config_files,
     snapshot_metadata,
 )
-from kd_pipeline.families.text import (
-    FIQA_CORPUS_KEY,
-    FIQA_QUERIES_KEY,
-    TEXT_TABLES,
-    metadata_value,
-    published_glob,
-    published_versions,
-)
+from kd_pipeline.families.text import FIQA_CORPUS_KEY, FIQA_QUERIES_KEY, TEXT_TABLES
 from kd_pipeline.families.upstream import FIQA_LABELS, FIQA_MINED_LICENCE, FIQA_MINED_REPO_ID
 from kd_pipeline.fetch import FetchError
 from kd_pipeline.lake import quote_literal
+from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
+from kd_pipeline.lineage import published_glob, published_versions
 from kd_pipeline.metadata import preview
-from kd_pipeline.resources import LakeResource, UpstreamResource
 
 MINED_KEY = dg.AssetKey(["fiqa", "mined_scores"])
 FIQA_JOB = "fiqa_mined"
@@ -111,102 +103,85 @@ def explode_select(paths: Sequence[Path]) -> str:
     )
 
 
-def mined_rules(queries_glob: str = "", documents_glob: str = "") -> list[Rule]:
-    """The listwise rules (a positive per query) plus the label rules."""
-    labels = ", ".join(f"'{label}'" for label in FIQA_LABELS)
-    return [
-        *listwise_rules(
-            canonical.LABELLED_LISTWISE,
-            [("query_id", queries_glob, "query_id"), ("doc_id", documents_glob, "doc_id")],
-            None,
-        ),
-        Rule(
-            "lists_aligned",
-            "document_ids, scores and labels have the same length in every upstream row.",
+def _labels() -> str:
+    return ", ".join(f"'{label}'" for label in FIQA_LABELS)
+
+
+# The listwise rules (a positive per query) plus the label rules.
+MINED_RULES: list[Rule[ReadFacts]] = [
+    *listwise_rules(canonical.LABELLED_LISTWISE),
+    Rule(
+        "lists_aligned",
+        "document_ids, scores and labels have the same length in every upstream row.",
+        static(
             rows_where(
-                "lists_aligned",
                 "doc_id IS NULL OR score IS NULL OR label IS NULL",
                 "query_id || ' position ' || rank",
                 "the lists differ in length (or hold nulls)",
-            ),
+            )
         ),
-        Rule(
-            "known_labels",
-            f"Every label is one of {', '.join(FIQA_LABELS)}.",
-            rows_where(
-                "known_labels",
-                f"label NOT IN ({labels})",
-                "query_id || ' ' || label",
-                "unknown label",
-            ),
+    ),
+    Rule(
+        "known_labels",
+        f"Every label is one of {', '.join(FIQA_LABELS)}.",
+        static(
+            rows_where(f"label NOT IN ({_labels()})", "query_id || ' ' || label", "unknown label")
         ),
-    ]
+    ),
+]
 
-
-@dg.asset(
+MINED = LakeAsset(
     key=MINED_KEY,
-    deps=[FIQA_CORPUS_KEY, FIQA_QUERIES_KEY],
-    group_name="fiqa",
-    kinds={"huggingface", "duckdb", "parquet"},
-    owners=["team:kd-pipeline"],
-    pool="duckdb",
+    group="fiqa",
     description="Reranker-scored documents per FiQA-2018 train query (1 positive, 15 mined "
     "negatives), exploded to one ranked row each. Licence: non-commercial.",
+    rules=MINED_RULES,
+    deps=[FIQA_CORPUS_KEY, FIQA_QUERIES_KEY],
     metadata={
         "dagster/column_schema": canonical.table_schema(canonical.LABELLED_LISTWISE),
         "upstream": FIQA_MINED_REPO_ID,
         "licence": FIQA_MINED_LICENCE,
     },
-    check_specs=check_specs(mined_rules(), MINED_KEY, upstream=True),
+    kinds=frozenset({"huggingface", "duckdb", "parquet"}),
+    reads_upstream=True,
+    reported={UNRESOLVED_RULE: "unresolved_ids"},
 )
-def fiqa_mined_scores(
-    context: dg.AssetExecutionContext,
-    lake: LakeResource,
-    upstream: UpstreamResource,
-    duckdb: DuckDBResource,
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    the_lake = lake.lake()
+
+
+def write_mined(step: Step) -> Built[ReadFacts]:
+    """The mined lists of the train split's files, exploded to ranked rows."""
     texts = [FIQA_QUERIES_KEY, FIQA_CORPUS_KEY]
-    queries_glob, documents_glob = (published_glob(the_lake, k) for k in texts)
-    fetcher = upstream.fetcher()
-    snapshot = fetcher.dataset_snapshot(FIQA_MINED_REPO_ID)
-    card = fetcher.read_dataset_text(snapshot, "README.md")
+    queries_glob, documents_glob = (published_glob(step.lake, k) for k in texts)
+    snapshot = step.fetcher.dataset_snapshot(FIQA_MINED_REPO_ID)
+    card = step.fetcher.read_dataset_text(snapshot, "README.md")
     files = resolve_mined_files(card, snapshot.files)
-    local = [fetcher.dataset_file(snapshot, f) for f in files]
-    context.log.info(f"{len(files)} file(s) at {snapshot.revision} from {snapshot.source}")
-    with engine_connection(duckdb, the_lake) as con, the_lake.stage(MINED_KEY.path) as staged:
-        for path in local:
-            check_mined_columns(con, path)
-        rows = copy_parquet(con, explode_select(local), staged.path)
-        out = Table.parquet(staged.parquet_glob())
-        lineage = {
-            **snapshot_metadata(snapshot, files, card),
-            "licence": FIQA_MINED_LICENCE,
-            "texts": published_versions(the_lake, texts),
-        }
-        rules, unresolved = evaluate_once(
-            mined_rules(queries_glob, documents_glob), "ids_resolve_to_texts", con, out
-        )
-        metadata = {
-            "dagster/row_count": rows,
-            **{k: metadata_value(v) for k, v in lineage.items()},
-            "unresolved_ids": unresolved.detail,
-            "preview": preview(con, out, list(canonical.LABELLED_LISTWISE)),
-        }
-        yield from audit_and_publish(
-            con,
-            the_lake,
-            staged,
-            rules,
-            metadata,
-            {
-                "rows": rows,
-                "lineage": {k: v for k, v in lineage.items() if k != "files"},
-                "files": files,
-                "unresolved_ids": unresolved.detail,
-                "run_id": context.run.run_id,
-            },
-        )
+    local = [step.fetcher.dataset_file(snapshot, f) for f in files]
+    step.log(f"{len(files)} file(s) at {snapshot.revision} from {snapshot.source}")
+    for path in local:
+        check_mined_columns(step.con, path)
+    rows = copy_parquet(step.con, explode_select(local), step.staged.path)
+    lineage = {
+        **snapshot_metadata(snapshot, files, card),
+        "licence": FIQA_MINED_LICENCE,
+        "texts": published_versions(step.lake, texts),
+    }
+    return Built(
+        rows,
+        ReadFacts(
+            references=[
+                ("query_id", queries_glob, "query_id"),
+                ("doc_id", documents_glob, "doc_id"),
+            ]
+        ),
+        metadata={
+            **lineage,
+            "preview": preview(step.con, step.table, list(canonical.LABELLED_LISTWISE)),
+        },
+        manifest={"lineage": {k: v for k, v in lineage.items() if k != "files"}, "files": files},
+    )
+
+
+fiqa_mined_scores = lake_asset(MINED, write_mined)
 
 
 def definitions() -> dg.Definitions:

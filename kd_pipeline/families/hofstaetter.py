@@ -7,34 +7,26 @@ pairwise table with the MarginMSE target `margin = pos_score - neg_score`, and c
 against the MS MARCO texts.
 """
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from kd_pipeline import canonical
-from kd_pipeline.checks.audit import audit_and_publish, check_specs
 from kd_pipeline.checks.candidates import (
-    evaluate_once,
-    ids_resolve,
-    malformed_lines,
+    UNRESOLVED_RULE,
+    ReadFacts,
     non_empty_ids,
+    parsed_rule,
+    resolved_rule,
 )
-from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
-from kd_pipeline.engine import engine_connection
-from kd_pipeline.families.text import (
-    MSMARCO_COLLECTION_KEY,
-    MSMARCO_QUERIES_TRAIN_KEY,
-    metadata_value,
-    published_glob,
-    published_versions,
-)
+from kd_pipeline.checks.rules import Rule, not_empty, rows_where, schema_is, static
+from kd_pipeline.families.text import MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY
 from kd_pipeline.families.upstream import HOFSTAETTER_FILES, fetch_zenodo_file
+from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
+from kd_pipeline.lineage import published_glob, published_versions
 from kd_pipeline.metadata import preview
 from kd_pipeline.parsers import DelimitedFormat, ParseReport, copy_delimited
-from kd_pipeline.resources import LakeResource, UpstreamResource
 
 TEACHER_SCORES_KEY = dg.AssetKey(["hofstaetter", "teacher_scores"])
 hofstaetter_partitions = dg.StaticPartitionsDefinition(list(HOFSTAETTER_FILES))
@@ -71,128 +63,90 @@ def write_pairwise(
     return copy_delimited(con, path, TEACHER_TSV, PAIRWISE_SELECT, out_dir, label=label)
 
 
-def pairwise_rules(
-    reports: list[ParseReport] | None = None,
-    queries_glob: str = "",
-    documents_glob: str = "",
-) -> list[Rule]:
-    """What a teacher-score partition must satisfy to be published."""
-    return [
-        Rule(
-            "schema",
-            "Columns and types are the canonical pairwise table.",
-            schema_is("schema", canonical.PAIRWISE),
-        ),
-        Rule(
-            "no_malformed_lines",
-            "Every line of the TSV parsed (malformed ones are reported as file:line).",
-            malformed_lines("no_malformed_lines", reports or []),
-        ),
-        Rule(
-            "ids_present",
-            "Query and passage ids are neither null nor empty.",
-            non_empty_ids("ids_present", ["query_id", "pos_id", "neg_id"], "query_id"),
-        ),
-        Rule(
-            "finite_scores",
-            "Both teacher scores are finite numbers.",
+PAIRWISE_RULES: list[Rule[ReadFacts]] = [
+    Rule(
+        "schema",
+        "Columns and types are the canonical pairwise table.",
+        static(schema_is(canonical.PAIRWISE)),
+    ),
+    parsed_rule("Every line of the TSV parsed (malformed ones are reported as file:line)."),
+    Rule(
+        "ids_present",
+        "Query and passage ids are neither null nor empty.",
+        static(non_empty_ids(["query_id", "pos_id", "neg_id"], "query_id")),
+    ),
+    Rule(
+        "finite_scores",
+        "Both teacher scores are finite numbers.",
+        static(
             rows_where(
-                "finite_scores",
                 "NOT isfinite(pos_score) OR NOT isfinite(neg_score)",
                 "query_id",
                 "pos_score or neg_score is NaN or infinite",
-            ),
+            )
         ),
-        Rule(
-            "ids_resolve_to_texts",
-            "Query ids are MS MARCO train queries and passage ids are in the collection "
-            "(the share that are not is reported; blocking above 1%).",
-            ids_resolve(
-                "ids_resolve_to_texts",
-                [
-                    ("query_id", queries_glob, "query_id"),
-                    ("pos_id", documents_glob, "doc_id"),
-                    ("neg_id", documents_glob, "doc_id"),
-                ],
-            ),
-        ),
-        Rule("not_empty", "The partition has rows.", not_empty("not_empty")),
-    ]
+    ),
+    resolved_rule(
+        "Query ids are MS MARCO train queries and passage ids are in the collection "
+        "(the share that are not is reported; blocking above 1%)."
+    ),
+    Rule("not_empty", "The partition has rows.", static(not_empty())),
+]
 
-
-@dg.asset(
+TEACHER_SCORES = LakeAsset(
     key=TEACHER_SCORES_KEY,
-    partitions_def=hofstaetter_partitions,
-    deps=[MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY],
-    group_name="hofstaetter",
-    kinds={"duckdb", "parquet"},
-    owners=["team:kd-pipeline"],
-    pool="duckdb",
+    group="hofstaetter",
     description="Cross-encoder teacher scores for MS MARCO passage train triples "
     "(query, positive, negative) with the MarginMSE margin, one partition per teacher.",
+    rules=PAIRWISE_RULES,
+    partitions_def=hofstaetter_partitions,
+    deps=[MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY],
     metadata={
         "dagster/column_schema": canonical.table_schema(canonical.PAIRWISE),
         "upstream": "zenodo.org/record/4068216",
         "teachers": dg.MetadataValue.json({v: f.teacher for v, f in HOFSTAETTER_FILES.items()}),
     },
-    check_specs=check_specs(
-        pairwise_rules(),
-        TEACHER_SCORES_KEY,
-        upstream=True,
-        partitions_def=hofstaetter_partitions,
-    ),
+    reads_upstream=True,
+    reported={UNRESOLVED_RULE: "unresolved_ids"},
 )
-def hofstaetter_teacher_scores(
-    context: dg.AssetExecutionContext,
-    lake: LakeResource,
-    upstream: UpstreamResource,
-    duckdb: DuckDBResource,
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    teacher = HOFSTAETTER_FILES[context.partition_key]
-    the_lake = lake.lake()
+
+
+def write_teacher_scores(step: Step) -> Built[ReadFacts]:
+    """One teacher's TSV, fetched (md5-verified) and parsed into the pairwise table."""
+    teacher = HOFSTAETTER_FILES[step.context.partition_key]
     texts = [MSMARCO_QUERIES_TRAIN_KEY, MSMARCO_COLLECTION_KEY]
-    queries_glob, documents_glob = (published_glob(the_lake, k) for k in texts)
-    fetcher = upstream.fetcher()
-    fetched = fetch_zenodo_file(fetcher, teacher, context.run.tags)
-    context.log.info(
+    queries_glob, documents_glob = (published_glob(step.lake, k) for k in texts)
+    fetched = fetch_zenodo_file(step.fetcher, teacher, step.context.run.tags)
+    step.log(
         f"{teacher.variant}: {fetched.path.name} (md5 {fetched.md5}: {fetched.checksum_source})"
     )
-    with (
-        engine_connection(duckdb, the_lake) as con,
-        the_lake.stage(TEACHER_SCORES_KEY.path, teacher.variant) as staged,
-    ):
-        report = write_pairwise(con, fetched.path, staged.path, teacher.file)
-        out = Table.parquet(staged.parquet_glob())
-        lineage = {
-            **fetched.metadata(),
-            "source": fetcher.describe(),
-            "texts": published_versions(the_lake, texts),
-        }
-        rules, unresolved = evaluate_once(
-            pairwise_rules([report], queries_glob, documents_glob), "ids_resolve_to_texts", con, out
-        )
-        metadata = {
-            "dagster/row_count": report.rows,
+    report = write_pairwise(step.con, fetched.path, step.staged.path, teacher.file)
+    lineage = {
+        **fetched.metadata(),
+        "source": step.fetcher.describe(),
+        "texts": published_versions(step.lake, texts),
+    }
+    return Built(
+        report.rows,
+        ReadFacts(
+            [report],
+            [
+                ("query_id", queries_glob, "query_id"),
+                ("pos_id", documents_glob, "doc_id"),
+                ("neg_id", documents_glob, "doc_id"),
+            ],
+        ),
+        metadata={
             "teacher": teacher.teacher,
-            **{k: metadata_value(v) for k, v in lineage.items()},
+            **lineage,
             **report.metadata(),
-            "unresolved_ids": unresolved.detail,
-            "preview": preview(con, out, list(canonical.PAIRWISE)),
-        }
-        yield from audit_and_publish(
-            con,
-            the_lake,
-            staged,
-            rules,
-            metadata,
-            {
-                "rows": report.rows,
-                "lineage": lineage,
-                "parse": report.metadata(),
-                "unresolved_ids": unresolved.detail,
-                "run_id": context.run.run_id,
-            },
-        )
+            "preview": preview(step.con, step.table, list(canonical.PAIRWISE)),
+        },
+        manifest={"lineage": lineage, "parse": report.metadata()},
+    )
+
+
+hofstaetter_teacher_scores = lake_asset(TEACHER_SCORES, write_teacher_scores)
 
 
 hofstaetter_job = dg.define_asset_job(

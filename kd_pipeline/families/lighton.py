@@ -11,12 +11,11 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
-from kd_pipeline.checks.audit import audit_and_publish, check_specs
 from kd_pipeline.checks.rules import (
     Rule,
     finite,
@@ -25,14 +24,15 @@ from kd_pipeline.checks.rules import (
     not_empty,
     row_count_is,
     schema_is,
+    static,
 )
-from kd_pipeline.engine import copy_parquet, engine_connection
+from kd_pipeline.engine import copy_parquet
 from kd_pipeline.families.cards import card_front_matter, card_licence
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
 from kd_pipeline.fetch import DatasetSnapshot, FetchError
 from kd_pipeline.lake import quote_identifier, quote_literal
+from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
 from kd_pipeline.recipes.specs import load_filter_specs
-from kd_pipeline.resources import LakeResource, UpstreamResource
 
 RAW_KEY = dg.AssetKey(["lighton", "raw"])
 LIGHTON_PARTITIONED_JOB = "lighton_partitions"
@@ -341,67 +341,68 @@ def write_canonical(
 
 
 # ---- checks --------------------------------------------------------------------------------
-def canonical_rules(extra_columns: dict[str, str] | None = None) -> list[Rule]:
+def canonical_rules(extra_columns: dict[str, str] | None = None) -> list[Rule[Any]]:
     """Integrity rules every canonical LightOn table (plus extra_columns, for unions) must
-    satisfy to be published."""
-    rules = [
+    satisfy to be published (they need no facts of the run)."""
+    return [
         Rule(
             "schema",
             "Columns and types are the canonical LightOn schema.",
-            schema_is("schema", {**CANONICAL_COLUMNS, **(extra_columns or {})}),
+            static(schema_is({**CANONICAL_COLUMNS, **(extra_columns or {})})),
         ),
         Rule(
             "no_null_text_or_score",
             "Query, document, ids and similarity are never null.",
-            no_nulls(
-                "no_null_text_or_score",
-                ["query", "document", "query_id", "doc_id", "similarity", '"drop"'],
-                "query_id",
+            static(
+                no_nulls(
+                    ["query", "document", "query_id", "doc_id", "similarity", '"drop"'],
+                    "query_id",
+                )
             ),
         ),
         Rule(
             "finite_similarity",
             "Every similarity is a finite number.",
-            finite("finite_similarity", "similarity", "query_id"),
+            static(finite("similarity", "query_id")),
         ),
         Rule(
             "not_empty",
             "The partition has rows (warning only: a filter may remove all).",
-            not_empty("not_empty"),
+            static(not_empty()),
             blocking=False,
         ),
     ]
-    return rules
+
+
+@dataclass(frozen=True)
+class RawFacts:
+    """What writing a raw partition counted: upstream rows (the files' own row counts) and
+    rows without a `drop` flag."""
+
+    upstream_rows: int
+    drop_unset_rows: int
 
 
 DROP_UNSET_RULE = "drop_flag_set"
-
-
-def raw_rules(expected_rows: int = 0, drop_unset_rows: int = 0) -> list[Rule]:
-    """The canonical rules, plus what only the raw table can say: every upstream row
-    arrived, and how many rows had no `drop` flag (warning: the seed reads them as kept)."""
-    return [
-        *canonical_rules(),
-        Rule(
-            "row_count_matches_upstream",
-            "Every upstream row arrived: rows = sum of the files' row counts.",
-            row_count_is("row_count_matches_upstream", expected_rows),
+# The canonical rules, plus what only the raw table can say: every upstream row arrived,
+# and how many rows had no `drop` flag (warning: the seed reads them as kept).
+RAW_RULES: list[Rule[RawFacts]] = [
+    *canonical_rules(),
+    Rule(
+        "row_count_matches_upstream",
+        "Every upstream row arrived: rows = sum of the files' row counts.",
+        lambda f: row_count_is(f.upstream_rows),
+    ),
+    Rule(
+        DROP_UNSET_RULE,
+        "Every upstream row has a drop flag (warning only: a null, NaN or absent drop is "
+        "read as not dropped, as the seed tool reads it).",
+        lambda f: known_count(
+            f.drop_unset_rows, "upstream rows with a null, NaN or absent drop, read as not dropped"
         ),
-        Rule(
-            DROP_UNSET_RULE,
-            "Every upstream row has a drop flag (warning only: a null, NaN or absent drop is "
-            "read as not dropped, as the seed tool reads it).",
-            known_count(
-                DROP_UNSET_RULE,
-                drop_unset_rows,
-                "upstream rows with a null, NaN or absent drop, read as not dropped",
-            ),
-            blocking=False,
-        ),
-    ]
-
-
-RAW_RULE_NAMES = [r.name for r in raw_rules()]
+        blocking=False,
+    ),
+]
 
 
 # ---- the asset ---------------------------------------------------------------------------
@@ -420,63 +421,52 @@ def snapshot_metadata(
     }
 
 
-@dg.asset(
+RAW = LakeAsset(
     key=RAW_KEY,
-    partitions_def=lighton_partitions,
-    group_name="lighton",
-    kinds={"huggingface", "duckdb", "parquet"},
-    owners=["team:kd-pipeline"],
-    pool="duckdb",
+    group="lighton",
     description="LightOn embeddings-pre-training pairs of one config, canonical columns, "
     "as published upstream (no filter).",
+    rules=RAW_RULES,
+    partitions_def=lighton_partitions,
     metadata={"dagster/column_schema": COLUMN_SCHEMA, "upstream": LIGHTON_REPO_ID},
-    check_specs=check_specs(raw_rules(), RAW_KEY, upstream=True, partitions_def=lighton_partitions),
+    kinds=frozenset({"huggingface", "duckdb", "parquet"}),
+    reads_upstream=True,
 )
-def lighton_raw(
-    context: dg.AssetExecutionContext,
-    lake: LakeResource,
-    upstream: UpstreamResource,
-    duckdb: DuckDBResource,
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    config = context.partition_key
-    fetcher = upstream.fetcher()
-    snapshot = fetcher.dataset_snapshot(LIGHTON_REPO_ID)
-    card = fetcher.read_dataset_text(snapshot, "README.md")
+
+
+def write_raw(step: Step) -> Built[RawFacts]:
+    """One config's files from the dataset snapshot, as the canonical table."""
+    config = step.context.partition_key
+    snapshot = step.fetcher.dataset_snapshot(LIGHTON_REPO_ID)
+    card = step.fetcher.read_dataset_text(snapshot, "README.md")
     files = resolve_config_files(card, snapshot.files, config)
-    local = [fetcher.dataset_file(snapshot, f) for f in files]
-    context.log.info(
-        f"{config}: {len(files)} file(s) at {snapshot.revision} from {snapshot.source}"
-    )
-    the_lake = lake.lake()
-    with engine_connection(duckdb, the_lake) as con, the_lake.stage(RAW_KEY.path, config) as staged:
-        info = write_canonical(con, local, staged.path)
-        rows = info["upstream_rows"]
-        lineage = snapshot_metadata(snapshot, files, card)
-        flags = {
-            "drop_unset_rows": info["drop_unset_rows"],
-            "files_without_drop": ", ".join(info["files_without_drop"]) or "-",
-            "files_without_duplicate": ", ".join(info["files_without_duplicate"]) or "-",
-        }
-        metadata = {
+    local = [step.fetcher.dataset_file(snapshot, f) for f in files]
+    step.log(f"{config}: {len(files)} file(s) at {snapshot.revision} from {snapshot.source}")
+    info = write_canonical(step.con, local, step.staged.path)
+    rows = int(info["upstream_rows"])
+    lineage = snapshot_metadata(snapshot, files, card)
+    flags = {
+        "drop_unset_rows": info["drop_unset_rows"],
+        "files_without_drop": ", ".join(info["files_without_drop"]) or "-",
+        "files_without_duplicate": ", ".join(info["files_without_duplicate"]) or "-",
+    }
+    return Built(
+        rows,
+        RawFacts(rows, int(info["drop_unset_rows"])),
+        metadata={
             **lineage,
             **flags,
-            "dagster/row_count": rows,
             "ignored_columns": ", ".join(info["ignored_columns"]) or "-",
-        }
-        yield from audit_and_publish(
-            con,
-            the_lake,
-            staged,
-            raw_rules(int(rows), int(info["drop_unset_rows"])),
-            metadata,
-            {
-                "rows": rows,
-                "flags": flags,
-                "lineage": {k: v for k, v in lineage.items() if k != "files"},
-                "files": list(files),
-                "run_id": context.run.run_id,
-            },
-        )
+        },
+        manifest={
+            "flags": flags,
+            "lineage": {k: v for k, v in lineage.items() if k != "files"},
+            "files": list(files),
+        },
+    )
+
+
+lighton_raw = lake_asset(RAW, write_raw)
 
 
 # The per-config job: `lighton/raw` and every filter recipe of the spec files

@@ -11,31 +11,30 @@ relevant passages the top-k misses as rows with a null rank and score, so every 
 query keeps its positives; the other variants leave `is_positive` null (not annotated).
 """
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from kd_pipeline import canonical
-from kd_pipeline.checks.audit import audit_and_publish, check_specs
-from kd_pipeline.checks.candidates import evaluate_once, listwise_rules, malformed_lines
-from kd_pipeline.checks.rules import Rule, Table
-from kd_pipeline.engine import engine_connection
+from kd_pipeline.checks.candidates import (
+    UNRESOLVED_RULE,
+    ReadFacts,
+    listwise_rules,
+    parsed_rule,
+)
+from kd_pipeline.checks.rules import Rule
 from kd_pipeline.families.text import (
     MSMARCO_COLLECTION_KEY,
     MSMARCO_QRELS_TRAIN_KEY,
     MSMARCO_QUERIES_TRAIN_KEY,
-    metadata_value,
-    published_glob,
-    published_versions,
 )
-from kd_pipeline.families.upstream import RUN_VARIANTS, RunVariant, fetch_zenodo_file
+from kd_pipeline.families.upstream import RUN_VARIANTS, fetch_zenodo_file
+from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
+from kd_pipeline.lineage import published_glob, published_versions
 from kd_pipeline.metadata import preview
 from kd_pipeline.parsers import TREC_RUN, ParseReport, append_parquet, copy_delimited
-from kd_pipeline.resources import LakeResource, UpstreamResource
 
 RUNS_KEY = dg.AssetKey(["rank_distillm", "runs"])
 rank_distillm_partitions = dg.StaticPartitionsDefinition(list(RUN_VARIANTS))
@@ -100,107 +99,71 @@ def write_run(
     return replace(report, extra={**report.extra, "unretrieved_positives": unretrieved})
 
 
-def run_rules(
-    variant: RunVariant | None = None,
-    reports: list[ParseReport] | None = None,
-    queries_glob: str = "",
-    documents_glob: str = "",
-) -> list[Rule]:
-    """The listwise rules plus: every line of the run parsed."""
-    annotated = variant is None or variant.annotated
-    references = [("query_id", queries_glob, "query_id"), ("doc_id", documents_glob, "doc_id")]
-    return [
-        *listwise_rules(
-            canonical.LISTWISE,
-            references,
-            None if annotated else "not an annotated variant: no relevance labels",
-        ),
-        Rule(
-            "no_malformed_lines",
-            "Every line of the run parsed (malformed ones are reported as file:line).",
-            malformed_lines("no_malformed_lines", reports or []),
-        ),
-    ]
+# The listwise rules plus: every line of the run parsed. A variant that is not annotated
+# has no relevance labels (its facts say so: `every_query_has_positive` then holds).
+RUN_RULES: list[Rule[ReadFacts]] = [
+    *listwise_rules(canonical.LISTWISE),
+    parsed_rule("Every line of the run parsed (malformed ones are reported as file:line)."),
+]
 
-
-@dg.asset(
+RUNS = LakeAsset(
     key=RUNS_KEY,
-    partitions_def=rank_distillm_partitions,
-    deps=[MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY, MSMARCO_QRELS_TRAIN_KEY],
-    group_name="rank_distillm",
-    kinds={"duckdb", "parquet"},
-    owners=["team:kd-pipeline"],
-    pool="duckdb",
+    group="rank_distillm",
     description="Ranked MS MARCO passage candidates per train query from the Rank-DistiLLM "
     "runs (BM25/ColBERTv2 annotated with qrels, RankZephyr re-rankings), one partition a run.",
+    rules=RUN_RULES,
+    partitions_def=rank_distillm_partitions,
+    deps=[MSMARCO_COLLECTION_KEY, MSMARCO_QUERIES_TRAIN_KEY, MSMARCO_QRELS_TRAIN_KEY],
     metadata={
         "dagster/column_schema": canonical.table_schema(canonical.LISTWISE),
         "upstream": "zenodo.org/records/12528410",
         "top_k": dg.MetadataValue.json({v: r.top_k for v, r in RUN_VARIANTS.items()}),
     },
-    check_specs=check_specs(
-        run_rules(), RUNS_KEY, upstream=True, partitions_def=rank_distillm_partitions
-    ),
+    reads_upstream=True,
+    reported={UNRESOLVED_RULE: "unresolved_ids"},
 )
-def rank_distillm_runs(
-    context: dg.AssetExecutionContext,
-    lake: LakeResource,
-    upstream: UpstreamResource,
-    duckdb: DuckDBResource,
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    variant = RUN_VARIANTS[context.partition_key]
-    the_lake = lake.lake()
+
+
+def write_runs(step: Step) -> Built[ReadFacts]:
+    """One run, fetched (md5-verified), cut to its top-k, annotated if the variant is."""
+    variant = RUN_VARIANTS[step.context.partition_key]
     texts = [MSMARCO_QUERIES_TRAIN_KEY, MSMARCO_COLLECTION_KEY]
     if variant.annotated:
         texts.append(MSMARCO_QRELS_TRAIN_KEY)
-    globs = [published_glob(the_lake, k) for k in texts]
-    fetcher = upstream.fetcher()
-    fetched = fetch_zenodo_file(fetcher, variant, context.run.tags)
-    context.log.info(
+    globs = [published_glob(step.lake, k) for k in texts]
+    fetched = fetch_zenodo_file(step.fetcher, variant, step.context.run.tags)
+    step.log(
         f"{variant.variant}: {fetched.path.name} (md5 {fetched.md5}: "
         f"{fetched.checksum_source}), top {variant.top_k}"
     )
-    with (
-        engine_connection(duckdb, the_lake) as con,
-        the_lake.stage(RUNS_KEY.path, variant.variant) as staged,
-    ):
-        qrels = globs[2] if variant.annotated else None
-        report = write_run(con, fetched.path, staged.path, variant.top_k, qrels, variant.file)
-        rows = report.rows + report.extra.get("unretrieved_positives", 0)
-        out = Table.parquet(staged.parquet_glob())
-        lineage = {
-            **fetched.metadata(),
-            "source": fetcher.describe(),
-            "texts": published_versions(the_lake, texts),
-        }
-        rules, unresolved = evaluate_once(
-            run_rules(variant, [report], globs[0], globs[1]), "ids_resolve_to_texts", con, out
-        )
-        metadata = {
-            "dagster/row_count": rows,
+    qrels = globs[2] if variant.annotated else None
+    report = write_run(step.con, fetched.path, step.staged.path, variant.top_k, qrels, variant.file)
+    rows = report.rows + report.extra.get("unretrieved_positives", 0)
+    lineage = {
+        **fetched.metadata(),
+        "source": step.fetcher.describe(),
+        "texts": published_versions(step.lake, texts),
+    }
+    parse = {**report.metadata(), **report.extra}
+    return Built(
+        rows,
+        ReadFacts(
+            [report],
+            [("query_id", globs[0], "query_id"), ("doc_id", globs[1], "doc_id")],
+            None if variant.annotated else "not an annotated variant: no relevance labels",
+        ),
+        metadata={
             "top_k": variant.top_k,
             "annotated": variant.annotated,
-            **{k: metadata_value(v) for k, v in lineage.items()},
-            **report.metadata(),
-            **{k: metadata_value(v) for k, v in report.extra.items()},
-            "unresolved_ids": unresolved.detail,
-            "preview": preview(con, out, list(canonical.LISTWISE)),
-        }
-        yield from audit_and_publish(
-            con,
-            the_lake,
-            staged,
-            rules,
-            metadata,
-            {
-                "rows": rows,
-                "top_k": variant.top_k,
-                "lineage": lineage,
-                "parse": {**report.metadata(), **report.extra},
-                "unresolved_ids": unresolved.detail,
-                "run_id": context.run.run_id,
-            },
-        )
+            **lineage,
+            **parse,
+            "preview": preview(step.con, step.table, list(canonical.LISTWISE)),
+        },
+        manifest={"top_k": variant.top_k, "lineage": lineage, "parse": parse},
+    )
+
+
+rank_distillm_runs = lake_asset(RUNS, write_runs)
 
 
 rank_distillm_job = dg.define_asset_job(

@@ -17,13 +17,10 @@ import duckdb
 import ftfy
 import ftfy.badness
 import pyarrow as pa
-from dagster_duckdb import DuckDBResource
 
 from kd_pipeline import canonical
-from kd_pipeline.checks.audit import audit_and_publish, check_specs
-from kd_pipeline.checks.candidates import malformed_lines, non_empty_ids, unique_key
-from kd_pipeline.checks.rules import Rule, Table, no_nulls, not_empty, schema_is
-from kd_pipeline.engine import engine_connection
+from kd_pipeline.checks.candidates import ReadFacts, non_empty_ids, parsed_rule, unique_key
+from kd_pipeline.checks.rules import Rule, no_nulls, not_empty, schema_is, static
 from kd_pipeline.families.upstream import (
     BEIR_FIQA_MD5,
     BEIR_FIQA_URL,
@@ -33,7 +30,7 @@ from kd_pipeline.families.upstream import (
     MSMARCO_QUERIES_URL,
     fetch_upstream_file,
 )
-from kd_pipeline.lake import Lake
+from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
 from kd_pipeline.metadata import preview
 from kd_pipeline.parsers import (
     TREC_QRELS,
@@ -43,7 +40,6 @@ from kd_pipeline.parsers import (
     copy_json_lines,
     unpacked,
 )
-from kd_pipeline.resources import LakeResource, UpstreamResource
 
 try:  # DuckDB >= 1.4 moved the SQL types here
     from duckdb.sqltypes import VARCHAR
@@ -284,59 +280,33 @@ TEXT_TABLES: tuple[TextTable, ...] = (
 )
 
 
-def text_rules(table: TextTable, reports: list[ParseReport] | None = None) -> list[Rule]:
+def text_rules(table: TextTable) -> list[Rule[ReadFacts]]:
     """What a text table must satisfy to be published (all blocking)."""
     first_key = table.key_columns[0]
     return [
         Rule(
             "schema",
             "Columns and types are the canonical ones.",
-            schema_is("schema", table.columns),
+            static(schema_is(table.columns)),
         ),
-        Rule(
-            "no_malformed_lines",
-            "Every upstream line parsed (malformed ones are reported as file:line).",
-            malformed_lines("no_malformed_lines", reports or []),
-        ),
+        parsed_rule("Every upstream line parsed (malformed ones are reported as file:line)."),
         Rule(
             "ids_present",
             "Ids are neither null nor empty.",
-            non_empty_ids("ids_present", list(table.key_columns), first_key),
+            static(non_empty_ids(list(table.key_columns), first_key)),
         ),
         Rule(
             "unique_ids",
             f"({', '.join(table.key_columns)}) is unique.",
-            unique_key("unique_ids", table.key_columns),
+            static(unique_key(table.key_columns)),
         ),
         Rule(
             "no_null_values",
             f"{', '.join(table.value_columns)} never null.",
-            no_nulls("no_null_values", table.value_columns, first_key),
+            static(no_nulls(table.value_columns, first_key)),
         ),
-        Rule("not_empty", "The table has rows.", not_empty("not_empty")),
+        Rule("not_empty", "The table has rows.", static(not_empty())),
     ]
-
-
-# ---- helpers for the families that read these tables ----------------------------------------
-def published_glob(lake: Lake, key: dg.AssetKey, partition: str | None = None) -> str:
-    """The Parquet glob of the version published now (pinned: a publish during the run does
-    not change what this run reads), or a Failure saying what to materialise first."""
-    if not lake.is_published(key.path, partition):
-        raise dg.Failure(
-            f"{key.to_user_string()} is not published yet: materialize it first "
-            f"(job {TEXT_JOB} builds every text table)"
-        )
-    return str(lake.parquet_glob(key.path, partition))
-
-
-def published_versions(lake: Lake, keys: list[dg.AssetKey]) -> dict[str, str]:
-    """Which version of each upstream table a run read, for lineage."""
-    return {k.to_user_string(): lake.manifest(k.path).get("version", "?") for k in keys}
-
-
-def metadata_value(value: object) -> object:
-    """Lists and dicts as JSON metadata; everything else as it is."""
-    return dg.MetadataValue.json(value) if isinstance(value, list | dict) else value
 
 
 # ---- assets ----------------------------------------------------------------------------------
@@ -353,64 +323,42 @@ def local_member(path: Path, member: str | None, scratch: Path) -> Iterator[Path
 def build_text_asset(table: TextTable) -> dg.AssetsDefinition:
     """text/<collection>/<table>: one canonical table from its upstream file."""
     source = table.url + (f" [{table.member}]" if table.member else "")
-
-    @dg.asset(
+    spec = LakeAsset(
         key=table.key,
-        group_name="text",
-        kinds={"duckdb", "parquet"},
-        owners=["team:kd-pipeline"],
-        pool="duckdb",
+        group="text",
         description=table.description,
+        rules=text_rules(table),
         metadata={
             "dagster/column_schema": canonical.table_schema(table.columns),
             "upstream": source,
         },
-        check_specs=check_specs(text_rules(table), table.key, upstream=True),
+        reads_upstream=True,
     )
-    def _text_asset(
-        context: dg.AssetExecutionContext,
-        lake: LakeResource,
-        upstream: UpstreamResource,
-        duckdb: DuckDBResource,
-    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        fetcher = upstream.fetcher()
-        fetched = fetch_upstream_file(fetcher, table.url, table.upstream_md5)
-        label = fetched.path.name + (f":{table.member}" if table.member else "")
-        context.log.info(f"{table.key.to_user_string()}: reading {label} ({fetcher.describe()})")
-        the_lake = lake.lake()
-        with (
-            engine_connection(duckdb, the_lake) as con,
-            the_lake.stage(table.key.path) as staged,
-            local_member(fetched.path, table.member, the_lake.scratch_dir()) as local,
-        ):
-            report = table.read(con, local, staged.path, label)
-            out = Table.parquet(staged.parquet_glob())
-            lineage = {
-                **fetched.metadata(),
-                "member": table.member or "-",
-                "source": fetcher.describe(),
-            }
-            metadata = {
-                "dagster/row_count": report.rows,
-                **lineage,
-                **{k: metadata_value(v) for k, v in {**report.metadata(), **report.extra}.items()},
-                "preview": preview(con, out, list(table.columns)),
-            }
-            yield from audit_and_publish(
-                con,
-                the_lake,
-                staged,
-                text_rules(table, [report]),
-                metadata,
-                {
-                    "rows": report.rows,
-                    "lineage": lineage,
-                    "parse": {**report.metadata(), **report.extra},
-                    "run_id": context.run.run_id,
-                },
-            )
 
-    return _text_asset
+    def write_text_table(step: Step) -> Built[ReadFacts]:
+        fetched = fetch_upstream_file(step.fetcher, table.url, table.upstream_md5)
+        label = fetched.path.name + (f":{table.member}" if table.member else "")
+        step.log(f"{table.key.to_user_string()}: reading {label} ({step.fetcher.describe()})")
+        with local_member(fetched.path, table.member, step.lake.scratch_dir()) as local:
+            report = table.read(step.con, local, step.staged.path, label)
+        lineage = {
+            **fetched.metadata(),
+            "member": table.member or "-",
+            "source": step.fetcher.describe(),
+        }
+        parse = {**report.metadata(), **report.extra}
+        return Built(
+            report.rows,
+            ReadFacts([report]),
+            metadata={
+                **lineage,
+                **parse,
+                "preview": preview(step.con, step.table, list(table.columns)),
+            },
+            manifest={"lineage": lineage, "parse": parse},
+        )
+
+    return lake_asset(spec, write_text_table)
 
 
 def definitions() -> dg.Definitions:

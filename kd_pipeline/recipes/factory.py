@@ -10,15 +10,12 @@ so two experiments never overwrite each other.
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
-from kd_pipeline.checks.audit import audit_and_publish, check_specs
 from kd_pipeline.checks.rules import Rule, Table
-from kd_pipeline.engine import engine_connection
 from kd_pipeline.families.lighton import (
     CANONICAL_COLUMNS,
     COLUMN_SCHEMA,
@@ -27,8 +24,9 @@ from kd_pipeline.families.lighton import (
     lighton_partitions,
 )
 from kd_pipeline.lake import Lake
+from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
 from kd_pipeline.metadata import preview, same_column_lineage
-from kd_pipeline.recipes.filters import FilterKnobs, apply_filter, recipe_rules
+from kd_pipeline.recipes.filters import FilterFacts, FilterKnobs, apply_filter, recipe_rules
 from kd_pipeline.recipes.specs import FilterSpec, load_filter_specs, load_union_specs
 from kd_pipeline.recipes.unions import (
     MIXINGS,
@@ -38,18 +36,11 @@ from kd_pipeline.recipes.unions import (
     plan_sources,
     union_rules,
 )
-from kd_pipeline.resources import LakeResource
 
 LIGHTON_UNIONS_JOB = "lighton_unions"
 CUSTOM_KEY = dg.AssetKey(["lighton", "custom"])
 CUSTOM_UNION_KEY = dg.AssetKey(["lighton", "custom_union"])
-# What every recipe asset shares: its group, kinds, owner and the DuckDB pool.
-RECIPE_ASSET_ARGS: dict[str, Any] = {
-    "group_name": "lighton",
-    "kinds": {"duckdb", "parquet"},
-    "owners": ["team:kd-pipeline"],
-    "pool": "duckdb",
-}
+GROUP = "lighton"
 UNION_SCHEMA = dg.TableSchema(
     columns=[
         *COLUMN_SCHEMA.columns,
@@ -67,9 +58,9 @@ def variant_id(base: str, knobs: dict[str, Any]) -> str:
 
 
 # ---- filters -------------------------------------------------------------------------------
-def filter_rules(knobs: FilterKnobs, threshold: float | None, expected_rows: int) -> list[Rule]:
+def filter_rules(knobs: FilterKnobs) -> list[Rule[FilterFacts]]:
     """Canonical integrity plus the recipe's own rules, checked on its output."""
-    return canonical_rules() + recipe_rules(knobs, threshold, expected_rows)
+    return [*canonical_rules(), *recipe_rules(knobs)]
 
 
 def require_raw(lake: Lake, configs: Sequence[str]) -> dict[str, str]:
@@ -84,81 +75,51 @@ def require_raw(lake: Lake, configs: Sequence[str]) -> dict[str, str]:
     return {c: lake.parquet_glob(RAW_KEY.path, c) for c in configs}
 
 
-def run_filter(
-    context: dg.AssetExecutionContext,
-    lake: Lake,
-    duckdb: DuckDBResource,
-    knobs: FilterKnobs,
-    storage_key: Sequence[str],
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Filter one raw partition with knobs, audit, publish under storage_key."""
-    config = context.partition_key
-    raw_glob = require_raw(lake, [config])[config]
-    raw_manifest = lake.manifest(RAW_KEY.path, config)
-    with engine_connection(duckdb, lake) as con, lake.stage(storage_key, config) as staged:
-        result = apply_filter(con, Table.parquet(raw_glob), knobs, staged.path)
-        out = Table.parquet(staged.parquet_glob())
-        rows = result.counts["rows_out"]
-        metadata = {
-            "dagster/row_count": rows,
+def write_filtered(step: Step, knobs: FilterKnobs) -> Built[FilterFacts]:
+    """Filter one raw partition with knobs into the staged version."""
+    config = step.context.partition_key
+    raw_glob = require_raw(step.lake, [config])[config]
+    raw_manifest = step.lake.manifest(RAW_KEY.path, config)
+    result = apply_filter(step.con, Table.parquet(raw_glob), knobs, step.staged.path)
+    rows = result.counts["rows_out"]
+    return Built(
+        rows,
+        FilterFacts(result.threshold, rows),
+        metadata={
             **result.counts,
             "eligible_rows": result.eligible_rows,
             "threshold": result.threshold if result.threshold is not None else "none",
-            "knobs": dg.MetadataValue.json(knobs.as_dict()),
+            "knobs": knobs.as_dict(),
             "upstream_version": raw_manifest.get("version", "?"),
             "upstream_revision": raw_manifest.get("lineage", {}).get("revision", "?"),
             "dagster/column_lineage": same_column_lineage(RAW_KEY, list(CANONICAL_COLUMNS)),
-            "preview": preview(con, out, ["query", "document", "similarity"]),
-        }
-        yield from audit_and_publish(
-            con,
-            lake,
-            staged,
-            filter_rules(knobs, result.threshold, rows),
-            metadata,
-            {
-                "rows": rows,
-                "counts": result.counts,
-                "threshold": result.threshold,
-                "knobs": knobs.as_dict(),
-                "upstream": {
-                    "key": RAW_KEY.to_user_string(),
-                    "version": raw_manifest.get("version"),
-                },
-                "run_id": context.run.run_id,
-            },
-        )
+            "preview": preview(step.con, step.table, ["query", "document", "similarity"]),
+        },
+        manifest={
+            "counts": result.counts,
+            "threshold": result.threshold,
+            "knobs": knobs.as_dict(),
+            "upstream": {"key": RAW_KEY.to_user_string(), "version": raw_manifest.get("version")},
+        },
+    )
 
 
 def build_filter_asset(spec: FilterSpec) -> dg.AssetsDefinition:
     """lighton/<spec.name>: the spec's filter over lighton/raw, one partition per config."""
-    key = dg.AssetKey(["lighton", spec.name])
-    declared_threshold = 0.0 if spec.knobs.top_percentile is not None else None
-
-    @dg.asset(
-        key=key,
-        deps=[RAW_KEY],
-        partitions_def=lighton_partitions,
-        **RECIPE_ASSET_ARGS,
-        automation_condition=dg.AutomationCondition.eager(),
+    asset = LakeAsset(
+        key=dg.AssetKey(["lighton", spec.name]),
+        group=GROUP,
         description=spec.description,
+        rules=filter_rules(spec.knobs),
+        partitions_def=lighton_partitions,
+        deps=[RAW_KEY],
         metadata={
             "dagster/column_schema": COLUMN_SCHEMA,
             "knobs": dg.MetadataValue.json(spec.knobs.as_dict()),
         },
-        check_specs=check_specs(
-            filter_rules(spec.knobs, declared_threshold, 0),
-            key,
-            partitions_def=lighton_partitions,
-        ),
+        automation_condition=dg.AutomationCondition.eager(),
     )
-    def _filter_asset(
-        context: dg.AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource
-    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        yield from run_filter(context, lake.lake(), duckdb, spec.knobs, key.path)
-
-    _filter_asset.__name__ = f"lighton_{spec.name}"
-    return _filter_asset
+    return lake_asset(asset, lambda step: write_filtered(step, spec.knobs), f"lighton_{spec.name}")
 
 
 class CustomFilterConfig(dg.Config):
@@ -175,103 +136,85 @@ class CustomFilterConfig(dg.Config):
         return FilterKnobs(**self.model_dump())
 
 
-@dg.asset(
+# Blocking rules still gate the publish; check results belong to spec assets only.
+CUSTOM = LakeAsset(
     key=CUSTOM_KEY,
-    deps=[RAW_KEY],
-    partitions_def=lighton_partitions,
-    **RECIPE_ASSET_ARGS,
+    group=GROUP,
     description="Ad-hoc filter of lighton/raw with knobs from run config; each knob set is "
     "published under lighton/custom/<variant>/<config>.",
+    partitions_def=lighton_partitions,
+    deps=[RAW_KEY],
     metadata={"dagster/column_schema": COLUMN_SCHEMA},
+    config=CustomFilterConfig,
+    rules_for=lambda config: filter_rules(config.knobs()),
+    variant=lambda config: variant_id("filter", config.knobs().as_dict()),
 )
-def lighton_custom(
-    context: dg.AssetExecutionContext,
-    config: CustomFilterConfig,
-    lake: LakeResource,
-    duckdb: DuckDBResource,
-) -> Iterator[dg.MaterializeResult]:
-    knobs = config.knobs()
-    storage = (*CUSTOM_KEY.path, variant_id("filter", knobs.as_dict()))
-    for event in run_filter(context, lake.lake(), duckdb, knobs, storage):
-        # Blocking rules still gate the publish; check results belong to spec assets only.
-        if isinstance(event, dg.MaterializeResult):
-            yield dg.MaterializeResult(metadata={**(event.metadata or {}), "variant": storage[-1]})
+lighton_custom = lake_asset(CUSTOM, lambda step: write_filtered(step, step.config.knobs()))
 
 
 # ---- unions --------------------------------------------------------------------------------
-def union_check_rules(spec: UnionSpec, rows: int) -> list[Rule]:
-    return canonical_rules(extra_columns=UNION_COLUMNS) + union_rules(spec, rows)
+def union_check_rules(spec: UnionSpec) -> list[Rule[int]]:
+    return [*canonical_rules(extra_columns=UNION_COLUMNS), *union_rules(spec)]
 
 
-def run_union(
-    context: dg.AssetExecutionContext,
-    lake: Lake,
-    duckdb: DuckDBResource,
-    spec: UnionSpec,
-    storage_key: Sequence[str],
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Build one union from the published raw partitions, audit it, publish it."""
-    raw_globs = require_raw(lake, spec.configs())
-    with engine_connection(duckdb, lake) as con, lake.stage(storage_key) as staged:
-        plans = plan_sources(con, spec, raw_globs)
-        scratch = lake.scratch_dir() / f"union-{staged.version}"
-        scratch.mkdir()
-        try:
-            built = build_union(con, spec, plans, staged.path, scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        per_group: dict[str, int] = {}
-        for plan in plans:
-            per_group[plan.group.name] = (
-                per_group.get(plan.group.name, 0) + built["kept"][plan.config]
-            )
-        sources_md = "\n".join(
-            ["| config | group | rows in | threshold | kept |", "|---|---|---|---|---|"]
-            + [
-                f"| {p.config} | {p.group.name} | {p.counts['rows_in']} | "
-                f"{p.threshold if p.threshold is not None else '-'} | {built['kept'][p.config]} |"
-                for p in plans
-            ]
-        )
-        out = Table.parquet(staged.parquet_glob())
-        metadata = {
-            "dagster/row_count": built["rows"],
-            "rows_per_group": dg.MetadataValue.json(per_group),
+def write_union(step: Step, spec: UnionSpec) -> Built[int]:
+    """Build one union from the published raw partitions into the staged version."""
+    raw_globs = require_raw(step.lake, spec.configs())
+    plans = plan_sources(step.con, spec, raw_globs)
+    scratch = step.lake.scratch_dir() / f"union-{step.staged.version}"
+    scratch.mkdir()
+    try:
+        built = build_union(step.con, spec, plans, step.staged.path, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    per_group: dict[str, int] = {}
+    for plan in plans:
+        per_group[plan.group.name] = per_group.get(plan.group.name, 0) + built["kept"][plan.config]
+    sources_md = "\n".join(
+        ["| config | group | rows in | threshold | kept |", "|---|---|---|---|---|"]
+        + [
+            f"| {p.config} | {p.group.name} | {p.counts['rows_in']} | "
+            f"{p.threshold if p.threshold is not None else '-'} | {built['kept'][p.config]} |"
+            for p in plans
+        ]
+    )
+    return Built(
+        built["rows"],
+        built["rows"],
+        metadata={
+            "rows_per_group": per_group,
             "sources": dg.MetadataValue.md(sources_md),
-            "thresholds": dg.MetadataValue.json(
-                {p.config: p.threshold for p in plans if p.threshold is not None}
+            "thresholds": {p.config: p.threshold for p in plans if p.threshold is not None},
+            "dedup_lost": built["lost"],
+            "knobs": spec.knob_values(),
+            "preview": preview(
+                step.con, step.table, ["source_config", "position", "query", "similarity"]
             ),
-            "dedup_lost": dg.MetadataValue.json(built["lost"]),
-            "knobs": dg.MetadataValue.json(spec.knob_values()),
-            "preview": preview(con, out, ["source_config", "position", "query", "similarity"]),
-        }
-        rules = union_check_rules(spec, built["rows"])
-        manifest = {
-            "rows": built["rows"],
+        },
+        manifest={
             "knobs": spec.knob_values(),
             "rows_per_group": per_group,
             "kept_per_config": built["kept"],
-            "upstream": {c: lake.manifest(RAW_KEY.path, c).get("version") for c in spec.configs()},
-            "run_id": context.run.run_id,
-        }
-        yield from audit_and_publish(con, lake, staged, rules, metadata, manifest)
+            "upstream": {
+                c: step.lake.manifest(RAW_KEY.path, c).get("version") for c in spec.configs()
+            },
+        },
+    )
 
 
 def build_union_asset(spec: UnionSpec) -> dg.AssetsDefinition:
     """lighton/<spec.name>: the union over the raw partitions its spec names."""
-    key = dg.AssetKey(["lighton", spec.name])
-
-    @dg.asset(
-        key=key,
+    asset = LakeAsset(
+        key=dg.AssetKey(["lighton", spec.name]),
+        group=GROUP,
+        description=spec.description,
+        rules=union_check_rules(spec),
         deps=[
             dg.AssetDep(
                 RAW_KEY,
                 partition_mapping=dg.SpecificPartitionsPartitionMapping(spec.configs()),
             )
         ],
-        **RECIPE_ASSET_ARGS,
-        automation_condition=dg.AutomationCondition.eager(),
-        description=spec.description,
         metadata={
             "dagster/column_schema": UNION_SCHEMA,
             "knobs": dg.MetadataValue.json(spec.knob_values()),
@@ -279,15 +222,9 @@ def build_union_asset(spec: UnionSpec) -> dg.AssetsDefinition:
                 {g.name: {"configs": list(g.configs), **g.knobs.as_dict()} for g in spec.groups}
             ),
         },
-        check_specs=check_specs(union_check_rules(spec, 0), key),
+        automation_condition=dg.AutomationCondition.eager(),
     )
-    def _union_asset(
-        context: dg.AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource
-    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        yield from run_union(context, lake.lake(), duckdb, spec, key.path)
-
-    _union_asset.__name__ = f"lighton_{spec.name}"
-    return _union_asset
+    return lake_asset(asset, lambda step: write_union(step, spec), f"lighton_{spec.name}")
 
 
 class CustomUnionConfig(dg.Config):
@@ -301,26 +238,15 @@ class CustomUnionConfig(dg.Config):
 
 
 def build_custom_union_asset(specs: Sequence[UnionSpec]) -> dg.AssetsDefinition:
+    """lighton/custom_union: a shipped union spec with the run config's seed, mixing and
+    dedup, each variant published under its own folder."""
     by_name = {s.name: s for s in specs}
 
-    @dg.asset(
-        key=CUSTOM_UNION_KEY,
-        deps=[dg.AssetDep(RAW_KEY, partition_mapping=dg.AllPartitionMapping())],
-        **RECIPE_ASSET_ARGS,
-        description="Ad-hoc variant of a union spec (seed, mixing, dedup from run config); "
-        "each variant is published under lighton/custom_union/<variant>.",
-        metadata={"dagster/column_schema": UNION_SCHEMA, "mixings": ", ".join(MIXINGS)},
-    )
-    def lighton_custom_union(
-        context: dg.AssetExecutionContext,
-        config: CustomUnionConfig,
-        lake: LakeResource,
-        duckdb: DuckDBResource,
-    ) -> Iterator[dg.MaterializeResult]:
+    def configured(config: CustomUnionConfig) -> UnionSpec:
         if config.union not in by_name:
             raise dg.Failure(f"unknown union {config.union!r}; known: {sorted(by_name)}")
         base = by_name[config.union]
-        spec = UnionSpec(
+        return UnionSpec(
             base.name,
             base.description,
             base.groups,
@@ -329,14 +255,21 @@ def build_custom_union_asset(specs: Sequence[UnionSpec]) -> dg.AssetsDefinition:
             dedup=config.dedup,
             dedup_casefold=config.dedup_casefold,
         )
-        storage = (*CUSTOM_UNION_KEY.path, variant_id(base.name, spec.knob_values()))
-        for event in run_union(context, lake.lake(), duckdb, spec, storage):
-            if isinstance(event, dg.MaterializeResult):
-                yield dg.MaterializeResult(
-                    metadata={**(event.metadata or {}), "variant": storage[-1]}
-                )
 
-    return lighton_custom_union
+    asset = LakeAsset(
+        key=CUSTOM_UNION_KEY,
+        group=GROUP,
+        description="Ad-hoc variant of a union spec (seed, mixing, dedup from run config); "
+        "each variant is published under lighton/custom_union/<variant>.",
+        deps=[dg.AssetDep(RAW_KEY, partition_mapping=dg.AllPartitionMapping())],
+        metadata={"dagster/column_schema": UNION_SCHEMA, "mixings": ", ".join(MIXINGS)},
+        config=CustomUnionConfig,
+        rules_for=lambda config: union_check_rules(configured(config)),
+        variant=lambda config: variant_id(config.union, configured(config).knob_values()),
+    )
+    return lake_asset(
+        asset, lambda step: write_union(step, configured(step.config)), "lighton_custom_union"
+    )
 
 
 def definitions() -> dg.Definitions:

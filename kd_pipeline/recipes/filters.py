@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from kd_pipeline.checks.rules import Rule, Table, row_count_is, rows_where
+from kd_pipeline.checks.rules import Rule, Table, row_count_is, rows_where, static
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.recipes.dedup import (
     DedupSource,
@@ -158,15 +158,30 @@ def rows_removed_by_rule(
     }
 
 
-def recipe_rules(knobs: FilterKnobs, threshold: float | None, expected_rows: int) -> list[Rule]:
-    """What must hold on a recipe's output, stated independently of the filter SQL."""
-    rules: list[Rule] = []
+@dataclass(frozen=True)
+class FilterFacts:
+    """What running a filter computed: the top-percentile threshold (None without one) and
+    the rows the filter keeps on its input."""
+
+    threshold: float | None
+    expected_rows: int
+
+
+def _similarity_floor(knobs: FilterKnobs, threshold: float | None) -> float:
+    values = [float(v) for v in (threshold, knobs.min_similarity) if v is not None]
+    return max(values, default=-math.inf)
+
+
+def recipe_rules(knobs: FilterKnobs) -> list[Rule[FilterFacts]]:
+    """What must hold on a recipe's output, stated independently of the filter SQL: one
+    rule per filter the knobs turn on, and the row count."""
+    rules: list[Rule[FilterFacts]] = []
     if knobs.filter_drop:
         rules.append(
             Rule(
                 "no_dropped_rows",
                 "filter_drop: no row has drop = true.",
-                rows_where("no_dropped_rows", '"drop"', "query_id", "drop = true"),
+                static(rows_where('"drop"', "query_id", "drop = true")),
             )
         )
     if knobs.filter_duplicate:
@@ -174,54 +189,49 @@ def recipe_rules(knobs: FilterKnobs, threshold: float | None, expected_rows: int
             Rule(
                 "no_duplicate_rows",
                 "filter_duplicate: every duplicate is null.",
-                rows_where(
-                    "no_duplicate_rows",
-                    "duplicate IS NOT NULL",
-                    "query_id",
-                    "duplicate is not null",
-                ),
+                static(rows_where("duplicate IS NOT NULL", "query_id", "duplicate is not null")),
             )
         )
     if knobs.top_percentile is not None or knobs.min_similarity is not None:
-        floor = max(
-            [float(v) for v in (threshold, knobs.min_similarity) if v is not None],
-            default=-math.inf,
-        )
         rules.append(
             Rule(
                 "similarity_at_least_threshold",
                 "No kept row scores below the threshold or min_similarity.",
-                rows_where(
-                    "similarity_at_least_threshold",
+                lambda f: rows_where(
                     "similarity < $floor",
                     "query_id",
-                    f"similarity below {floor}",
-                    {"floor": floor},
+                    f"similarity below {_similarity_floor(knobs, f.threshold)}",
+                    {"floor": _similarity_floor(knobs, f.threshold)},
                 ),
             )
         )
     if knobs.dedup:
-        key = pair_key_sql(knobs.dedup_casefold)
-        rules.append(
-            Rule(
-                "no_duplicate_pairs",
-                "dedup: no (query, document) pair appears twice after normalisation.",
-                rows_where(
-                    "no_duplicate_pairs",
-                    f"{key} IN (SELECT {key} FROM {{table}} GROUP BY 1 HAVING count(*) > 1)",
-                    "query_id",
-                    "the same normalised pair appears more than once",
-                ),
-            )
-        )
+        rules.append(no_duplicate_pairs_rule(knobs.dedup_casefold))
     rules.append(
         Rule(
             "row_count_matches_filter",
             "Rows out equal the rows the filter keeps on the input.",
-            row_count_is("row_count_matches_filter", expected_rows),
+            lambda f: row_count_is(f.expected_rows),
         )
     )
     return rules
+
+
+def no_duplicate_pairs_rule(casefold: bool) -> Rule[Any]:
+    """dedup: no (query, document) pair appears twice after normalisation (filters and
+    unions)."""
+    key = pair_key_sql(casefold)
+    return Rule(
+        "no_duplicate_pairs",
+        "dedup: no (query, document) pair appears twice after normalisation.",
+        static(
+            rows_where(
+                f"{key} IN (SELECT {key} FROM {{table}} GROUP BY 1 HAVING count(*) > 1)",
+                "query_id",
+                "the same normalised pair appears more than once",
+            )
+        ),
+    )
 
 
 @dataclass(frozen=True)

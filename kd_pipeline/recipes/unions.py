@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from kd_pipeline.checks.rules import Rule, Table, row_count_is, rows_where
+from kd_pipeline.checks.rules import Rule, Table, row_count_is, rows_where, static
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, canonical_config_name
 from kd_pipeline.recipes.dedup import (
@@ -28,12 +28,12 @@ from kd_pipeline.recipes.dedup import (
     DedupSource,
     build_keep_table,
     kept_by_dedup_select,
-    pair_key_sql,
 )
 from kd_pipeline.recipes.filters import (
     FilterKnobs,
     SpecError,
     kept_rows_select,
+    no_duplicate_pairs_rule,
     rows_removed_by_rule,
     top_percentile_threshold,
 )
@@ -312,23 +312,25 @@ def build_union(
     }
 
 
-def union_rules(spec: UnionSpec, expected_rows: int) -> list[Rule]:
-    """What must hold on a union: its rows, positions and each group's filters."""
-    rules = [
+def union_rules(spec: UnionSpec) -> list[Rule[int]]:
+    """What must hold on a union: its rows (facts: the sum of each source's kept rows),
+    positions, each group's filters, and dedup if asked."""
+    rules: list[Rule[int]] = [
         Rule(
             "row_count_matches_sources",
             "Rows = the sum of each source's kept rows.",
-            row_count_is("row_count_matches_sources", expected_rows),
+            row_count_is,
         ),
         Rule(
             "positions_are_a_permutation",
             "position runs 0..n-1, each once.",
-            rows_where(
-                "positions_are_a_permutation",
-                "position IN (SELECT position FROM {table} GROUP BY 1 HAVING count(*) > 1)"
-                " OR position < 0 OR position >= (SELECT count(*) FROM {table})",
-                "position",
-                "position repeated or out of range",
+            static(
+                rows_where(
+                    "position IN (SELECT position FROM {table} GROUP BY 1 HAVING count(*) > 1)"
+                    " OR position < 0 OR position >= (SELECT count(*) FROM {table})",
+                    "position",
+                    "position repeated or out of range",
+                )
             ),
         ),
     ]
@@ -342,40 +344,24 @@ def union_rules(spec: UnionSpec, expected_rows: int) -> list[Rule]:
         if knobs.min_similarity is not None:
             terms.append("similarity < $min_sim")
         if terms:
-            name = f"group_{group.name}_filters_hold"
+            params: dict[str, Any] = {"group": group.name}
+            if knobs.min_similarity is not None:
+                params["min_sim"] = float(knobs.min_similarity)
             rules.append(
                 Rule(
-                    name,
+                    f"group_{group.name}_filters_hold",
                     f"Group {group.name}: its drop/duplicate/min_similarity "
                     "filters hold on its rows.",
-                    rows_where(
-                        name,
-                        f"source_group = $group AND ({' OR '.join(terms)})",
-                        "query_id",
-                        f"row of group {group.name} breaks its filter",
-                        {
-                            "group": group.name,
-                            **(
-                                {"min_sim": float(knobs.min_similarity)}
-                                if knobs.min_similarity is not None
-                                else {}
-                            ),
-                        },
+                    static(
+                        rows_where(
+                            f"source_group = $group AND ({' OR '.join(terms)})",
+                            "query_id",
+                            f"row of group {group.name} breaks its filter",
+                            params,
+                        )
                     ),
                 )
             )
     if spec.dedup:
-        key = pair_key_sql(spec.dedup_casefold)
-        rules.append(
-            Rule(
-                "no_duplicate_pairs",
-                "dedup: no normalised pair appears twice.",
-                rows_where(
-                    "no_duplicate_pairs",
-                    f"{key} IN (SELECT {key} FROM {{table}} GROUP BY 1 HAVING count(*) > 1)",
-                    "query_id",
-                    "the same normalised pair appears more than once",
-                ),
-            )
-        )
+        rules.append(no_duplicate_pairs_rule(spec.dedup_casefold))
     return rules

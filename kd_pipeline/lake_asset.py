@@ -1,0 +1,224 @@
+"""The one asset skeleton: every family, recipe and export asset is a `LakeAsset` and a body.
+
+A step of any of them runs the same way: connect the engine to the lake, stage a new
+version of its partition, let the body write it (fetching upstream files or reading
+published tables, whatever it needs), judge the staged version by the asset's rules, and
+publish it only if every blocking rule holds (write-audit-publish). The body says only
+what is particular to the asset: what it writes, and what it learned while writing (the
+facts its rules read, its metadata and lineage). Shared settings (owner, DuckDB pool,
+kinds) are set here, once.
+"""
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Generic
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+
+from kd_pipeline.checks.audit import SHRINK, blocking_failure, check_result, check_specs, publish
+from kd_pipeline.checks.rules import F, Rule, RuleOutcome, Table
+from kd_pipeline.engine import engine_connection
+from kd_pipeline.fetch import Fetcher
+from kd_pipeline.lake import Lake, StagedVersion
+from kd_pipeline.resources import LakeResource, UpstreamResource
+
+OWNERS = ["team:kd-pipeline"]
+POOL = "duckdb"  # dagster.yaml limits how many steps hold a DuckDB engine at once
+KINDS = frozenset({"duckdb", "parquet"})
+
+
+@dataclass(frozen=True)
+class LakeAsset(Generic[F]):
+    """What Dagster shows of an asset and what its staged versions are judged by.
+
+    rules: its rules, declared once: one asset check each, and the audit of every staged
+    version (facts of type F from the body). reads_upstream: it fetches upstream files, so
+    it gets the `upstream` resource and the shrink guard (`checks.audit.SHRINK`).
+    reported: rule name -> metadata key that also gets the rule's detail (e.g. the share of
+    unresolved ids, worth seeing even when the check says only "ok").
+    config: an ad-hoc asset's run config (knobs): no checks are declared (its rules depend
+    on the knobs: `rules_for(config)`, still blocking its publish), and each knob set is
+    stored under its own variant folder (`variant(config)`).
+    """
+
+    key: dg.AssetKey
+    group: str
+    description: str
+    rules: Sequence[Rule[F]] = ()
+    partitions_def: dg.PartitionsDefinition | None = None
+    deps: Sequence[dg.AssetDep | dg.AssetKey] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    kinds: frozenset[str] = KINDS
+    reads_upstream: bool = False
+    reported: Mapping[str, str] = field(default_factory=dict)
+    automation_condition: dg.AutomationCondition | None = None
+    freshness_policy: dg.FreshnessPolicy | None = None
+    config: type[dg.Config] | None = None
+    rules_for: Callable[[Any], Sequence[Rule[F]]] | None = None
+    variant: Callable[[Any], str] | None = None
+
+    def declared_rules(self) -> list[Rule[Any]]:
+        """Every check of the asset, in order: its rules, then the shrink guard."""
+        return [*self.rules, *([SHRINK] if self.reads_upstream else [])]
+
+
+@dataclass
+class Step:
+    """One step of a lake asset, as its body sees it: the run, the lake, the engine
+    connection, the staged version to write into, and the run config (ad-hoc assets)."""
+
+    context: dg.AssetExecutionContext
+    lake: Lake
+    con: duckdb.DuckDBPyConnection
+    staged: StagedVersion
+    upstream: UpstreamResource | None
+    config: Any = None
+
+    @property
+    def partition(self) -> str | None:
+        return self.context.partition_key if self.context.has_partition_key else None
+
+    @property
+    def table(self) -> Table:
+        """The staged version's Parquet files, as the rules read them."""
+        return Table.parquet(self.staged.parquet_glob())
+
+    @cached_property
+    def fetcher(self) -> Fetcher:
+        """Where upstream files come from (only for assets with reads_upstream)."""
+        if self.upstream is None:
+            raise RuntimeError("this asset does not read upstream files (reads_upstream)")
+        return self.upstream.fetcher()
+
+    def log(self, message: str) -> None:
+        self.context.log.info(message)
+
+
+@dataclass
+class Built(Generic[F]):
+    """What a body wrote: its row count, the facts its rules read, and what to record.
+
+    metadata: shown on the materialisation (lists and dicts become JSON); manifest: recorded
+    with the version in the lake (the skeleton adds `rows` and `run_id`); table: what the
+    rules read (default: the staged Parquet files); outcomes: the rules' verdicts when the
+    body judged them itself (an export judges each split's files, then merges).
+    """
+
+    rows: int
+    facts: F = None  # type: ignore[assignment]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    table: Table | None = None
+    outcomes: list[RuleOutcome] | None = None
+
+
+Body = Callable[[Step], Built[Any]]
+
+
+def metadata_value(value: object) -> object:
+    """Lists and dicts as JSON metadata; everything else as it is."""
+    return dg.MetadataValue.json(value) if isinstance(value, list | dict) else value
+
+
+def run_step(
+    spec: LakeAsset[Any],
+    body: Body,
+    context: dg.AssetExecutionContext,
+    lake: Lake,
+    duckdb_resource: DuckDBResource,
+    upstream: UpstreamResource | None,
+    config: Any = None,
+) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
+    """Stage, write (body), audit, publish one partition of spec; report the checks.
+
+    Raises `checks.audit.AuditFailed` (after reporting every check) when a blocking rule
+    fails: nothing is published, the previous version stays current.
+    """
+    partition = context.partition_key if context.has_partition_key else None
+    storage = tuple(spec.key.path)
+    if config is not None and spec.variant is not None:
+        storage = (*storage, spec.variant(config))
+    with engine_connection(duckdb_resource, lake) as con, lake.stage(storage, partition) as staged:
+        step = Step(context, lake, con, staged, upstream, config)
+        built = body(step)
+        rules = list(spec.rules_for(config) if spec.rules_for else spec.rules)
+        table = built.table or step.table
+        outcomes = built.outcomes
+        if outcomes is None:
+            outcomes = [rule.evaluate(con, table, built.facts) for rule in rules]
+        if spec.reads_upstream:
+            rules.append(SHRINK)
+            previous = lake.published_rows(staged.key, staged.partition)
+            outcomes = [*outcomes, SHRINK.evaluate(con, table, previous)]
+        verdicts = {o.rule: o.detail for o in outcomes}
+        reported = {key: verdicts[rule] for rule, key in spec.reported.items()}
+        results = (
+            []
+            if spec.config
+            else [check_result(r, o) for r, o in zip(rules, outcomes, strict=True)]
+        )
+        failure = blocking_failure(staged, rules, outcomes)
+        if failure is not None:
+            yield from results
+            raise failure
+        manifest = {
+            "rows": built.rows,
+            **built.manifest,
+            **reported,
+            "run_id": context.run.run_id,
+        }
+        where = publish(lake, staged, manifest)
+    metadata = {
+        "dagster/row_count": built.rows,
+        **{k: metadata_value(v) for k, v in built.metadata.items()},
+        **reported,
+        **where,
+    }
+    if config is not None and spec.variant is not None:
+        metadata["variant"] = storage[-1]
+    yield dg.MaterializeResult(metadata=metadata, check_results=results)
+
+
+def lake_asset(spec: LakeAsset[Any], body: Body, name: str | None = None) -> dg.AssetsDefinition:
+    """The Dagster asset of spec: resources `lake`, `duckdb` (and `upstream` if it reads
+    upstream files), one check per declared rule, each step run by `run_step`."""
+    asset = dg.asset(
+        key=spec.key,
+        deps=list(spec.deps),
+        partitions_def=spec.partitions_def,
+        group_name=spec.group,
+        kinds=set(spec.kinds),
+        owners=OWNERS,
+        pool=POOL,
+        description=spec.description,
+        metadata=dict(spec.metadata),
+        automation_condition=spec.automation_condition,
+        freshness_policy=spec.freshness_policy,
+        required_resource_keys={"lake", "duckdb", *(["upstream"] if spec.reads_upstream else [])},
+        check_specs=None
+        if spec.config
+        else check_specs(spec.declared_rules(), spec.key, spec.partitions_def),
+    )
+
+    def steps(context: dg.AssetExecutionContext, config: Any) -> Iterator[Any]:
+        resources = context.resources
+        upstream = resources.upstream if spec.reads_upstream else None
+        lake: LakeResource = resources.lake
+        yield from run_step(spec, body, context, lake.lake(), resources.duckdb, upstream, config)
+
+    if spec.config is None:
+
+        def compute(context: dg.AssetExecutionContext) -> Iterator[Any]:
+            yield from steps(context, None)
+
+    else:
+        config_type = spec.config
+
+        def compute(context: dg.AssetExecutionContext, config: config_type) -> Iterator[Any]:  # type: ignore[valid-type]
+            yield from steps(context, config)
+
+    compute.__name__ = name or "_".join(spec.key.path)
+    return asset(compute)
