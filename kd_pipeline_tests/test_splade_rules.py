@@ -18,6 +18,8 @@ from kd_pipeline import lines
 from kd_pipeline.checks.splade import (
     SPLADE_RULES,
     LayoutError,
+    SpladeFacts,
+    all_violations,
     evaluate_splade,
     load_splade,
     resolve_layout,
@@ -53,10 +55,8 @@ def violation_ids(root: Path) -> dict[str, set[str]]:
     con = duckdb.connect()
     tables = load_splade(con, resolve_layout(root))
     found: dict[str, set[str]] = {}
-    for rule in SPLADE_RULES:
-        ids = {str(r[1]) for r in rule.violations(con, tables).fetchall()}
-        if ids:
-            found[rule.name] = ids
+    for rule, offender, _ in all_violations(con, SpladeFacts(tables)).fetchall():
+        found.setdefault(rule, set()).add(str(offender))
     return found
 
 

@@ -10,8 +10,9 @@
 
 DuckDB writes every file with `COPY ... (FORMAT json)` (integer ids as JSON integers, the
 score map as a JSON object, exactly the consumer's keys); gzip is applied afterwards, in
-parallel members, at the spec's level. The written files are then read back and judged by
-`kd_pipeline.checks.splade`, the same code `kd-pipeline validate-splade` runs.
+parallel members, at the spec's level. The written files are then read back into DuckDB
+(`kd_pipeline.checks.splade.load_splade`), and the factory judges them by the SPLADE rules,
+the same code `kd-pipeline validate-splade` runs.
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ from typing import Literal
 import dagster as dg
 import duckdb
 
-from kd_pipeline.checks import splade as rules
 from kd_pipeline.checks.candidates import unique_key
-from kd_pipeline.checks.rules import Rule, Table
+from kd_pipeline.checks.rules import Rule, Table, static
+from kd_pipeline.checks.splade import (
+    POINTWISE_ALTERNATIVE,
+    SCORES_FILE,
+    SPLADE_RULES,
+    SpladeFacts,
+    load_splade,
+    resolve_layout,
+)
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
 from kd_pipeline.exports.compression import gzip_file
@@ -107,7 +115,8 @@ def write_ndjson(
 
 
 def write_splade(run: ExportRun) -> Written:
-    """Split, number, write the masters per split and the shared score file, then audit."""
+    """Split, number, write the masters per split and the shared score file, then load
+    them back: the facts the SPLADE rules judge (temp tables of run.con)."""
     con, knobs = run.con, run.knobs
     id_modes = {
         "query_ids": _id_table(con, "kd_qids", QUERIES, "query_id", knobs.ids),
@@ -163,19 +172,19 @@ def write_splade(run: ExportRun) -> Written:
         "SELECT qid, map_from_entries(list({'k': CAST(did AS VARCHAR), 'v': score} "
         "ORDER BY teacher_rank)) AS scores FROM kd_numbered GROUP BY qid ORDER BY qid"
     )
-    name, rows = write_ndjson(run, scores, rules.SCORES_FILE, knobs.gzip_level, timings)
+    name, rows = write_ndjson(run, scores, SCORES_FILE, knobs.gzip_level, timings)
     files[name] = rows
     con.execute("DROP TABLE kd_numbered")
 
-    began = time.perf_counter()
-    tables = rules.load_splade(con, rules.resolve_layout(run.out))
+    layout = resolve_layout(run.out)
     alternative = (
         f"the sentence-transformers pointwise export (exports/pointwise/pointwise_{run.name})"
         if run.source_shape == "pointwise"
-        else rules.POINTWISE_ALTERNATIVE
+        else POINTWISE_ALTERNATIVE
     )
-    audited = rules.audit_rules(con, tables, alternative) + id_map_rules()
-    timings["audit_seconds"] = time.perf_counter() - began
+    began = time.perf_counter()
+    facts = SpladeFacts(load_splade(con, layout), alternative)
+    timings["read_back_seconds"] = time.perf_counter() - began
     ((split_sizes,),) = con.execute(
         "SELECT map(list(split), list(n)) FROM (SELECT split, count(*) AS n FROM kd_split "
         "GROUP BY split ORDER BY split)"
@@ -186,7 +195,7 @@ def write_splade(run: ExportRun) -> Written:
             "{'qid': 'BIGINT', 'text': 'VARCHAR'})",
             {"masters": [str(f) for f in parts["queries"]]},
         )
-        for split, parts in rules.resolve_layout(run.out).splits.items()
+        for split, parts in layout.splits.items()
     }
     counts = {
         **id_modes,
@@ -203,30 +212,31 @@ def write_splade(run: ExportRun) -> Written:
         Table.parquet(str(run.out / f"{ID_MAP_PREFIX}*.parquet")),
         files,
         counts,
-        audited,
-        query_tables,
+        facts=facts,
+        query_tables=query_tables,
     )
 
 
-def id_map_rules() -> list[Rule]:
-    """The id map is one-to-one: an integer id names one upstream id and back."""
-    return [
-        Rule(
-            "id_map_ids_unique",
-            "Each (kind, id) of the id map names one upstream id.",
-            unique_key("id_map_ids_unique", ["kind", "id"]),
-        ),
-        Rule(
-            "id_map_upstream_unique",
-            "Each upstream id has one integer id.",
-            unique_key("id_map_upstream_unique", ["kind", "upstream_id"]),
-        ),
-    ]
+# The id map is one-to-one: an integer id names one upstream id and back. Judged on the
+# written table (the id map's Parquet); the SPLADE facts are not read.
+ID_MAP_RULES: list[Rule[SpladeFacts]] = [
+    Rule(
+        "id_map_ids_unique",
+        "Each (kind, id) of the id map names one upstream id.",
+        static(unique_key(["kind", "id"])),
+    ),
+    Rule(
+        "id_map_upstream_unique",
+        "Each upstream id has one integer id.",
+        static(unique_key(["kind", "upstream_id"])),
+    ),
+]
 
 
-def splade_rules(_knobs: object = None) -> list[Rule]:
-    """The declared checks: every SPLADE rule, then the id map's."""
-    return rules.audit_rules() + id_map_rules()
+def splade_rules(_knobs: SpladeKnobs) -> list[Rule[SpladeFacts]]:
+    """The export's checks, the same for every knob: every SPLADE rule (judged on the
+    folder `write_splade` loaded, its `Written.facts`), then the id map's."""
+    return [*SPLADE_RULES, *ID_MAP_RULES]
 
 
 SCHEMA = dg.TableSchema(
