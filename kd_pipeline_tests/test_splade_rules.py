@@ -437,6 +437,19 @@ def test_pointwise_data_is_refused_by_rule_5_saying_why_and_what_instead(tmp_pat
     assert "pointwise" in message and "sentence-transformers (query, document, score)" in message
 
 
+def test_rule_5_names_the_alternative_the_facts_give(tmp_path: Path) -> None:
+    """The export passes its own pointwise export as the alternative (SpladeFacts): the
+    message names it instead of the generic one."""
+    data = valid_data()
+    for row in data.positives:
+        row["positive_doc_ids"] = sorted(int(k) for k in data.scores[row["qid"] - 1]["scores"])
+    root = write(data, tmp_path / "splade")
+    chosen = "exports/pointwise/pointwise_example"
+    message = verdicts(root, alternative=chosen)["queries_have_negative"].message()
+    assert f"use {chosen} instead" in message
+    assert "sentence-transformers (query, document, score)" not in message
+
+
 def test_validation_split_skips_rule_5_and_has_its_own_masters(tmp_path: Path) -> None:
     data = valid_data(4)
     val = valid_data(8)
