@@ -32,7 +32,7 @@ _INTEGER_TYPES = ("UBIGINT", "BIGINT")
 # Lists mixing negative and large positive ints come out as HUGEINT; [] and [null] as NULL.
 _LIST_TYPES = ('["UBIGINT"]', '["BIGINT"]', '["HUGEINT"]', '["NULL"]')
 _NUMBER_TYPES = ("UBIGINT", "BIGINT", "HUGEINT", "DOUBLE")
-_DERIVED_TABLES = ("positive_scores", "qid_presence")  # built by rules, once per load
+_DERIVED_TABLES = ("positive_scores", "qid_presence")  # built by rules.py, once per load
 
 
 @dataclass(frozen=True)

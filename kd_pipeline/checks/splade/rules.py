@@ -2,8 +2,8 @@
 
 light-splade reads four NDJSON files and validates them only after loading everything, in
 Python, one rule at a time, stopping at the first offender. These are the same rules as
-plain functions over DuckDB tables, each returning *every* violation as `(rule, id,
-detail)` rows, so the export's blocking checks, `kd-pipeline validate-splade` and the
+plain functions over DuckDB tables, each returning *every* violation as `(id, detail)`
+rows, so the export's blocking checks, `kd-pipeline validate-splade` and the
 tests all judge a folder the same way, in seconds, before a trainer ever starts.
 """
 
@@ -36,8 +36,8 @@ class SpladeFacts:
     alternative: str = POINTWISE_ALTERNATIVE
 
 
-# Each rule's violations: a function (connection, facts) -> relation of (rule, id, detail):
-# every violation, not the first. Ids are prefixed by the split when a folder has a
+# Each rule's violations: a function (connection, facts) -> relation of (id, detail): every
+# violation, not the first. Ids are prefixed by the split when a folder has a
 # validation one.
 Violations = Callable[[duckdb.DuckDBPyConnection, SpladeFacts], duckdb.DuckDBPyRelation]
 
@@ -50,10 +50,10 @@ def _where(t: SpladeTables, split_expr: str) -> str:
 
 
 def _violations(
-    con: duckdb.DuckDBPyConnection, rule: str, select: str, params: dict | None = None
+    con: duckdb.DuckDBPyConnection, select: str, params: dict | None = None
 ) -> duckdb.DuckDBPyRelation:
-    """select yields (id, detail); label the rows with the rule."""
-    return con.sql(f"SELECT '{rule}' AS rule, id, detail FROM ({select})", params=params)
+    """The relation of select, which yields (id, detail)."""
+    return con.sql(f"SELECT id, detail FROM ({select})", params=params)
 
 
 def rows_well_formed(con: duckdb.DuckDBPyConnection, facts: SpladeFacts) -> duckdb.DuckDBPyRelation:
@@ -63,7 +63,6 @@ def rows_well_formed(con: duckdb.DuckDBPyConnection, facts: SpladeFacts) -> duck
     t = facts.tables
     return _violations(
         con,
-        "rows_well_formed",
         "SELECT CASE WHEN starts_with(file, $root) THEN file[len($root) + 1:] ELSE file END "
         f"|| ' ' || id || ': ' || problem AS id, problem AS detail FROM {t.malformed}",
         {"root": t.root.rstrip("/") + "/"},
@@ -77,7 +76,6 @@ def positive_qids_in_query_master(
     t = facts.tables
     return _violations(
         con,
-        "positive_qids_in_query_master",
         f"SELECT {_where(t, 'split')} || 'qid ' || qid AS id, "
         "'qid of the positive lists is not in the query master' AS detail "
         f"FROM {_qid_presence(con, t)} WHERE positive_lists > 0 AND queries = 0",
@@ -91,7 +89,6 @@ def queries_have_positive_list(
     t = facts.tables
     return _violations(
         con,
-        "queries_have_positive_list",
         f"SELECT {_where(t, 'split')} || 'qid ' || qid AS id, "
         "'qid of the query master has no positive list' AS detail "
         f"FROM {_qid_presence(con, t)} WHERE queries > 0 AND positive_lists = 0",
@@ -164,7 +161,6 @@ def positive_docs_in_doc_master(
     t = facts.tables
     return _violations(
         con,
-        "positive_docs_in_doc_master",
         f"SELECT {_where(t, 'split')} || 'qid ' || qid || ' doc_id ' || doc_id AS id, "
         "'positive doc_id is not in the document master' AS detail "
         f"FROM {_positive_pairs(t)} p ANTI JOIN {t.documents} d USING (split, doc_id) "
@@ -179,7 +175,6 @@ def queries_have_positive(
     t = facts.tables
     return _violations(
         con,
-        "queries_have_positive",
         f"SELECT DISTINCT {_where(t, 'split')} || 'qid ' || qid AS id, "
         "'the positive list is empty' AS detail "
         f"FROM {t.positives} WHERE len(positive_doc_ids) = 0",
@@ -216,7 +211,7 @@ def queries_have_negative(
     (facts.alternative)."""
     t = facts.tables
     if "train" not in t.splits:
-        return _violations(con, "queries_have_negative", _NONE)
+        return _violations(con, _NONE)
     # per query of the train positive lists with a score row: its scored non-positives
     negatives = f"(SELECT qid, negatives FROM {_positive_scores(con, t)} WHERE split = 'train')"
     available = f"{t.prefix}with_negative"
@@ -230,7 +225,7 @@ def queries_have_negative(
         f"SELECT (SELECT count(*) FROM {negatives}), (SELECT count(*) FROM {available})"
     ).fetchall()
     if rows == first_available:  # every row's first negative is available: no violation
-        return _violations(con, "queries_have_negative", _NONE)
+        return _violations(con, _NONE)
     con.execute(
         f"INSERT INTO {available} SELECT DISTINCT qid FROM (SELECT qid, unnest(negatives) "
         f"AS doc_id FROM {negatives} ANTI JOIN {available} USING (qid)) "
@@ -251,7 +246,6 @@ def queries_have_negative(
         detail = "no available negative (a scored doc, not a positive, in the document master)"
     return _violations(
         con,
-        "queries_have_negative",
         f"SELECT {_where(t, quote_literal('train'))} || 'qid ' || qid AS id, "
         f"{quote_literal(detail)} AS detail FROM {checked} ANTI JOIN {available} USING (qid)",
     )
@@ -268,7 +262,6 @@ def positive_pairs_scored(
     )
     return _violations(
         con,
-        "positive_pairs_scored",
         f"SELECT {_where(t, 'split')} || 'qid ' || qid || ' doc_id ' || doc_id AS id, "
         "'(query, positive) pair has no teacher score' AS detail "
         f"FROM ({unscored}) WHERE doc_id IS NOT NULL",
@@ -283,7 +276,6 @@ def queries_have_score_row(
     t = facts.tables
     return _violations(
         con,
-        "queries_have_score_row",
         f"SELECT {_where(t, 'split')} || 'qid ' || qid AS id, "
         "'qid has no row in the score file' AS detail "
         f"FROM {_qid_presence(con, t)} ANTI JOIN {t.scores} USING (qid)",
@@ -300,7 +292,6 @@ def has_training_queries(
     splits = ", ".join(quote_literal(s) for s in t.splits)
     return _violations(
         con,
-        "has_training_queries",
         "SELECT s || '/query_master' AS id, 'no queries in the ' || s || ' split' AS detail "
         f"FROM (SELECT unnest([{splits}]) AS s) WHERE s NOT IN "
         f"(SELECT DISTINCT CAST(split AS VARCHAR) FROM {t.queries})",
@@ -332,7 +323,7 @@ def ids_unique(con: duckdb.DuckDBPyConnection, facts: SpladeFacts) -> duckdb.Duc
             "SELECT 'qid ' || qid AS id, 'qid occurs ' || count(*) || ' times in the score file' "
             f"AS detail FROM {t.scores} GROUP BY qid HAVING count(*) > 1"
         )
-    return _violations(con, "ids_unique", " UNION ALL ".join(parts))
+    return _violations(con, " UNION ALL ".join(parts))
 
 
 def outcome_of(violations: duckdb.DuckDBPyRelation, detail: str) -> RuleOutcome:
@@ -343,8 +334,8 @@ def outcome_of(violations: duckdb.DuckDBPyRelation, detail: str) -> RuleOutcome:
     shown = detail
     if count:
         rows = violations.order("id").limit(EXAMPLES).fetchall()
-        examples = tuple(str(r[1]) for r in rows)
-        shown = str(rows[0][2])
+        examples = tuple(str(r[0]) for r in rows)
+        shown = str(rows[0][1])
     return RuleOutcome(count == 0, int(count), examples, shown)
 
 
@@ -368,8 +359,7 @@ class CountViolations:
 def splade_rule(
     name: str, description: str, violations: Violations, blocking: bool = True
 ) -> Rule[SpladeFacts]:
-    """A rule judged by its violations (`CountViolations`); name: the asset check's, and
-    the label `violations` gives its rows."""
+    """A rule judged by its violations (`CountViolations`); name: the asset check's."""
     return Rule(name, description, CountViolations(violations, description), blocking)
 
 
@@ -448,7 +438,7 @@ def all_violations(con: duckdb.DuckDBPyConnection, facts: SpladeFacts) -> duckdb
     rels = []
     for rule in SPLADE_RULES:
         assert isinstance(rule.judge, CountViolations)  # as splade_rule declares them
-        rels.append(rule.judge.violations(con, facts))
+        rels.append(rule.judge.violations(con, facts).project(f"'{rule.name}' AS rule, *"))
     union = rels[0]
     for rel in rels[1:]:
         union = union.union(rel)
