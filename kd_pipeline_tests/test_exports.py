@@ -647,11 +647,11 @@ def test_the_split_check_fails_on_a_leaked_query(sample: SampleExports, tmp_path
         "train": Table.parquet(str(tmp_path / "*.parquet")),
         "validation": Table.parquet(str(folder / "validation" / "*.parquet")),
     }
-    outcome = one_split_per_query("one_split_per_query", tables, "query")(con, tables["train"])
+    outcome = one_split_per_query(tables, "query")(con, tables["train"])
     assert not outcome.passed and outcome.violations == 1
     assert outcome.examples == (leaked[:40],)
     honest = {**tables, "train": Table.parquet(str(folder / "*.parquet"))}
-    assert one_split_per_query("one_split_per_query", honest, "query")(con, tables["train"]).passed
+    assert one_split_per_query(honest, "query")(con, tables["train"]).passed
 
 
 def test_a_split_knob_on_a_format_is_refused_pointing_to_the_source_split() -> None:
@@ -1013,7 +1013,7 @@ def test_an_ordered_export_out_of_order_fails_its_check(tmp_path: Path) -> None:
             f"COPY (SELECT range AS position FROM range({low}, {high})) "
             f"TO '{tmp_path}/part-{number:05d}.parquet' (FORMAT parquet)"
         )
-    rule = increasing_in_file_order("rows_in_source_order", str(tmp_path / "*.parquet"), "position")
+    rule = increasing_in_file_order(str(tmp_path / "*.parquet"), "position")
     outcome = rule(con, Table.parquet(str(tmp_path / "*.parquet")))
     assert not outcome.passed and outcome.violations == 1
     assert outcome.examples == ("position 10 after 29",)

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from kd_pipeline.checks.rules import RuleOutcome, Table, evaluate_rules
 from kd_pipeline.recipes.filters import (
+    FilterFacts,
     FilterKnobs,
     FilterResult,
     SpecError,
@@ -500,8 +501,9 @@ def outcomes(
     with duckdb.connect() as con:
         results = evaluate_rules(
             con,
-            recipe_rules(knobs, threshold, expected),
+            recipe_rules(knobs),
             Table("read_parquet($g)", {"g": str(path)}),
+            FilterFacts(threshold, expected),
         )
     return {o.rule: o for o in results}
 
@@ -572,13 +574,17 @@ def test_apply_filter_output_passes_its_rules_and_the_input_does_not(tmp_path: P
     rows = mixed_rows(200)
     knobs = knobs_for(p="0.3", min_similarity=1.0)
     result, _, _ = run_filter(tmp_path, rows, knobs)
-    rules = recipe_rules(knobs, result.threshold, result.counts["rows_out"])
+    rules = recipe_rules(knobs)
+    facts = FilterFacts(result.threshold, result.counts["rows_out"])
     with duckdb.connect() as con:
         on_output = evaluate_rules(
-            con, rules, Table("read_parquet($g)", {"g": str(tmp_path / "out" / "*.parquet")})
+            con,
+            rules,
+            Table("read_parquet($g)", {"g": str(tmp_path / "out" / "*.parquet")}),
+            facts,
         )
         on_input = evaluate_rules(
-            con, rules, Table("read_parquet($g)", {"g": str(tmp_path / "in.parquet")})
+            con, rules, Table("read_parquet($g)", {"g": str(tmp_path / "in.parquet")}), facts
         )
     assert all(o.passed for o in on_output), [o.message() for o in on_output]
     assert not any(o.passed for o in on_input)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import duckdb
 
@@ -181,6 +182,17 @@ def resolved_rule(description: str) -> Rule[ReadFacts]:
     return Rule(UNRESOLVED_RULE, description, lambda f: ids_resolve(f.references))
 
 
+# Rules of every ranked list: the listwise tables and the lightning-ir run export.
+RANKS_CONTIGUOUS: Rule[Any] = Rule(
+    "ranks_contiguous", "Each query's ranks are exactly 1..n.", static(ranks_contiguous())
+)
+UNIQUE_CANDIDATES: Rule[Any] = Rule(
+    "unique_candidates",
+    "A document appears at most once per query.",
+    static(unique_key(["query_id", "doc_id"])),
+)
+
+
 def listwise_rules(columns: dict[str, str]) -> list[Rule[ReadFacts]]:
     """The rules every listwise table (ranked candidates per query) is published under."""
     return [
@@ -205,16 +217,8 @@ def listwise_rules(columns: dict[str, str]) -> list[Rule[ReadFacts]]:
                 )
             ),
         ),
-        Rule(
-            "ranks_contiguous",
-            "Each query's ranks are exactly 1..n.",
-            static(ranks_contiguous()),
-        ),
-        Rule(
-            "unique_candidates",
-            "A document appears at most once per query.",
-            static(unique_key(["query_id", "doc_id"])),
-        ),
+        RANKS_CONTIGUOUS,
+        UNIQUE_CANDIDATES,
         Rule(
             "every_query_has_positive",
             "Each query has a relevant document (annotated or labelled tables).",
@@ -268,9 +272,7 @@ def one_split_per_query(tables: dict[str, Table], column: str) -> RuleFn:
     return evaluate
 
 
-def one_list_length(
-    length: str, expected: int, id_expr: str, export: str, dropped: int
-) -> RuleFn:
+def one_list_length(length: str, expected: int, id_expr: str, export: str, dropped: int) -> RuleFn:
     """Every row's list has exactly `expected` entries (the fixed shape a consumer batches).
 
     Rows of another length are violations (named by id_expr). A table left empty because
@@ -313,8 +315,6 @@ def increasing_in_file_order(glob: str, column: str) -> RuleFn:
             {"glob": glob},
         ).fetchall()
         examples = tuple(f"{column} {v} after {p}" for v, p in rows)
-        return RuleOutcome(
-            count == 0, count, examples, f"{column} does not increase in file order"
-        )
+        return RuleOutcome(count == 0, count, examples, f"{column} does not increase in file order")
 
     return evaluate

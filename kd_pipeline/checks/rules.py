@@ -90,9 +90,7 @@ def static(fn: RuleFn) -> Callable[[Any], RuleFn]:
     return lambda _facts: fn
 
 
-def rows_where(
-    condition: str, id_expr: str, detail: str, params: Mapping[str, Any] = {}
-) -> RuleFn:
+def rows_where(condition: str, id_expr: str, detail: str, params: Mapping[str, Any] = {}) -> RuleFn:
     """A rule broken by every row matching condition (values bound as `$name` params);
     examples show id_expr of the first offending rows."""
 

@@ -11,21 +11,18 @@ when every blocking rule holds: an invalid export never replaces the last valid 
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from kd_pipeline import settings
-from kd_pipeline.checks.audit import audit_and_publish, check_specs
 from kd_pipeline.checks.candidates import one_split_per_query
 from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
-from kd_pipeline.engine import engine_connection
 from kd_pipeline.exports.candidates import (
     CANDIDATES,
     SPLITS,
@@ -45,9 +42,10 @@ from kd_pipeline.exports.card import (
 )
 from kd_pipeline.exports.format import ExportRun, Written, knob_values
 from kd_pipeline.exports.specs import ExportSpec, load_export_specs
-from kd_pipeline.lake import Lake, LakeError
+from kd_pipeline.lake import Lake
+from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
+from kd_pipeline.lineage import manifest, published_glob, version
 from kd_pipeline.metadata import preview
-from kd_pipeline.resources import LakeResource
 
 GROUP = "exports"
 FRESHNESS = dg.FreshnessPolicy.time_window(
@@ -58,26 +56,6 @@ FRESHNESS = dg.FreshnessPolicy.time_window(
 def export_job_name(spec: ExportSpec) -> str:
     """One job per source asset, e.g. `exports_hofstaetter_teacher_scores`."""
     return "exports_" + "_".join(spec.source.key.path)
-
-
-def pinned_glob(lake: Lake, key: dg.AssetKey, partition: str | None, hint: str) -> str:
-    """The Parquet glob of the version published now (a publish during the run does not
-    change what this run reads), or a Failure saying what to materialise first."""
-    if not lake.is_published(key.path, partition):
-        where = key.to_user_string() + (f" [{partition}]" if partition else "")
-        raise dg.Failure(f"{where} is not published yet: materialize it first ({hint})")
-    return str(lake.parquet_glob(key.path, partition))
-
-
-def _fixed(rules: Sequence[Rule], outcomes: Sequence[RuleOutcome]) -> list[Rule]:
-    return [
-        Rule(r.name, r.description, _verdict(o), r.blocking)
-        for r, o in zip(rules, outcomes, strict=True)
-    ]
-
-
-def _verdict(outcome: RuleOutcome) -> Any:
-    return lambda _con, _table: outcome
 
 
 def merge_outcomes(per_split: Mapping[str, RuleOutcome]) -> RuleOutcome:
@@ -92,30 +70,33 @@ def merge_outcomes(per_split: Mapping[str, RuleOutcome]) -> RuleOutcome:
     )[:EXAMPLES]
     detail = failing[0][1].detail if failing else outcomes[0].detail
     return RuleOutcome(
-        outcomes[0].rule,
         not failing,
         sum(o.violations for o in outcomes),
         examples,
         detail if len(failing) < 2 else "; ".join(f"{s}: {o.detail}" for s, o in failing),
+        outcomes[0].rule,
     )
 
 
-SPLIT_RULE = "one_split_per_query"
+@dataclass(frozen=True)
+class SplitFacts:
+    """Each split's written rows (split -> table) and the column naming their query."""
+
+    tables: Mapping[str, Table]
+    column: str
 
 
-def split_rule(tables: Mapping[str, Table] | None = None, column: str = "") -> Rule:
-    """The blocking check every export has: no query in two splits."""
-    return Rule(
-        SPLIT_RULE,
-        "No query is in two splits: the source's split (one per source, seeded) is "
-        "honoured by this export's files.",
-        one_split_per_query(SPLIT_RULE, dict(tables or {}), column),
-    )
+SPLIT_RULE: Rule[SplitFacts] = Rule(
+    "one_split_per_query",
+    "No query is in two splits: the source's split (one per source, seeded) is "
+    "honoured by this export's files.",
+    lambda f: one_split_per_query(dict(f.tables), f.column),
+)
 
 
-def declared_rules(spec: ExportSpec) -> list[Rule]:
+def declared_rules(spec: ExportSpec) -> list[Rule[Any]]:
     """Every check of an export: its format's rules, then the shared split rule."""
-    return [*spec.format.rules(spec.knobs), split_rule()]
+    return [*spec.format.rules(spec.knobs), SPLIT_RULE]
 
 
 def _fsync_files(root: Path) -> None:
@@ -127,7 +108,7 @@ def _fsync_files(root: Path) -> None:
 
 
 def _source_glob(lake: Lake, spec: ExportSpec, partition: str | None) -> str:
-    return pinned_glob(
+    return published_glob(
         lake, spec.source.key, partition, f"job {export_job_name(spec)} or its family job"
     )
 
@@ -156,28 +137,24 @@ def write_splits(spec: ExportSpec, run: ExportRun) -> dict[str, Written]:
 
 
 def audit_splits(
-    spec: ExportSpec, knobs: Any, con: duckdb.DuckDBPyConnection, written: Mapping[str, Written]
-) -> tuple[list[Rule], list[RuleOutcome]]:
-    """Each format rule judged on every split's files (one merged verdict per rule), then
-    the split rule over all of them."""
-    declared = [r.name for r in spec.format.rules(knobs)]
-    per_rule: dict[str, dict[str, RuleOutcome]] = {}
-    for split, part in written.items():
-        rules = part.rules if part.rules is not None else spec.format.rules(knobs)
-        if [r.name for r in rules] != declared:  # a format bug, not a data problem
-            raise RuntimeError(f"{spec.key.to_user_string()}: rules {rules} != declared {declared}")
-        for rule in rules:
-            per_rule.setdefault(rule.name, {})[split] = rule.evaluate(con, part.table)
+    spec: ExportSpec, con: duckdb.DuckDBPyConnection, written: Mapping[str, Written]
+) -> list[RuleOutcome]:
+    """The verdicts of `declared_rules(spec)`, in order: each format rule judged on every
+    split's files (one merged verdict per rule), then the split rule over all of them."""
+    verdicts = [
+        merge_outcomes(
+            {split: rule.evaluate(con, part.table, part.facts) for split, part in written.items()}
+        )
+        for rule in spec.format.rules(spec.knobs)
+    ]
     tables = {
         split: table
         for part in written.values()
         for split, table in (part.query_tables or {}).items()
     } or {split: part.table for split, part in written.items()}
-    shared = split_rule(tables, spec.format.query_column)
-    rules = [*spec.format.rules(knobs), shared]
-    outcomes = [merge_outcomes(per_rule[name]) for name in declared]
-    outcomes.append(shared.evaluate(con, next(iter(written.values())).table))
-    return _fixed(rules, outcomes), outcomes
+    any_table = next(iter(written.values())).table
+    split_facts = SplitFacts(tables, spec.format.query_column)
+    return [*verdicts, SPLIT_RULE.evaluate(con, any_table, split_facts)]
 
 
 def _merged_files(written: Mapping[str, Written], writes_splits: bool) -> dict[str, int]:
@@ -230,120 +207,112 @@ def build_card(
     )
 
 
-def run_export(
-    context: dg.AssetExecutionContext, lake: Lake, duckdb_resource: DuckDBResource, spec: ExportSpec
-) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-    """Prepare, write (per split), audit, publish one export partition."""
-    partition = context.partition_key if spec.source.partitions_def is not None else None
+def write_export(step: Step, spec: ExportSpec) -> Built[Any]:
+    """Prepare the candidates, write every split, judge them, and write the card."""
+    lake, con, staged, partition = step.lake, step.con, step.staged, step.partition
     selection, knobs, transform = spec.for_partition(partition)
     source_glob = _source_glob(lake, spec, partition)
     texts = None
     if spec.texts is not None:
         texts = TextGlobs(
-            pinned_glob(lake, spec.texts.queries, None, "job text_collections"),
-            pinned_glob(lake, spec.texts.documents, None, "job text_collections"),
+            published_glob(lake, spec.texts.queries),
+            published_glob(lake, spec.texts.documents),
             spec.texts.documents_have_titles,
         )
     upstream = [spec.source.key, *(spec.texts.keys if spec.texts else [])]
-    with (
-        engine_connection(duckdb_resource, lake) as con,
-        lake.stage(spec.key.path, partition) as staged,
-    ):
-        scratch = lake.scratch_dir() / f"export-{staged.version}"
-        scratch.mkdir()
-        began = time.perf_counter()
-        try:
-            counts = prepare_candidates(
-                con,
-                spec.source,
-                source_glob,
-                texts,
-                selection,
-                spec.format.needs_positives,
-                spec.split,
+    scratch = lake.scratch_dir() / f"export-{staged.version}"
+    scratch.mkdir()
+    began = time.perf_counter()
+    try:
+        counts = prepare_candidates(
+            con,
+            spec.source,
+            source_glob,
+            texts,
+            selection,
+            spec.format.needs_positives,
+            spec.split,
+        )
+        prepared = time.perf_counter()
+        run = ExportRun(
+            con,
+            staged.path,
+            scratch,
+            knobs,
+            spec.name,
+            spec.source.name,
+            partition,
+            settings.duckdb_threads(),
+            spec.source.shape,
+            spec.source.ir_datasets_id,
+            bool(spec.texts and spec.texts.documents_have_titles),
+            transform=transform,
+            export=spec.key.to_user_string(),
+            ordered=spec.source.ordered,
+        )
+        written = write_splits(spec, run)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    wrote = time.perf_counter()
+    outcomes = audit_splits(spec, con, written)
+    knob_json = {
+        **knob_values(selection),
+        **knob_values(transform),
+        **knob_values(knobs),
+    }
+    lineage = {
+        "source": spec.source.name,
+        "partition": partition,
+        "versions": {
+            k.to_user_string(): version(lake, k, partition if k == spec.source.key else None)
+            for k in upstream
+        },
+        "split": knob_values(spec.split),
+        "upstream": {
+            k.to_user_string(): recorded_lineage(
+                lake, spec, k, partition if k == spec.source.key else None
             )
-            prepared = time.perf_counter()
-            run = ExportRun(
-                con,
-                staged.path,
-                scratch,
-                knobs,
-                spec.name,
-                spec.source.name,
-                partition,
-                settings.duckdb_threads(),
-                spec.source.shape,
-                spec.source.ir_datasets_id,
-                bool(spec.texts and spec.texts.documents_have_titles),
-                transform=transform,
-                export=spec.key.to_user_string(),
-                ordered=spec.source.ordered,
-            )
-            written = write_splits(spec, run)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        wrote = time.perf_counter()
-        rules, outcomes = audit_splits(spec, knobs, con, written)
-        knob_json = {
-            **knob_values(selection),
-            **knob_values(transform),
-            **knob_values(knobs),
-        }
-        lineage = {
-            "source": spec.source.name,
-            "partition": partition,
-            "versions": {
-                k.to_user_string(): _version(lake, k, partition if k == spec.source.key else None)
-                for k in upstream
-            },
-            "split": knob_values(spec.split),
-            "upstream": {
-                k.to_user_string(): recorded_lineage(
-                    lake, spec, k, partition if k == spec.source.key else None
-                )
-                for k in upstream
-            },
-        }
-        lineage["licence"] = licence_header(licences_for(lineage["upstream"]))
-        files = _merged_files(written, spec.format.writes_splits)
-        written_counts = _merged_counts(written)
-        splits = [s for s in SPLITS if counts["split_queries"].get(s)] or ["train"]
-        write_card(staged.path, build_card(spec, partition, splits, knob_json, lineage, counts))
-        _fsync_files(staged.path)
-        metadata: dict[str, Any] = {
-            "dagster/row_count": spec.format.row_count(written["train"]),
-            "format": spec.format.title,
-            "files": dg.MetadataValue.json(files),
-            "selection": dg.MetadataValue.json(counts),
-            "written": dg.MetadataValue.json(written_counts),
-            "knobs": dg.MetadataValue.json(knob_json),
-            "lineage": dg.MetadataValue.json(lineage),
-            "rule_violations": dg.MetadataValue.json({o.rule: o.violations for o in outcomes}),
-            "seconds": dg.MetadataValue.json(
-                {
-                    "prepare": round(prepared - began, 3),
-                    "write": round(wrote - prepared, 3),
-                    "audit": round(time.perf_counter() - wrote, 3),
-                }
-            ),
-        }
-        metadata["licence"] = " ".join(lineage["licence"].values())
-        if spec.format.preview_columns is not None:
-            columns = spec.format.preview_columns(knobs, spec.source.ordered)
-            metadata["preview"] = preview(con, written["train"].table, columns)
-        manifest = {
+            for k in upstream
+        },
+    }
+    lineage["licence"] = licence_header(licences_for(lineage["upstream"]))
+    files = _merged_files(written, spec.format.writes_splits)
+    written_counts = _merged_counts(written)
+    splits = [s for s in SPLITS if counts["split_queries"].get(s)] or ["train"]
+    write_card(staged.path, build_card(spec, partition, splits, knob_json, lineage, counts))
+    _fsync_files(staged.path)
+    metadata: dict[str, Any] = {
+        "format": spec.format.title,
+        "files": files,
+        "selection": counts,
+        "written": written_counts,
+        "knobs": knob_json,
+        "lineage": lineage,
+        "rule_violations": {o.rule: o.violations for o in outcomes},
+        "seconds": {
+            "prepare": round(prepared - began, 3),
+            "write": round(wrote - prepared, 3),
+            "audit": round(time.perf_counter() - wrote, 3),
+        },
+        "licence": " ".join(lineage["licence"].values()),
+    }
+    if spec.format.preview_columns is not None:
+        columns = spec.format.preview_columns(knobs, spec.source.ordered)
+        metadata["preview"] = preview(con, written["train"].table, columns)
+    return Built(
+        spec.format.row_count(written["train"]),
+        metadata=metadata,
+        manifest={
             "format": spec.format.name,
-            "rows": metadata["dagster/row_count"],
             "files": files,
             "selection": counts,
             "written": written_counts,
             "knobs": knob_json,
             "lineage": lineage,
-            "run_id": context.run.run_id,
-        }
-        yield from audit_and_publish(
-            con, lake, staged, rules, metadata, manifest, table=written["train"].table
-        )
+        },
+        table=written["train"].table,
+        outcomes=outcomes,
+    )
 
 
 # what an upstream lineage entry says about the bytes read; files and sizes stay in the
@@ -359,13 +328,13 @@ def recorded_lineage(
     upstream read. A source built from another lake asset (spec.source.lineage_from: the
     LightOn recipes from lighton/raw) gives that asset's lineage: of its own partition for a
     partitioned recipe, of every partition its manifest names for a union."""
-    manifest = _manifest(lake, key, partition)
+    recorded = manifest(lake, key, partition)
     via = spec.source.lineage_from if key == spec.source.key else None
     if via is None:
-        entries = [manifest.get("lineage") or {}]
+        entries = [recorded.get("lineage") or {}]
     else:
-        built_from = [partition] if partition else sorted(manifest.get("upstream") or {})
-        entries = [_manifest(lake, via, p).get("lineage") or {} for p in built_from]
+        built_from = [partition] if partition else sorted(recorded.get("upstream") or {})
+        entries = [manifest(lake, via, p).get("lineage") or {} for p in built_from]
     found: list[dict[str, Any]] = []
     for entry in entries:
         kept = {k: v for k, v in entry.items() if k not in _LINEAGE_DROPPED}
@@ -374,27 +343,8 @@ def recorded_lineage(
     return found
 
 
-def _manifest(lake: Lake, key: dg.AssetKey, partition: str | None) -> dict[str, Any]:
-    try:
-        return lake.manifest(key.path, partition)
-    except LakeError:  # the manifest is lineage only; a missing one is not a failure
-        return {}
-
-
-def _version(lake: Lake, key: dg.AssetKey, partition: str | None) -> str:
-    try:
-        return str(lake.manifest(key.path, partition).get("version", "?"))
-    except LakeError:  # the manifest is lineage only; a missing one is not a failure
-        return "?"
-
-
 def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     """exports/<format>/<format>_<name>: the spec's format over its source (and texts)."""
-    key = spec.key
-    deps = [
-        dg.AssetDep(spec.source.key),
-        *(dg.AssetDep(k) for k in (spec.texts.keys if spec.texts else [])),
-    ]
     metadata: dict[str, Any] = {
         "dagster/column_schema": spec.format.column_schema,
         "format": spec.format.title,
@@ -406,30 +356,19 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         metadata["texts"] = ", ".join(k.to_user_string() for k in spec.texts.keys)
     if spec.source.licence:
         metadata["licence"] = spec.source.licence
-
-    @dg.asset(
-        key=key,
-        deps=deps,
+    asset = LakeAsset(
+        key=spec.key,
+        group=GROUP,
+        description=spec.description,
+        rules=declared_rules(spec),
         partitions_def=spec.source.partitions_def,
-        group_name=GROUP,
-        kinds=set(spec.format.kinds),
-        owners=["team:kd-pipeline"],
-        pool="duckdb",
+        deps=[spec.source.key, *(spec.texts.keys if spec.texts else [])],
+        metadata=metadata,
+        kinds=spec.format.kinds,
         automation_condition=dg.AutomationCondition.eager(),
         freshness_policy=FRESHNESS,
-        description=spec.description,
-        metadata=metadata,
-        check_specs=check_specs(
-            declared_rules(spec), key, partitions_def=spec.source.partitions_def
-        ),
     )
-    def _export_asset(
-        context: dg.AssetExecutionContext, lake: LakeResource, duckdb: DuckDBResource
-    ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        yield from run_export(context, lake.lake(), duckdb, spec)
-
-    _export_asset.__name__ = "_".join(key.path)
-    return _export_asset
+    return lake_asset(asset, lambda step: write_export(step, spec))
 
 
 def definitions(specs: Sequence[ExportSpec] | None = None) -> dg.Definitions:

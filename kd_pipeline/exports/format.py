@@ -67,6 +67,15 @@ class Written:
 
 
 @dataclass(frozen=True)
+class ShortQueries:
+    """The queries a fixed-shape format (a list of n per row) dropped for too few
+    candidates, for its `one_list_length` rule: the export's key (messages) and how many."""
+
+    export: str
+    dropped: int
+
+
+@dataclass(frozen=True)
 class ExportFormat:
     """One training format."""
 

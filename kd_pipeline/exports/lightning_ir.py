@@ -18,14 +18,16 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from kd_pipeline.checks.candidates import ranks_contiguous, unique_key
+from kd_pipeline.checks.candidates import RANKS_CONTIGUOUS, UNIQUE_CANDIDATES
 from kd_pipeline.checks.rules import (
     Rule,
+    RuleFn,
     RuleOutcome,
     Table,
     finite,
     not_empty,
     schema_is,
+    static,
 )
 from kd_pipeline.engine import parquet_options
 from kd_pipeline.exports.candidates import CANDIDATES
@@ -110,52 +112,48 @@ def write_run(run: ExportRun) -> Written:
         Table.parquet(str(parquet)),
         files,
         {"system": system, "ir_datasets_id": dataset, "file": parquet.name, **scaled},
-        lightning_ir_rules(knobs, parquet, dataset),
+        facts=RunFile(parquet, dataset),
     )
 
 
-def file_name_names_collection(rule: str, path: Path | None, dataset: str | None):
+@dataclass(frozen=True)
+class RunFile:
+    """The written run file and the ir_datasets id its name must carry."""
+
+    path: Path
+    dataset: str
+
+
+def file_name_names_collection(run_file: RunFile) -> RuleFn:
     """The file name gives lightning-ir the collection (and the loader) it should."""
+    path, dataset = run_file.path, run_file.dataset
 
     def evaluate(con: duckdb.DuckDBPyConnection, table: Table) -> RuleOutcome:
-        if path is None or dataset is None:
-            raise RuntimeError(f"{rule}: needs the written file")
         found = dataset_from_file_name(path.name)
         suffix = path.suffixes[0] if path.suffixes else ""
         ok = found == dashed(dataset) and suffix == ".parquet"
         detail = (
             f"{path.name} -> dataset {found!r}, loader {suffix!r}; expected {dashed(dataset)!r}"
         )
-        return RuleOutcome(rule, ok, 0 if ok else 1, () if ok else (path.name,), detail)
+        return RuleOutcome(ok, 0 if ok else 1, () if ok else (path.name,), detail)
 
     return evaluate
 
 
-def lightning_ir_rules(
-    _knobs: object = None, path: Path | None = None, dataset: str | None = None
-) -> list[Rule]:
+def lightning_ir_rules(_knobs: object = None) -> list[Rule[RunFile]]:
+    """The checks of a lightning-ir run export (facts: the written file)."""
     return [
-        Rule("schema", "Columns: query_id, doc_id, rank, score.", schema_is("schema", COLUMNS)),
-        Rule(
-            "ranks_contiguous",
-            "Each query's ranks are exactly 1..n.",
-            ranks_contiguous("ranks_contiguous"),
-        ),
-        Rule(
-            "unique_candidates",
-            "A document is ranked once per query.",
-            unique_key("unique_candidates", ["query_id", "doc_id"]),
-        ),
-        Rule(
-            "finite_scores", "Every score is finite.", finite("finite_scores", "score", "query_id")
-        ),
+        Rule("schema", "Columns: query_id, doc_id, rank, score.", static(schema_is(COLUMNS))),
+        RANKS_CONTIGUOUS,
+        UNIQUE_CANDIDATES,
+        Rule("finite_scores", "Every score is finite.", static(finite("score", "query_id"))),
         Rule(
             "file_name_names_collection",
             "lightning-ir reads the collection from the file name: it must be the dashed "
             "ir_datasets id, with .parquet as the first suffix.",
-            file_name_names_collection("file_name_names_collection", path, dataset),
+            file_name_names_collection,
         ),
-        Rule("not_empty", "The run has rows.", not_empty("not_empty")),
+        Rule("not_empty", "The run has rows.", static(not_empty())),
     ]
 
 

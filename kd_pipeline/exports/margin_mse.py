@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from kd_pipeline.checks.candidates import holds, one_list_length
-from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
+from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is, static
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import (
     DOCUMENTS,
@@ -22,7 +22,14 @@ from kd_pipeline.exports.candidates import (
     NegativeChoice,
     list_candidates,
 )
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
+from kd_pipeline.exports.format import (
+    ExportFormat,
+    ExportRun,
+    PartFiles,
+    ShortQueries,
+    Written,
+    rows_of,
+)
 from kd_pipeline.exports.knobs import check_integer
 
 
@@ -105,13 +112,13 @@ def write_margin_mse(run: ExportRun) -> Written:
         Table.parquet(str(run.out / "*.parquet")),
         {"part-*.parquet": rows},
         counts,
-        margin_mse_rules(knobs, run.export, int(short)),
+        facts=ShortQueries(run.export, int(short)),
     )
 
 
-def margin_mse_rules(
-    knobs: MarginMseKnobs | None, export: str = "", dropped: int = 0
-) -> list[Rule]:
+def margin_mse_rules(knobs: MarginMseKnobs | None) -> list[Rule[ShortQueries]]:
+    """The checks of a MarginMSE export with these knobs (facts: the queries dropped for
+    too few negatives)."""
     cols = columns(knobs)
     texts = [c for c, t in cols.items() if t == "VARCHAR"]
     finite = (
@@ -121,33 +128,36 @@ def margin_mse_rules(
     )
     k = {"k": knobs.negatives_per_row} if cols["score"] != "DOUBLE" and knobs else {}
     return [
-        Rule("schema", "Columns: query, positive, negative(s), score.", schema_is("schema", cols)),
+        Rule("schema", "Columns: query, positive, negative(s), score.", static(schema_is(cols))),
         Rule(
             "texts_present",
             "Every text is present and non-empty.",
-            rows_where(
-                "texts_present",
-                " OR ".join(f"{c} IS NULL OR {c} = ''" for c in texts),
-                "left(query, 40)",
-                "a null or empty text",
+            static(
+                rows_where(
+                    " OR ".join(f"{c} IS NULL OR {c} = ''" for c in texts),
+                    "left(query, 40)",
+                    "a null or empty text",
+                )
             ),
         ),
         Rule(
             "finite_margins",
             "Every margin is a finite number (and there are as many as negatives).",
-            rows_where("finite_margins", finite, "left(query, 40)", "margin not finite", k),
+            static(rows_where(finite, "left(query, 40)", "margin not finite", k)),
         ),
         Rule(
             "one_list_length",
             "Multi-negative rows: every `score` lists exactly `negatives_per_row` margins "
             "(queries with fewer negatives are dropped and counted; none able to fill it fails).",
-            one_list_length(
-                "one_list_length", "len(score)", k["k"], "left(query, 40)", export, dropped
+            (
+                lambda f: one_list_length(
+                    "len(score)", k["k"], "left(query, 40)", f.export, f.dropped
+                )
             )
             if k
-            else holds("one_list_length", "one negative a row: the score is one number"),
+            else static(holds("one negative a row: the score is one number")),
         ),
-        Rule("not_empty", "The export has rows.", not_empty("not_empty")),
+        Rule("not_empty", "The export has rows.", static(not_empty())),
     ]
 
 

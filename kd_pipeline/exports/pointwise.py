@@ -16,12 +16,14 @@ import dagster as dg
 from kd_pipeline.checks.candidates import holds, increasing_in_file_order
 from kd_pipeline.checks.rules import (
     Rule,
+    RuleFn,
     Table,
     finite,
     not_empty,
     row_count_is,
     rows_where,
     schema_is,
+    static,
 )
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES, ROWS
@@ -64,48 +66,57 @@ def write_pointwise(run: ExportRun) -> Written:
         Table.parquet(str(run.out / "*.parquet")),
         {"part-*.parquet": rows},
         counts,
-        pointwise_rules(run.knobs, str(run.out / "*.parquet") if run.ordered else None, expected),
+        facts=PointwiseFacts(str(run.out / "*.parquet") if run.ordered else None, int(expected)),
     )
 
 
-def pointwise_rules(
-    _knobs: object = None, ordered_glob: str | None = None, expected: int = 0
-) -> list[Rule]:
-    """The checks; ordered_glob: the written files of an ordered source, whose `position`
-    must increase across them in name order (the mixture's order, no row twice)."""
-    in_order = (
-        increasing_in_file_order("rows_in_source_order", ordered_glob, "position")
-        if ordered_glob
-        else holds("rows_in_source_order", "the source has no order: rows by query and rank")
-    )
+@dataclass(frozen=True)
+class PointwiseFacts:
+    """ordered_glob: the written files of an ordered source, whose `position` must increase
+    across them in name order (the mixture's order, no row twice), else None; expected:
+    the source rows or scored pairs."""
+
+    ordered_glob: str | None
+    expected: int
+
+
+def _in_order(facts: PointwiseFacts) -> RuleFn:
+    if facts.ordered_glob is None:
+        return holds("the source has no order: rows by query and rank")
+    return increasing_in_file_order(facts.ordered_glob, "position")
+
+
+def pointwise_rules(_knobs: object = None) -> list[Rule[PointwiseFacts]]:
+    """The checks of a pointwise export (facts: the written files and expected rows)."""
     return [
         Rule(
             "schema",
             "Columns: query, document, score (position first for an ordered source).",
-            schema_is("schema", ORDERED_COLUMNS if ordered_glob else COLUMNS),
+            lambda f: schema_is(ORDERED_COLUMNS if f.ordered_glob else COLUMNS),
         ),
         Rule(
             "texts_present",
             "Every text is present and non-empty.",
-            rows_where(
-                "texts_present",
-                "query IS NULL OR query = '' OR document IS NULL OR document = ''",
-                "left(query, 40)",
-                "a null or empty text",
+            static(
+                rows_where(
+                    "query IS NULL OR query = '' OR document IS NULL OR document = ''",
+                    "left(query, 40)",
+                    "a null or empty text",
+                )
             ),
         ),
-        Rule("finite_scores", "Every score is finite.", finite("finite_scores", "score", "query")),
+        Rule("finite_scores", "Every score is finite.", static(finite("score", "query"))),
         Rule(
             "every_row_exported",
             "One row per source row (ordered source) or scored pair: none dropped.",
-            row_count_is("every_row_exported", expected),
+            lambda f: row_count_is(f.expected),
         ),
         Rule(
             "rows_in_source_order",
             "An ordered source's rows are in its `position` order across the part files.",
-            in_order,
+            _in_order,
         ),
-        Rule("not_empty", "The export has rows.", not_empty("not_empty")),
+        Rule("not_empty", "The export has rows.", static(not_empty())),
     ]
 
 

@@ -20,10 +20,17 @@ from dataclasses import dataclass
 import dagster as dg
 
 from kd_pipeline.checks.candidates import one_list_length
-from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is
+from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is, static
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES
-from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
+from kd_pipeline.exports.format import (
+    ExportFormat,
+    ExportRun,
+    PartFiles,
+    ShortQueries,
+    Written,
+    rows_of,
+)
 from kd_pipeline.exports.knobs import check_integer
 
 TRAIN = {"query_id": "VARCHAR", "document_ids": "VARCHAR[]", "scores": "FLOAT[]"}
@@ -91,60 +98,74 @@ def write_pylate(run: ExportRun) -> Written:
         Table.parquet(str(run.out / "*.parquet")),
         {"train-part-*.parquet": rows, "queries/": queries, "documents/": documents},
         counts,
-        pylate_rules(run.knobs, str(run.out), run.export, int(short)),
+        facts=PylateFacts(str(run.out), ShortQueries(run.export, int(short))),
     )
 
 
-def pylate_rules(
-    knobs: PylateKnobs | None = None, out: str | None = None, export: str = "", dropped: int = 0
-) -> list[Rule]:
-    queries = f"{out}/queries/*.parquet" if out else ""
-    documents = f"{out}/documents/*.parquet" if out else ""
-    n = knobs.documents_per_query if knobs else 0
+@dataclass(frozen=True)
+class PylateFacts:
+    """What the PyLate rules read besides the train table: the export folder (its
+    queries/ and documents/ tables) and the queries dropped for too few documents."""
+
+    out: str
+    short: ShortQueries
+
+
+def pylate_rules(knobs: PylateKnobs) -> list[Rule[PylateFacts]]:
+    """The checks of a PyLate export with these knobs."""
+    n = knobs.documents_per_query
     return [
         Rule(
-            "schema", "train: query_id, document_ids, scores (float32).", schema_is("schema", TRAIN)
+            "schema",
+            "train: query_id, document_ids, scores (float32).",
+            static(schema_is(TRAIN)),
         ),
         Rule(
             "lists_aligned",
             "document_ids and scores have the same length, and neither is empty.",
-            rows_where(
-                "lists_aligned",
-                "len(document_ids) <> len(scores) OR len(document_ids) = 0",
-                "query_id",
-                "lists of different lengths (or empty)",
+            static(
+                rows_where(
+                    "len(document_ids) <> len(scores) OR len(document_ids) = 0",
+                    "query_id",
+                    "lists of different lengths (or empty)",
+                )
             ),
         ),
         Rule(
             "finite_scores",
             "Every score is finite.",
-            rows_where(
-                "finite_scores",
-                "NOT list_bool_and(list_transform(scores, lambda s: isfinite(s)))",
-                "query_id",
-                "a score is NaN or infinite",
+            static(
+                rows_where(
+                    "NOT list_bool_and(list_transform(scores, lambda s: isfinite(s)))",
+                    "query_id",
+                    "a score is NaN or infinite",
+                )
             ),
         ),
         Rule(
             "ids_have_texts",
             "Every query id is in queries/, every document id in documents/.",
-            rows_where(
-                "ids_have_texts",
+            lambda f: rows_where(
                 "query_id NOT IN (SELECT query_id FROM read_parquet($queries)) OR query_id IN "
                 "(SELECT u.query_id FROM (SELECT query_id, unnest(document_ids) AS document_id "
                 "FROM {table}) u ANTI JOIN read_parquet($documents) d USING (document_id))",
                 "query_id",
                 "an id without a text",
-                {"queries": queries, "documents": documents},
+                {
+                    "queries": f"{f.out}/queries/*.parquet",
+                    "documents": f"{f.out}/documents/*.parquet",
+                },
             ),
         ),
         Rule(
             "one_list_length",
             "Every row lists exactly `documents_per_query` documents (PyLate batches them "
             "with torch.tensor); a source where no query can fill it fails, naming the count.",
-            one_list_length("one_list_length", "len(document_ids)", n, "query_id", export, dropped),
+            lambda f: one_list_length(
+                "len(document_ids)", n, "query_id", f.short.export, f.short.dropped
+            ),
         ),
-        Rule("not_empty", "The train table has rows.", not_empty("not_empty")),
+        Rule("not_empty", "The train table has rows.", static(not_empty())),
     ]
 
 

@@ -15,7 +15,15 @@ from typing import Literal
 
 import dagster as dg
 
-from kd_pipeline.checks.rules import Rule, Table, not_empty, row_count_is, rows_where, schema_is
+from kd_pipeline.checks.rules import (
+    Rule,
+    Table,
+    not_empty,
+    row_count_is,
+    rows_where,
+    schema_is,
+    static,
+)
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import CANDIDATES, DOCUMENTS, QUERIES, seeded_order
 from kd_pipeline.exports.format import ExportFormat, ExportRun, PartFiles, Written, rows_of
@@ -99,42 +107,45 @@ def write_triplets(run: ExportRun) -> Written:
         Table.parquet(str(run.out / "*.parquet")),
         {"part-*.parquet": rows},
         counts,
-        triplet_rules(knobs, int(expected)),
+        facts=int(expected),
     )
 
 
-def triplet_rules(_knobs: object = None, expected: int = 0) -> list[Rule]:
+def triplet_rules(_knobs: object = None) -> list[Rule[int]]:
+    """The checks of a triplet export (facts: the rows one epoch samples)."""
     return [
-        Rule("schema", "Columns: the consumer's 5-tuple.", schema_is("schema", COLUMNS)),
+        Rule("schema", "Columns: the consumer's 5-tuple.", static(schema_is(COLUMNS))),
         Rule(
             "every_anchor_sampled",
             "One row per query (or per query and positive) per epoch: a query without a "
             "negative to draw makes this fail.",
-            row_count_is("every_anchor_sampled", expected),
+            row_count_is,
         ),
         Rule(
             "texts_present",
             "Every text is present and non-empty.",
-            rows_where(
-                "texts_present",
-                " OR ".join(
-                    f"{c} IS NULL OR {c} = ''" for c in ("query_text", "pos_text", "neg_text")
-                ),
-                "left(query_text, 40)",
-                "a null or empty text",
+            static(
+                rows_where(
+                    " OR ".join(
+                        f"{c} IS NULL OR {c} = ''" for c in ("query_text", "pos_text", "neg_text")
+                    ),
+                    "left(query_text, 40)",
+                    "a null or empty text",
+                )
             ),
         ),
         Rule(
             "finite_scores",
             "Both scores are finite.",
-            rows_where(
-                "finite_scores",
-                "NOT isfinite(pos_score) OR NOT isfinite(neg_score)",
-                "left(query_text, 40)",
-                "a score is NaN or infinite",
+            static(
+                rows_where(
+                    "NOT isfinite(pos_score) OR NOT isfinite(neg_score)",
+                    "left(query_text, 40)",
+                    "a score is NaN or infinite",
+                )
             ),
         ),
-        Rule("not_empty", "The export has rows.", not_empty("not_empty")),
+        Rule("not_empty", "The export has rows.", static(not_empty())),
     ]
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where
+from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, static
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import (
     DOCUMENTS,
@@ -99,41 +99,45 @@ def _passage_problem(column: str) -> str:
     )
 
 
-def tevatron_rules(_knobs: object = None) -> list[Rule]:
+def tevatron_rules(_knobs: object = None) -> list[Rule[None]]:
+    """The checks of a Tevatron export (they need no facts of the run)."""
     return [
         Rule(
             "every_line_has_positive",
             "Every line lists a positive passage.",
-            rows_where(
-                "every_line_has_positive",
-                "len(positive_passages) = 0",
-                "query_id",
-                "no positive passage",
+            static(
+                rows_where(
+                    "len(positive_passages) = 0",
+                    "query_id",
+                    "no positive passage",
+                )
             ),
         ),
         Rule(
             "every_line_has_negative",
             "Every line lists a negative passage (Tevatron samples from them).",
-            rows_where(
-                "every_line_has_negative",
-                "len(negative_passages) = 0",
-                "query_id",
-                "no negative passage",
+            static(
+                rows_where(
+                    "len(negative_passages) = 0",
+                    "query_id",
+                    "no negative passage",
+                )
             ),
         ),
         Rule(
             "passages_complete",
             "Every passage has a docid, a text and a finite score; every query a text.",
-            rows_where(
-                "passages_complete",
-                "query IS NULL OR query = '' OR "
-                f"({_passage_problem('positive_passages')} AND len(positive_passages) > 0) OR "
-                f"({_passage_problem('negative_passages')} AND len(negative_passages) > 0)",
-                "query_id",
-                "a passage without docid, text or finite score (or a query without text)",
+            static(
+                rows_where(
+                    "query IS NULL OR query = '' OR "
+                    f"({_passage_problem('positive_passages')} AND len(positive_passages) > 0) OR "
+                    f"({_passage_problem('negative_passages')} AND len(negative_passages) > 0)",
+                    "query_id",
+                    "a passage without docid, text or finite score (or a query without text)",
+                )
             ),
         ),
-        Rule("not_empty", "The file has lines.", not_empty("not_empty")),
+        Rule("not_empty", "The file has lines.", static(not_empty())),
     ]
 
 
