@@ -96,7 +96,7 @@ SPLIT_RULE: Rule[SplitFacts] = Rule(
 
 def declared_rules(spec: ExportSpec) -> list[Rule[Any]]:
     """Every check of an export: its format's rules, then the shared split rule."""
-    return [*spec.format.rules(spec.knobs), SPLIT_RULE]
+    return [*spec.format.rules, SPLIT_RULE]
 
 
 def _fsync_files(root: Path) -> None:
@@ -145,7 +145,7 @@ def audit_splits(
         merge_outcomes(
             {split: rule.evaluate(con, part.table, part.facts) for split, part in written.items()}
         )
-        for rule in spec.format.rules(spec.knobs)
+        for rule in spec.format.rules
     ]
     tables = {
         split: table

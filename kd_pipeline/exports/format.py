@@ -9,7 +9,7 @@ knows its own layout.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,13 @@ class Written:
 
 @dataclass(frozen=True)
 class ShortQueries:
-    """The queries a fixed-shape format (a list of n per row) dropped for too few
-    candidates, for its `one_list_length` rule: the export's key (messages) and how many."""
+    """A fixed-shape format's facts for its `one_list_length` rule: the export's key (for
+    messages), how many queries were dropped for too few candidates, and the list length
+    every row has (the partition's knob: a partition may override the spec's)."""
 
     export: str
     dropped: int
+    per_row: int
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,9 @@ class ExportFormat:
     column_schema: dg.TableSchema
     layout: str  # the files on disk (Markdown), for the asset's metadata and the README
     write: Callable[[ExportRun], Written]
-    # the rules of an export with these knobs, declared once (one asset check each) and
-    # judged on every split's `Written.table` with its `Written.facts`
-    rules: Callable[[Any], list[Rule[Any]]]
+    # the format's rules, declared once (one asset check each) and judged on every split's
+    # `Written.table` with its `Written.facts` (which carry the partition's knobs they need)
+    rules: Sequence[Rule[Any]]
     query_column: str  # the column naming the query in the written table (split check)
     # the dataset card: config name -> files of a split (a glob; `{split}` where the
     # format names split folders itself), the default config, the consumer's loading call

@@ -140,7 +140,7 @@ def file_name_names_collection(run_file: RunFile) -> RuleFn:
     return evaluate
 
 
-def lightning_ir_rules(_knobs: object = None) -> list[Rule[RunFile]]:
+def lightning_ir_rules() -> list[Rule[RunFile]]:
     """The checks of a lightning-ir run export (facts: the written file)."""
     return [
         Rule("schema", "Columns: query_id, doc_id, rank, score.", static(schema_is(COLUMNS))),
@@ -176,7 +176,7 @@ FORMAT = ExportFormat(
     "score`), plus `.run` (TREC) with `trec: true`; the same under `validation/` for the "
     "source's validation queries",
     write=write_run,
-    rules=lightning_ir_rules,
+    rules=lightning_ir_rules(),
     query_column="query_id",
     hf_configs={"default": "__*.parquet"},
     row_count=lambda written: int(written.files[written.counts["file"]]),  # not the .run copy

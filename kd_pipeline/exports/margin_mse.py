@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from kd_pipeline.checks.candidates import holds, one_list_length
-from kd_pipeline.checks.rules import Rule, Table, not_empty, rows_where, schema_is, static
+from kd_pipeline.checks.rules import Rule, RuleFn, Table, not_empty, rows_where, schema_is, static
 from kd_pipeline.engine import copy_parquet
 from kd_pipeline.exports.candidates import (
     DOCUMENTS,
@@ -48,8 +48,8 @@ class MarginMseKnobs(NegativeChoice, PartFiles):
         check_integer("negatives_per_row", self.negatives_per_row, minimum=1)
 
 
-def columns(knobs: MarginMseKnobs | None) -> dict[str, str]:
-    k = knobs.negatives_per_row if knobs else 1
+def columns(k: int) -> dict[str, str]:
+    """The columns of rows with k negatives each (k = 1: one negative, a scalar margin)."""
     negatives = ["negative"] if k == 1 else [f"negative_{i}" for i in range(1, k + 1)]
     return {
         "query": "VARCHAR",
@@ -112,53 +112,60 @@ def write_margin_mse(run: ExportRun) -> Written:
         Table.parquet(str(run.out / "*.parquet")),
         {"part-*.parquet": rows},
         counts,
-        facts=ShortQueries(run.export, int(short)),
+        facts=ShortQueries(run.export, int(short), k),
     )
 
 
-def margin_mse_rules(knobs: MarginMseKnobs | None) -> list[Rule[ShortQueries]]:
-    """The checks of a MarginMSE export with these knobs (facts: the queries dropped for
-    too few negatives)."""
-    cols = columns(knobs)
-    texts = [c for c, t in cols.items() if t == "VARCHAR"]
-    finite = (
-        "NOT isfinite(score)"
-        if cols["score"] == "DOUBLE"
-        else "len(score) <> $k OR NOT list_bool_and(list_transform(score, lambda s: isfinite(s)))"
+def _texts_present(short: ShortQueries) -> RuleFn:
+    texts = [c for c, t in columns(short.per_row).items() if t == "VARCHAR"]
+    return rows_where(
+        " OR ".join(f"{c} IS NULL OR {c} = ''" for c in texts),
+        "left(query, 40)",
+        "a null or empty text",
     )
-    k = {"k": knobs.negatives_per_row} if cols["score"] != "DOUBLE" and knobs else {}
-    return [
-        Rule("schema", "Columns: query, positive, negative(s), score.", static(schema_is(cols))),
-        Rule(
-            "texts_present",
-            "Every text is present and non-empty.",
-            static(
-                rows_where(
-                    " OR ".join(f"{c} IS NULL OR {c} = ''" for c in texts),
-                    "left(query, 40)",
-                    "a null or empty text",
-                )
-            ),
-        ),
-        Rule(
-            "finite_margins",
-            "Every margin is a finite number (and there are as many as negatives).",
-            static(rows_where(finite, "left(query, 40)", "margin not finite", k)),
-        ),
-        Rule(
-            "one_list_length",
-            "Multi-negative rows: every `score` lists exactly `negatives_per_row` margins "
-            "(queries with fewer negatives are dropped and counted; none able to fill it fails).",
-            (
-                lambda f: one_list_length(
-                    "len(score)", k["k"], "left(query, 40)", f.export, f.dropped
-                )
-            )
-            if k
-            else static(holds("one negative a row: the score is one number")),
-        ),
-        Rule("not_empty", "The export has rows.", static(not_empty())),
-    ]
+
+
+def _finite_margins(short: ShortQueries) -> RuleFn:
+    if short.per_row == 1:
+        return rows_where("NOT isfinite(score)", "left(query, 40)", "margin not finite")
+    return rows_where(
+        "len(score) <> $k OR NOT list_bool_and(list_transform(score, lambda s: isfinite(s)))",
+        "left(query, 40)",
+        "margin not finite",
+        {"k": short.per_row},
+    )
+
+
+def _one_list_length(short: ShortQueries) -> RuleFn:
+    if short.per_row == 1:
+        return holds("one negative a row: the score is one number")
+    return one_list_length(
+        "len(score)", short.per_row, "left(query, 40)", short.export, short.dropped
+    )
+
+
+# The checks of a MarginMSE export; facts: the partition's negatives_per_row and the
+# queries dropped for too few negatives (a partition may override the knob).
+MARGIN_MSE_RULES: list[Rule[ShortQueries]] = [
+    Rule(
+        "schema",
+        "Columns: query, positive, negative(s), score.",
+        lambda f: schema_is(columns(f.per_row)),
+    ),
+    Rule("texts_present", "Every text is present and non-empty.", _texts_present),
+    Rule(
+        "finite_margins",
+        "Every margin is a finite number (and there are as many as negatives).",
+        _finite_margins,
+    ),
+    Rule(
+        "one_list_length",
+        "Multi-negative rows: every `score` lists exactly `negatives_per_row` margins "
+        "(queries with fewer negatives are dropped and counted; none able to fill it fails).",
+        _one_list_length,
+    ),
+    Rule("not_empty", "The export has rows.", static(not_empty())),
+]
 
 
 FORMAT = ExportFormat(
@@ -184,7 +191,7 @@ FORMAT = ExportFormat(
     "`score` a list of k margins); `validation/part-NNNNN.parquet` for the source's "
     "validation queries",
     write=write_margin_mse,
-    rules=margin_mse_rules,
+    rules=MARGIN_MSE_RULES,
     query_column="query",
     hf_configs={"default": "part-*.parquet"},
     row_count=rows_of("part-*.parquet"),

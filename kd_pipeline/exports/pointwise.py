@@ -86,7 +86,7 @@ def _in_order(facts: PointwiseFacts) -> RuleFn:
     return increasing_in_file_order(facts.ordered_glob, "position")
 
 
-def pointwise_rules(_knobs: object = None) -> list[Rule[PointwiseFacts]]:
+def pointwise_rules() -> list[Rule[PointwiseFacts]]:
     """The checks of a pointwise export (facts: the written files and expected rows)."""
     return [
         Rule(
@@ -140,7 +140,7 @@ FORMAT = ExportFormat(
     layout="`part-NNNNN.parquet`: `query, document, score` (`position` first for an ordered "
     "source); `validation/part-NNNNN.parquet` when the source has a validation split",
     write=write_pointwise,
-    rules=pointwise_rules,
+    rules=pointwise_rules(),
     query_column="query",
     hf_configs={"default": "part-*.parquet"},
     row_count=rows_of("part-*.parquet"),

@@ -98,7 +98,7 @@ def write_pylate(run: ExportRun) -> Written:
         Table.parquet(str(run.out / "*.parquet")),
         {"train-part-*.parquet": rows, "queries/": queries, "documents/": documents},
         counts,
-        facts=PylateFacts(str(run.out), ShortQueries(run.export, int(short))),
+        facts=PylateFacts(str(run.out), ShortQueries(run.export, int(short), n)),
     )
 
 
@@ -111,9 +111,8 @@ class PylateFacts:
     short: ShortQueries
 
 
-def pylate_rules(knobs: PylateKnobs) -> list[Rule[PylateFacts]]:
-    """The checks of a PyLate export with these knobs."""
-    n = knobs.documents_per_query
+def pylate_rules() -> list[Rule[PylateFacts]]:
+    """The checks of a PyLate export."""
     return [
         Rule(
             "schema",
@@ -162,7 +161,7 @@ def pylate_rules(knobs: PylateKnobs) -> list[Rule[PylateFacts]]:
             "Every row lists exactly `documents_per_query` documents (PyLate batches them "
             "with torch.tensor); a source where no query can fill it fails, naming the count.",
             lambda f: one_list_length(
-                "len(document_ids)", n, "query_id", f.short.export, f.short.dropped
+                "len(document_ids)", f.short.per_row, "query_id", f.short.export, f.short.dropped
             ),
         ),
         Rule("not_empty", "The train table has rows.", static(not_empty())),
@@ -190,7 +189,7 @@ FORMAT = ExportFormat(
     "`documents/part-NNNNN.parquet` (`document_id, text`); the same three under "
     "`validation/` for the source's validation queries",
     write=write_pylate,
-    rules=pylate_rules,
+    rules=pylate_rules(),
     query_column="query_id",
     hf_configs={
         "train": "train-part-*.parquet",

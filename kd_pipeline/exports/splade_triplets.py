@@ -111,7 +111,7 @@ def write_triplets(run: ExportRun) -> Written:
     )
 
 
-def triplet_rules(_knobs: object = None) -> list[Rule[int]]:
+def triplet_rules() -> list[Rule[int]]:
     """The checks of a triplet export (facts: the rows one epoch samples)."""
     return [
         Rule("schema", "Columns: the consumer's 5-tuple.", static(schema_is(COLUMNS))),
@@ -175,7 +175,7 @@ FORMAT = ExportFormat(
     layout="`part-NNNNN.parquet`: `query_text, pos_text, neg_text, pos_score, neg_score`; "
     "`validation/part-NNNNN.parquet` for the source's validation queries",
     write=write_triplets,
-    rules=triplet_rules,
+    rules=triplet_rules(),
     query_column="query_text",
     hf_configs={"default": "part-*.parquet"},
     row_count=rows_of("part-*.parquet"),

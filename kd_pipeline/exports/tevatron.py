@@ -99,7 +99,7 @@ def _passage_problem(column: str) -> str:
     )
 
 
-def tevatron_rules(_knobs: object = None) -> list[Rule[None]]:
+def tevatron_rules() -> list[Rule[None]]:
     """The checks of a Tevatron export (they need no facts of the run)."""
     return [
         Rule(
@@ -159,7 +159,7 @@ FORMAT = ExportFormat(
     '"title", "text", "score"}], "negative_passages": [...]}`; `index-part-00000.parquet`; '
     "`validation/validation.jsonl[.gz]` for the source's validation queries",
     write=write_tevatron,
-    rules=tevatron_rules,
+    rules=tevatron_rules(),
     query_column="query_id",
     hf_configs={"default": "{split}.jsonl*"},
     row_count=lambda written: int(written.counts["lines"]),
