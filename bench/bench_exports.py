@@ -102,7 +102,7 @@ def run_ours_export(spec: dict[str, Any]) -> dict[str, Any]:
     from kd_pipeline.exports.candidates import Selection, TextGlobs, prepare_candidates
     from kd_pipeline.exports.format import ExportRun
     from kd_pipeline.exports.sources import ExportSource
-    from kd_pipeline.exports.splade import SpladeKnobs, splade_rules, write_splade
+    from kd_pipeline.exports.splade import EXPORT_RULES, SpladeKnobs, write_splade
 
     con = harness.duckdb_connection(spec)
     out, scratch = Path(spec["out"]), Path(spec["out"] + "-scratch")
@@ -129,7 +129,7 @@ def run_ours_export(spec: dict[str, Any]) -> dict[str, Any]:
     judged = time.perf_counter()
     failed = [
         rule.name
-        for rule in splade_rules(run.knobs)
+        for rule in EXPORT_RULES
         if not rule.evaluate(con, written.table, written.facts).passed
     ]
     judging = time.perf_counter() - judged

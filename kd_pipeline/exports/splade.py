@@ -232,11 +232,9 @@ ID_MAP_RULES: list[Rule[SpladeFacts]] = [
     ),
 ]
 
-
-def splade_rules(_knobs: SpladeKnobs) -> list[Rule[SpladeFacts]]:
-    """The export's checks, the same for every knob: every SPLADE rule (judged on the
-    folder `write_splade` loaded, its `Written.facts`), then the id map's."""
-    return [*SPLADE_RULES, *ID_MAP_RULES]
+# The export's checks: every SPLADE rule (judged on the folder `write_splade` loaded, its
+# `Written.facts`), then the id map's.
+EXPORT_RULES: list[Rule[SpladeFacts]] = [*SPLADE_RULES, *ID_MAP_RULES]
 
 
 SCHEMA = dg.TableSchema(
@@ -270,7 +268,7 @@ FORMAT = ExportFormat(
     column_schema=SCHEMA,
     layout=LAYOUT,
     write=write_splade,
-    rules=splade_rules,
+    rules=EXPORT_RULES,
     query_column="qid",
     writes_splits=True,
     hf_configs={
