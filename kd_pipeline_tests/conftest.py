@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import datasets
 import huggingface_hub
 import pytest
@@ -27,6 +28,33 @@ def _session_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         for key in ("KD_PIPELINE_LAKE", "KD_PIPELINE_MIRROR", "KD_PIPELINE_SOURCE", "DAGSTER_HOME"):
             mp.delenv(key, raising=False)
         yield home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runs_take_resources_from_their_environment() -> Iterator[None]:
+    """A run launched for real starts in a process that loads the code location, so its
+    resources come from the environment it starts in. In-process runs here reuse the `defs`
+    imported when the tests were collected, and tests set variables after that: each
+    in-process run of a `defs` job binds the shared resources built from the environment as
+    it is when the run starts (`definitions.shared_resources`), as a fresh load would.
+    Resources a test passes itself, and jobs not from `defs` (`dg.materialize`), are left
+    alone."""
+    from kd_pipeline.definitions import defs, shared_resources
+
+    loaded = defs.get_repository_def().get_top_level_resources()
+    execute = dg.JobDefinition.execute_in_process
+
+    def execute_with_current_resources(self, *args, resources=None, **kwargs):
+        current = {
+            key: resource
+            for key, resource in shared_resources().resources.items()
+            if key in self.resource_defs and self.resource_defs[key] is loaded.get(key)
+        }
+        return execute(self, *args, resources={**current, **(resources or {})}, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dg.JobDefinition, "execute_in_process", execute_with_current_resources)
+        yield
 
 
 @pytest.fixture(autouse=True)
