@@ -1,7 +1,10 @@
 """Where kd-pipeline keeps its data and where it reads upstream files from.
 
-Every environment variable the pipeline honours is read here and nowhere else, at run time
-(never at import), so a test or a deployment changes behaviour by setting variables only.
+Every environment variable the pipeline honours is read here and nowhere else, and each has
+one rule: a `parse_*` function from its raw value (blank: the default) to what the pipeline
+uses, raising ValueError with one line naming the variable. The reading functions apply it
+at run time; the Dagster resources apply it to their fields when the code location loads
+(`kd_pipeline.resources`). Nothing is read when this module is imported.
 """
 
 from __future__ import annotations

@@ -47,7 +47,6 @@ MSMARCO_BASE = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
 MSMARCO_COLLECTION_URL = MSMARCO_BASE + "collection.tar.gz"
 MSMARCO_QUERIES_URL = MSMARCO_BASE + "queries.tar.gz"
 MSMARCO_QRELS_TRAIN_URL = MSMARCO_BASE + "qrels.train.tsv"
-MSMARCO_QUERY_FILES = ("queries.train.tsv", "queries.dev.tsv", "queries.eval.tsv")
 
 BEIR_FIQA_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/fiqa.zip"
 BEIR_FIQA_MD5 = "17918ed23cd04fb15047f73e6c3bd9d9"
