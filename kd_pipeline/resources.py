@@ -54,7 +54,7 @@ class _FromEnvironment(dg.ConfigurableResource):
         except ValidationError as exc:
             raise settings.SettingsError(validation_lines(exc)) from None
         bound: dict[str, Any] = {}
-        for field in type(resolved).model_fields:
+        for field in cls.model_fields:
             variable = cls.VARIABLES.get(field)
             if variable is None or field not in given or field in cls.FIXED_AT_LOAD:
                 bound[field] = getattr(resolved, field)
