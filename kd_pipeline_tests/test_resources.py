@@ -16,6 +16,10 @@ from typing import Any
 
 import dagster as dg
 import pytest
+from dagster._core.remote_representation.external_data import (
+    RepositorySnap,
+    ResourceConfigEnvVarSnap,
+)
 from pydantic import ValidationError
 
 from kd_pipeline import settings
@@ -35,11 +39,18 @@ RESOURCE_VARIABLES = (
 
 
 def shown_in_ui(definitions: dg.Definitions) -> dict[str, dict[str, Any]]:
-    """resource -> the configured values the UI's resource page lists."""
-    resources = definitions.get_repository_def().get_top_level_resources()
+    """resource -> the configured values the UI's resource page lists (the repository
+    snapshot the webserver serves): a value, or {"env": <variable>}."""
+    snap = RepositorySnap.from_def(definitions.get_repository_def())
     return {
-        name: json.loads(resources[name].config_schema.default_value_as_json_str)
-        for name in ("lake", "upstream")
+        resource.name: {
+            key: {"env": value.name}
+            if isinstance(value, ResourceConfigEnvVarSnap)
+            else json.loads(value)
+            for key, value in resource.configured_values.items()
+        }
+        for resource in snap.resources
+        if resource.name in ("lake", "upstream")
     }
 
 
