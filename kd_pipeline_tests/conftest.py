@@ -31,29 +31,25 @@ def _session_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _runs_take_resources_from_their_environment() -> Iterator[None]:
+def _runs_load_the_code_location_afresh() -> Iterator[None]:
     """A run launched for real starts in a process that loads the code location, so its
     resources come from the environment it starts in. In-process runs here reuse the `defs`
     imported when the tests were collected, and tests set variables after that: each
-    in-process run of a `defs` job binds the shared resources built from the environment as
-    it is when the run starts (`definitions.shared_resources`), as a fresh load would.
-    Resources a test passes itself, and jobs not from `defs` (`dg.materialize`), are left
-    alone."""
-    from kd_pipeline.definitions import defs, shared_resources
+    in-process run of a `defs` job runs that job of a code location loaded at that moment
+    (`build_definitions()`, about 0.1 s), as a fresh process would. Jobs not from `defs`
+    (`dg.materialize`) run as they are."""
+    from kd_pipeline.definitions import build_definitions, defs
 
-    loaded = defs.get_repository_def().get_top_level_resources()
+    loaded = defs.get_repository_def()
     execute = dg.JobDefinition.execute_in_process
 
-    def execute_with_current_resources(self, *args, resources=None, **kwargs):
-        current = {
-            key: resource
-            for key, resource in shared_resources().resources.items()
-            if key in self.resource_defs and self.resource_defs[key] is loaded.get(key)
-        }
-        return execute(self, *args, resources={**current, **(resources or {})}, **kwargs)
+    def execute_as_freshly_loaded(self, *args, **kwargs):
+        if loaded.has_job(self.name) and loaded.get_job(self.name) is self:
+            self = build_definitions().get_repository_def().get_job(self.name)
+        return execute(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dg.JobDefinition, "execute_in_process", execute_with_current_resources)
+        mp.setattr(dg.JobDefinition, "execute_in_process", execute_as_freshly_loaded)
         yield
 
 
