@@ -240,7 +240,7 @@ def fresh_home(workdir: Path, name: str) -> Path:
 def measure_main(lake: str, tree: Path, ducklake: bool, home: Path, limit: int) -> dict[str, Any]:
     """The sample main job in a fresh home: wall time, step times, bytes."""
     subprocess.run(
-        [sys.executable, "-c", "from kd_pipeline.resources import sample_mirror; sample_mirror()"],
+        [sys.executable, "-c", "from kd_pipeline.fetch import sample_mirror; sample_mirror()"],
         cwd=tree,
         env=environment(tree, home),
         check=True,

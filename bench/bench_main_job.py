@@ -62,7 +62,7 @@ def run_variant(name: str, home: Path, runs_at_once: int | None) -> dict:
     """Generate the sample in `home`, then time one `kd-pipeline materialize` there."""
     env = environment(home)
     subprocess.run(
-        [sys.executable, "-c", "from kd_pipeline.resources import sample_mirror; sample_mirror()"],
+        [sys.executable, "-c", "from kd_pipeline.fetch import sample_mirror; sample_mirror()"],
         env=env,
         cwd=REPO,
         check=True,

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS  # noqa: E402
+from kd_pipeline.fetch import sample_mirror  # noqa: E402
 from kd_pipeline.lake import Lake  # noqa: E402
-from kd_pipeline.resources import sample_mirror  # noqa: E402
 from kd_pipeline_tests.hub_server import Fault, HubServer  # noqa: E402
 
 

@@ -1,7 +1,8 @@
 """The Dagster code location: assembles each family's definitions and the shared resources.
 
-Nothing here connects, downloads or reads the environment; each family module exposes a
-`definitions()` with its assets, checks and jobs, and this file only merges them.
+Nothing here connects or downloads; each family module exposes a `definitions()` with its
+assets, checks and jobs, and this file only merges them. The shared resources are the one
+part that reads the environment, through `settings` (`shared_resources`).
 """
 
 import dagster as dg
@@ -29,10 +30,13 @@ MAIN_JOBS = (
 
 
 def shared_resources() -> dg.Definitions:
+    """The lake, the upstream source and DuckDB, configured from the environment as it is
+    when this runs (each field a `dg.EnvVar` or its resolved default, validated now; see
+    `resources`). Raises settings.SettingsError naming every bad variable."""
     return dg.Definitions(
         resources={
-            "lake": LakeResource(),
-            "upstream": UpstreamResource(),
+            "lake": LakeResource.from_environment(),
+            "upstream": UpstreamResource.from_environment(),
             "duckdb": default_duckdb_resource(),
         }
     )

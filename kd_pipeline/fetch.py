@@ -7,6 +7,9 @@ A *mirror* folder with the same layout replaces the network entirely:
     <mirror>/hf/datasets/<owner>/<name>/<path in repo>
     <mirror>/url/<host>/<path>            (query string dropped)
 
+The sample source is such a mirror, generated (by `kd_pipeline.sample`) into the data home
+the first time it is read from: the sample's download.
+
 Every resolution records what was read (revision or fingerprint, bytes) for lineage.
 """
 
@@ -28,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from kd_pipeline.settings import SourceMode, hf_endpoint, http_mirror, hub_timeout
+from kd_pipeline import settings
+from kd_pipeline.settings import UpstreamMode, hf_endpoint, http_mirror, hub_timeout
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CHUNK = 1 << 20
+SAMPLE_LAYOUT_VERSION = 3  # bump when kd_pipeline.sample writes a differently shaped mirror
 MD5_HEX = re.compile(r"[0-9a-f]{32}")  # an md5 as hex, lower case
 T = TypeVar("T")
 
@@ -107,28 +112,45 @@ class Fetcher:
 
     def __init__(
         self,
-        mode: SourceMode,
+        mode: UpstreamMode | str,
         mirror: Path | None,
         cache_dir: Path,
         hub_attempts: int | None = None,
+        *,
+        sample_rows_per_config: int | None = None,
     ) -> None:
-        """hub_attempts: how often a Hub request is tried (default HUB_ATTEMPTS); a sensor
-        asks once, as its next tick is its retry and a tick must end within Dagster's
-        sensor timeout."""
-        if mode in ("sample", "mirror") and mirror is None:
-            raise FetchError(f"source {mode!r} needs a mirror folder")
-        self.mode = mode
+        """mode: sample, mirror or hub. mirror: the mirror folder (sample: where the sample
+        of `sample_rows_per_config` rows per LightOn config is, or is generated on first
+        read, see `sample_mirror_path`). hub_attempts: how often a Hub request is tried
+        (default HUB_ATTEMPTS); a sensor asks once, as its next tick is its retry and a tick
+        must end within Dagster's sensor timeout."""
+        self.mode = UpstreamMode(mode)
+        if self.mode is not UpstreamMode.HUB and mirror is None:
+            raise FetchError(f"source {self.mode.value!r} needs a mirror folder")
         self.mirror = mirror.resolve() if mirror is not None else None
         self.cache_dir = cache_dir
         self.hub_attempts = hub_attempts or HUB_ATTEMPTS
+        self.sample_rows_per_config = (
+            settings.DEFAULT_SAMPLE_ROWS_PER_CONFIG
+            if sample_rows_per_config is None
+            else sample_rows_per_config
+        )
 
     def describe(self) -> str:
         return "hub" if self.mirror is None else f"{self.mode}:{self.mirror}"
 
+    def local_mirror(self) -> Path:
+        """The mirror folder to read from; for the sample source it is generated there on
+        the first read (`generate_sample_mirror`). Raises FetchError for the hub source."""
+        if self.mirror is None:
+            raise FetchError("the hub source has no mirror folder")
+        if self.mode is UpstreamMode.SAMPLE:
+            return generate_sample_mirror(self.mirror, self.sample_rows_per_config)
+        return self.mirror
+
     # ---- Hub datasets --------------------------------------------------------------------
     def _mirror_repo_root(self, repo_id: str) -> Path:
-        assert self.mirror is not None
-        return contained(self.mirror, f"hf/datasets/{check_repo_id(repo_id)}")
+        return contained(self.local_mirror(), f"hf/datasets/{check_repo_id(repo_id)}")
 
     def dataset_snapshot(self, repo_id: str, revision: str = "main") -> DatasetSnapshot:
         """List a dataset's files at a revision (the Hub resolves it to a commit sha)."""
@@ -173,7 +195,7 @@ class Fetcher:
         """A local path to the file behind url, verified against md5 when one is known:
         from the mirror, or downloaded (with resume) into the cache."""
         if self.mirror is not None:
-            path = mirror_path_for_url(self.mirror, url)
+            path = mirror_path_for_url(self.local_mirror(), url)
             if not path.is_file():
                 raise FetchError(f"{url} is not in the mirror: {path} does not exist")
             if md5:
@@ -514,6 +536,34 @@ def file_md5(path: Path) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+# ---- the sample source's download ----------------------------------------------------------
+def sample_mirror_path(data_home: Path, rows_per_config: int) -> Path:
+    """Where the generated sample of that size lives in a data home:
+    `<data home>/sample-mirror/v<SAMPLE_LAYOUT_VERSION>-rows<rows_per_config>` (a new
+    layout version or size is a new folder, never a changed one)."""
+    return data_home / "sample-mirror" / f"v{SAMPLE_LAYOUT_VERSION}-rows{rows_per_config}"
+
+
+def generate_sample_mirror(target: Path, rows_per_config: int) -> Path:
+    """The sample source's download: the sample mirror written to target by
+    `kd_pipeline.sample` once, atomically, even with concurrent callers (`ensure_generated`);
+    a finished target is returned as it is."""
+
+    def write(tmp: Path) -> None:
+        from kd_pipeline.sample import write_sample_mirror  # the one import of the generator
+
+        write_sample_mirror(tmp, rows_per_config)
+
+    return ensure_generated(target, write)
+
+
+def sample_mirror(rows_per_config: int | None = None) -> Path:
+    """The sample mirror of this environment's data home (KD_PIPELINE_HOME) and size
+    (`rows_per_config`, default KD_PIPELINE_SAMPLE_ROWS), generated on first use."""
+    rows = settings.sample_rows_per_config() if rows_per_config is None else rows_per_config
+    return generate_sample_mirror(sample_mirror_path(settings.data_home(), rows), rows)
 
 
 def ensure_generated(target: Path, generate: Callable[[Path], object]) -> Path:

@@ -1,11 +1,15 @@
 """Where kd-pipeline keeps its data and where it reads upstream files from.
 
-Every environment variable the pipeline honours is read here and nowhere else, at run time
-(never at import), so a test or a deployment changes behaviour by setting variables only.
+Every environment variable the pipeline honours is read here and nowhere else, and each has
+one rule: a `parse_*` function from its raw value (blank: the default) to what the pipeline
+uses, raising ValueError with one line naming the variable. The reading functions apply it
+at run time; the Dagster resources apply it to their fields when the code location loads
+(`kd_pipeline.resources`). Nothing is read when this module is imported.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import urllib.parse
@@ -14,7 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-SourceMode = Literal["sample", "mirror", "hub"]
+
+class UpstreamMode(enum.StrEnum):
+    """Where upstream files come from: the generated sample, a local mirror folder, or the
+    network (the Hub, Zenodo and the other hosts)."""
+
+    SAMPLE = "sample"
+    MIRROR = "mirror"
+    HUB = "hub"
+
 
 HOME_ENV = "KD_PIPELINE_HOME"
 HTTP_MIRROR_ENV = "KD_PIPELINE_HTTP_MIRROR"
@@ -26,6 +38,7 @@ OBJECT_STORE_SCHEMES = ("s3",)  # DuckDB's httpfs; AWS_* variables give credenti
 MIRROR_ENV = "KD_PIPELINE_MIRROR"
 SOURCE_ENV = "KD_PIPELINE_SOURCE"
 SAMPLE_ROWS_ENV = "KD_PIPELINE_SAMPLE_ROWS"
+DEFAULT_SAMPLE_ROWS_PER_CONFIG = 200  # rows per LightOn config in the generated sample
 MEMORY_LIMIT_ENV = "KD_PIPELINE_DUCKDB_MEMORY"
 THREADS_ENV = "KD_PIPELINE_DUCKDB_THREADS"
 ZSTD_LEVEL_ENV = "KD_PIPELINE_ZSTD_LEVEL"
@@ -39,21 +52,37 @@ ZENODO_API_ENV = "KD_PIPELINE_ZENODO_API"
 DEFAULT_ZENODO_API = "https://zenodo.org/api"
 
 
+def value_of(variable: str) -> str | None:
+    """An environment variable's value, None when it is unset or blank (blank counts as
+    unset everywhere here); the resources bind a variable that has one as `dg.EnvVar`."""
+    return os.environ.get(variable, "").strip() or None
+
+
 def data_home() -> Path:
     """`$KD_PIPELINE_HOME`, else `$XDG_DATA_HOME/kd-pipeline`, else `~/.local/share/kd-pipeline`."""
-    if os.environ.get(HOME_ENV):
-        return Path(os.environ[HOME_ENV]).expanduser().resolve()
+    return parse_data_home(os.environ.get(HOME_ENV, ""))
+
+
+def parse_data_home(raw: str) -> Path:
+    """A KD_PIPELINE_HOME value as an absolute folder (blank: the XDG default)."""
+    if raw.strip():
+        return Path(raw.strip()).expanduser().resolve()
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return (Path(xdg).expanduser() / "kd-pipeline").resolve()
 
 
 def lake_root() -> Path | str:
-    """The lake's data path: `$KD_PIPELINE_LAKE`, else `<data home>/lake`.
+    """The lake's data path: `$KD_PIPELINE_LAKE`, else `<data home>/lake` (see
+    `parse_lake_root`)."""
+    return parse_lake_root(os.environ.get(LAKE_ENV, ""))
 
-    A folder (a Path), or an object-store URL kept as a string (`s3://bucket/prefix`, never
-    taken for a local path). Raises ValueError naming the variable for any other URL scheme
-    or an s3 URL without a bucket."""
-    raw = os.environ.get(LAKE_ENV, "").strip()
+
+def parse_lake_root(raw: str) -> Path | str:
+    """A KD_PIPELINE_LAKE value (blank: `<data home>/lake`): a folder (a Path), or an
+    object-store URL kept as a string (`s3://bucket/prefix`, never taken for a local path).
+    Raises ValueError naming the variable for any other URL scheme or an s3 URL without a
+    bucket."""
+    raw = raw.strip()
     if not raw:
         return data_home() / "lake"
     parsed = urllib.parse.urlsplit(raw)
@@ -93,13 +122,20 @@ def catalog() -> CatalogChoice:
     (`dbname=kd host=db.internal user=kd`); default `sqlite:<lake>/catalog.sqlite` for a
     folder lake, `sqlite:<data home>/catalog.sqlite` for an object-store lake. Raises
     ValueError naming the variable for any other form."""
-    raw = os.environ.get(CATALOG_ENV, "").strip()
+    try:
+        root: Path | str = lake_root()
+    except ValueError:  # reported once, as KD_PIPELINE_LAKE's problem
+        root = ""
+    return parse_catalog(os.environ.get(CATALOG_ENV, ""), root)
+
+
+def parse_catalog(raw: str, lake: Path | str) -> CatalogChoice:
+    """A KD_PIPELINE_CATALOG value (blank: `sqlite:<lake>/catalog.sqlite` for a folder lake,
+    `sqlite:<data home>/catalog.sqlite` otherwise); `CatalogChoice.describe()` reads back as
+    the same choice. Raises ValueError naming the variable for any other form."""
+    raw = raw.strip()
     if not raw:
-        try:
-            root: Path | str = lake_root()
-        except ValueError:  # reported once, as KD_PIPELINE_LAKE's problem
-            root = ""
-        folder = root if isinstance(root, Path) else data_home()
+        folder = lake if isinstance(lake, Path) else data_home()
         return CatalogChoice("sqlite", str(folder / "catalog.sqlite"))
     kind, _, target = raw.partition(":")
     if kind == "sqlite" and target.strip():
@@ -124,45 +160,61 @@ def retention_days() -> float:
     return _positive_number(RETENTION_ENV, DEFAULT_RETENTION_DAYS, "days")
 
 
-def sample_mirror_root() -> Path:
-    """Where the generated sample mirror lives (one folder per sample size)."""
-    return data_home() / "sample-mirror"
-
-
 @dataclass(frozen=True)
 class SourceChoice:
     """Which of the three sources upstream files come from."""
 
-    mode: SourceMode
+    mode: UpstreamMode
     mirror: Path | None  # the mirror folder for "mirror"; None for "sample" and "hub"
 
 
 def source_choice() -> SourceChoice:
     """`KD_PIPELINE_SOURCE=hub` -> the network; `KD_PIPELINE_MIRROR=DIR` -> a local mirror;
-    neither -> the sample mirror (generated on first use)."""
-    requested = os.environ.get(SOURCE_ENV, "").strip().lower()
-    mirror = os.environ.get(MIRROR_ENV, "").strip()
-    if requested not in ("", "sample", "mirror", "hub"):
-        raise ValueError(f"{SOURCE_ENV}={requested!r}: expected one of sample, mirror, hub")
-    if requested == "hub":
-        return SourceChoice("hub", None)
-    if mirror and requested in ("", "mirror"):
-        return SourceChoice("mirror", Path(mirror).expanduser().resolve())
-    if requested == "mirror":
+    neither -> the sample mirror (generated on first use); see `parse_source`."""
+    return parse_source(os.environ.get(SOURCE_ENV, ""), os.environ.get(MIRROR_ENV, ""))
+
+
+def parse_source(requested: str, mirror: str) -> SourceChoice:
+    """The source a KD_PIPELINE_SOURCE value (blank: a mirror when KD_PIPELINE_MIRROR is
+    given, else the sample) and a KD_PIPELINE_MIRROR value select. Raises ValueError naming
+    the variable for an unknown source, or `mirror` without a folder."""
+    mirror = mirror.strip()
+    mode = parse_mode(requested) if requested.strip() else None
+    if mode is UpstreamMode.HUB:
+        return SourceChoice(mode, None)
+    if mirror and mode in (None, UpstreamMode.MIRROR):
+        return SourceChoice(UpstreamMode.MIRROR, Path(mirror).expanduser().resolve())
+    if mode is UpstreamMode.MIRROR:
         raise ValueError(f"{SOURCE_ENV}=mirror needs {MIRROR_ENV}=DIR")
-    return SourceChoice("sample", None)
+    return SourceChoice(UpstreamMode.SAMPLE, None)
+
+
+def parse_mode(raw: str) -> UpstreamMode:
+    """A KD_PIPELINE_SOURCE value (any case) as an UpstreamMode; ValueError naming the
+    variable otherwise."""
+    requested = str(raw).strip().lower()
+    try:
+        return UpstreamMode(requested)
+    except ValueError:
+        raise ValueError(
+            f"{SOURCE_ENV}={requested!r}: expected one of sample, mirror, hub"
+        ) from None
 
 
 def sample_rows_per_config() -> int:
     """Rows per LightOn config in the generated sample (`KD_PIPELINE_SAMPLE_ROWS`)."""
-    from kd_pipeline.sample import DEFAULT_ROWS_PER_CONFIG
+    return parse_sample_rows(os.environ.get(SAMPLE_ROWS_ENV, ""))
 
-    raw = os.environ.get(SAMPLE_ROWS_ENV, "").strip()
-    if not raw:
-        return DEFAULT_ROWS_PER_CONFIG
-    if not raw.isdigit():
-        raise ValueError(f"{SAMPLE_ROWS_ENV}={raw!r}: expected a non-negative integer")
-    return int(raw)
+
+def parse_sample_rows(raw: str | int) -> int:
+    """A KD_PIPELINE_SAMPLE_ROWS value (blank: the default, 200) as a non-negative integer;
+    ValueError naming the variable otherwise."""
+    text = str(raw).strip()
+    if not text:
+        return DEFAULT_SAMPLE_ROWS_PER_CONFIG
+    if not text.isdigit():
+        raise ValueError(f"{SAMPLE_ROWS_ENV}={text!r}: expected a non-negative integer")
+    return int(text)
 
 
 _MEMORY = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?B|B|%)", re.IGNORECASE)
@@ -313,19 +365,27 @@ def _mirror_folder() -> Path | None:
         choice = source_choice()
     except ValueError:
         return None
-    if choice.mode == "mirror" and choice.mirror is not None and not choice.mirror.is_dir():
-        raise ValueError(
-            f"{MIRROR_ENV}={os.environ.get(MIRROR_ENV, '')!r}: expected an existing folder "
-            "(a mirror of the upstream files)"
-        )
+    if choice.mode is UpstreamMode.MIRROR:
+        return parse_mirror_folder(os.environ.get(MIRROR_ENV, ""))
     return choice.mirror
 
 
-def _usable_folder(variable: str) -> Path | None:
-    """The folder an environment variable names, when set: it must be a folder, or a path
+def parse_mirror_folder(raw: str) -> Path:
+    """A KD_PIPELINE_MIRROR value as the existing folder it names; ValueError naming the
+    variable otherwise."""
+    path = Path(raw.strip()).expanduser().resolve()
+    if not raw.strip() or not path.is_dir():
+        raise ValueError(
+            f"{MIRROR_ENV}={raw!r}: expected an existing folder (a mirror of the upstream files)"
+        )
+    return path
+
+
+def usable_folder(variable: str, raw: str) -> Path | None:
+    """The folder a variable's value names, when not blank: it must be a folder, or a path
     where one can be created (its nearest existing parent a writable folder); ValueError
     naming the variable otherwise (e.g. a path to a file)."""
-    raw = os.environ.get(variable, "").strip()
+    raw = raw.strip()
     if not raw:
         return None
     path = Path(raw).expanduser().resolve()
@@ -345,9 +405,9 @@ def _usable_folder(variable: str) -> Path | None:
 
 def _data_folders() -> None:
     """KD_PIPELINE_HOME and KD_PIPELINE_LAKE, when set, name usable folders."""
-    _usable_folder(HOME_ENV)
+    usable_folder(HOME_ENV, os.environ.get(HOME_ENV, ""))
     if isinstance(lake_root(), Path):
-        _usable_folder(LAKE_ENV)
+        usable_folder(LAKE_ENV, os.environ.get(LAKE_ENV, ""))
 
 
 # Every setting, read and validated once by `settings_problems` (the CLI, every run's

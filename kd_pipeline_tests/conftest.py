@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import datasets
 import huggingface_hub
 import pytest
@@ -27,6 +28,29 @@ def _session_data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pat
         for key in ("KD_PIPELINE_LAKE", "KD_PIPELINE_MIRROR", "KD_PIPELINE_SOURCE", "DAGSTER_HOME"):
             mp.delenv(key, raising=False)
         yield home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runs_load_the_code_location_afresh() -> Iterator[None]:
+    """A run launched for real starts in a process that loads the code location, so its
+    resources come from the environment it starts in. In-process runs here reuse the `defs`
+    imported when the tests were collected, and tests set variables after that: each
+    in-process run of a `defs` job runs that job of a code location loaded at that moment
+    (`build_definitions()`, about 0.1 s), as a fresh process would. Jobs not from `defs`
+    (`dg.materialize`) run as they are."""
+    from kd_pipeline.definitions import build_definitions, defs
+
+    loaded = defs.get_repository_def()
+    execute = dg.JobDefinition.execute_in_process
+
+    def execute_as_freshly_loaded(self, *args, **kwargs):
+        if loaded.has_job(self.name) and loaded.get_job(self.name) is self:
+            self = build_definitions().get_repository_def().get_job(self.name)
+        return execute(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dg.JobDefinition, "execute_in_process", execute_as_freshly_loaded)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -18,9 +18,8 @@ from kd_pipeline.families.upstream import (
     all_upstream_urls,
     declare_stand_in_checksums,
 )
-from kd_pipeline.fetch import mirror_path_for_url
+from kd_pipeline.fetch import mirror_path_for_url, sample_mirror
 from kd_pipeline.lake import Lake
-from kd_pipeline.resources import sample_mirror
 
 
 def stand_in_mirror(dest: Path) -> Path:

@@ -33,9 +33,9 @@ from kd_pipeline.families.upstream import (
     RUN_VARIANTS,
     zenodo_record_url,
 )
-from kd_pipeline.fetch import file_md5
+from kd_pipeline.fetch import file_md5, sample_mirror
 from kd_pipeline.lake import Lake
-from kd_pipeline.resources import UpstreamResource, sample_mirror
+from kd_pipeline.resources import UpstreamResource
 from kd_pipeline_tests.conftest import point_pipeline_at_hub
 from kd_pipeline_tests.family_runs import edit_lines, materialized, rows, run_job, url_path
 from kd_pipeline_tests.helpers import (

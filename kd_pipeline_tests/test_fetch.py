@@ -21,11 +21,11 @@ from kd_pipeline.fetch import (
     file_md5,
     mirror_path_for_url,
     read_url,
+    sample_mirror,
     url_cache_path,
     verified_as,
 )
 from kd_pipeline.lake import Lake
-from kd_pipeline.resources import sample_mirror
 from kd_pipeline_tests.conftest import point_pipeline_at_hub
 from kd_pipeline_tests.helpers import failures, run_lighton_partition
 from kd_pipeline_tests.hub_server import Fault, HubServer

@@ -14,9 +14,8 @@ from kd_pipeline.definitions import defs
 from kd_pipeline.families.fiqa import FIQA_JOB, MINED_KEY, PREPARE_IDS, resolve_mined_files
 from kd_pipeline.families.text import FIQA_CORPUS_KEY, FIQA_QUERIES_KEY, TEXT_JOB
 from kd_pipeline.families.upstream import FIQA_LABELS, FIQA_MINED_LICENCE, FIQA_MINED_REPO_ID
-from kd_pipeline.fetch import FetchError
+from kd_pipeline.fetch import FetchError, sample_mirror
 from kd_pipeline.lake import Lake
-from kd_pipeline.resources import sample_mirror
 from kd_pipeline_tests.conftest import point_pipeline_at_hub
 from kd_pipeline_tests.family_runs import checks, materialized, run_job, stand_in_mirror
 from kd_pipeline_tests.helpers import failures

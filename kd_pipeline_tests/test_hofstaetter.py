@@ -25,9 +25,8 @@ from kd_pipeline.families.upstream import (
     ZENODO_RECORD_TAG,
     tagged_zenodo_md5,
 )
-from kd_pipeline.fetch import FetchError, file_md5
+from kd_pipeline.fetch import FetchError, file_md5, sample_mirror
 from kd_pipeline.lake import Lake
-from kd_pipeline.resources import sample_mirror
 from kd_pipeline_tests.family_runs import (
     checks,
     edit_lines,

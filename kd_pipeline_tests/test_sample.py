@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import fnmatch
+import gzip
+import hashlib
 import re
+import zipfile
 from pathlib import Path
 
 import duckdb
@@ -13,6 +16,7 @@ import pytest
 import yaml
 
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS
+from kd_pipeline.fetch import SAMPLE_LAYOUT_VERSION
 from kd_pipeline.sample import DEFAULT_ROWS_PER_CONFIG, lighton_sample_dir, write_sample_mirror
 
 EXPECTED_COLUMNS = ["query", "document", "similarity", "drop", "duplicate"]
@@ -285,3 +289,41 @@ def test_zero_rows(tmp_path: Path) -> None:
 def test_negative_rows_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="rows_per_config"):
         write_sample_mirror(tmp_path, rows_per_config=-1)
+
+
+# What a 5-rows sample holds, per SAMPLE_LAYOUT_VERSION: a finished sample in a data home
+# is reused as long as the version is the same (fetch.sample_mirror_path), so a change of
+# the generated content must come with a new version. Recorded from the sample as generated
+# at that version (the split of kd_pipeline.sample into a package kept it byte-identical).
+# Content, not bytes: the Parquet writer's version stamp and zlib's output may change with
+# the libraries, the sample's layout does not.
+SAMPLE_FINGERPRINTS = {3: "38a8971f3b99bfd155a586df70c39417a03f56f3e51b606ad6f2d3c6cb8081df"}
+
+
+def _content(path: Path) -> bytes:
+    """What a sample file holds, independent of the library versions that wrote it."""
+    if path.suffix == ".parquet":
+        parquet = pq.ParquetFile(path)
+        table = parquet.read()
+        shape = f"{table.schema.to_string(show_schema_metadata=True)}\n{parquet.num_row_groups}"
+        return shape.encode() + repr(table.to_pylist()).encode()
+    if path.name.endswith(".tar.gz"):
+        return gzip.decompress(path.read_bytes())
+    if path.suffix == ".zip":
+        with zipfile.ZipFile(path) as archive:
+            return b"".join(
+                info.filename.encode() + b"\0" + archive.read(info) for info in archive.infolist()
+            )
+    return path.read_bytes()
+
+
+def test_the_generated_content_changes_only_with_the_layout_version(tmp_path: Path) -> None:
+    out = write_sample_mirror(tmp_path / "m", rows_per_config=5)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        name = path.relative_to(out).as_posix()
+        digest.update(name.encode() + b"\0" + hashlib.sha256(_content(path)).digest())
+    assert digest.hexdigest() == SAMPLE_FINGERPRINTS.get(SAMPLE_LAYOUT_VERSION), (
+        "the sample's content changed: bump fetch.SAMPLE_LAYOUT_VERSION (a data home keeps "
+        "the old sample under the old version) and record the new fingerprint here"
+    )

@@ -9,8 +9,8 @@ import dagster as dg
 import pytest
 from huggingface_hub import constants
 
+from kd_pipeline.fetch import sample_mirror
 from kd_pipeline.lake import Lake
-from kd_pipeline.resources import sample_mirror
 from kd_pipeline_tests.conftest import point_pipeline_at_hub
 from kd_pipeline_tests.helpers import (
     failures,

@@ -34,10 +34,9 @@ from kd_pipeline.families.upstream import (
     declared_stand_in_md5s,
     url_key,
 )
-from kd_pipeline.fetch import file_md5
+from kd_pipeline.fetch import file_md5, sample_mirror
 from kd_pipeline.lake import Lake
 from kd_pipeline.parsers import ArchiveError, unpacked
-from kd_pipeline.resources import sample_mirror
 from kd_pipeline_tests.family_runs import (
     checks,
     materialized,

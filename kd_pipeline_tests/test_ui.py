@@ -32,8 +32,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from kd_pipeline.fetch import sample_mirror
 from kd_pipeline.lake import Lake
-from kd_pipeline.resources import sample_mirror
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE = ROOT / "workspace.yaml"

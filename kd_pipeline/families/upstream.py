@@ -1,9 +1,9 @@
 """Where the pairwise, listwise, mined and text families' upstream files live, how each
 file is verified, and what Zenodo currently says about its records' files.
 
-Plain data and the checksum decision only (no Dagster, no resources), so the sample
-generator can import it without a cycle. Facts come from the project's UPSTREAM notes:
-URLs, md5s and the per-variant top-k of the Rank-DistiLLM runs.
+Plain data and the checksum decision only (no Dagster, no resources): the sample generator
+(`kd_pipeline.sample`) imports it for the URLs its stand-ins live under. Facts come from the
+project's UPSTREAM notes: URLs, md5s and the per-variant top-k of the Rank-DistiLLM runs.
 
 Checksums: an upstream md5 is the md5 of the *real* file. The sample mirror (and any other
 stand-in mirror, e.g. a test fixture) holds different bytes under the same URLs, so it
@@ -47,7 +47,6 @@ MSMARCO_BASE = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
 MSMARCO_COLLECTION_URL = MSMARCO_BASE + "collection.tar.gz"
 MSMARCO_QUERIES_URL = MSMARCO_BASE + "queries.tar.gz"
 MSMARCO_QRELS_TRAIN_URL = MSMARCO_BASE + "qrels.train.tsv"
-MSMARCO_QUERY_FILES = ("queries.train.tsv", "queries.dev.tsv", "queries.eval.tsv")
 
 BEIR_FIQA_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/fiqa.zip"
 BEIR_FIQA_MD5 = "17918ed23cd04fb15047f73e6c3bd9d9"
@@ -258,7 +257,7 @@ def expected_md5(
     if tagged_md5:
         return ExpectedMd5(tagged_md5.strip().lower(), RUN_TAG)
     if fetcher.mirror is not None:
-        declared = declared_stand_in_md5s(fetcher.mirror).get(url_key(url))
+        declared = declared_stand_in_md5s(fetcher.local_mirror()).get(url_key(url))
         if declared is not None:
             return ExpectedMd5(declared.strip().lower(), STAND_IN)
     if pinned_md5:

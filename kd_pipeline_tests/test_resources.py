@@ -1,0 +1,209 @@
+"""The lake and upstream resources: configuration Dagster shows and validates.
+
+What the UI's resource page shows is each resource definition's configured values: a
+variable's name when it is set, else the resolved default (never None). A bound variable is
+read when a run starts; a bad value is one line naming the variable, when the code location
+loads. Building a Fetcher generates nothing: the sample mirror appears on the first read.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster._core.remote_representation.external_data import (
+    RepositorySnap,
+    ResourceConfigEnvVarSnap,
+)
+from pydantic import ValidationError
+
+from kd_pipeline import settings
+from kd_pipeline.definitions import shared_resources
+from kd_pipeline.families.lighton_configs import LIGHTON_REPO_ID
+from kd_pipeline.fetch import SAMPLE_LAYOUT_VERSION
+from kd_pipeline.resources import LakeResource, UpstreamResource
+from kd_pipeline.settings import UpstreamMode
+
+RESOURCE_VARIABLES = (
+    settings.LAKE_ENV,
+    settings.CATALOG_ENV,
+    settings.SOURCE_ENV,
+    settings.MIRROR_ENV,
+    settings.SAMPLE_ROWS_ENV,
+)
+
+
+def shown_in_ui(definitions: dg.Definitions) -> dict[str, dict[str, Any]]:
+    """resource -> the configured values the UI's resource page lists (the repository
+    snapshot the webserver serves): a value, or {"env": <variable>}."""
+    snap = RepositorySnap.from_def(definitions.get_repository_def())
+    return {
+        resource.name: {
+            key: {"env": value.name}
+            if isinstance(value, ResourceConfigEnvVarSnap)
+            else json.loads(value)
+            for key, value in resource.configured_values.items()
+        }
+        for resource in snap.resources
+        if resource.name in ("lake", "upstream")
+    }
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A data home in tmp_path and none of the resources' other variables set."""
+    for variable in RESOURCE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv(settings.HOME_ENV, str(home))
+    return home
+
+
+def test_unset_variables_show_their_resolved_defaults(clean_env: Path) -> None:
+    shown = shown_in_ui(shared_resources())
+    assert shown["lake"] == {
+        "root": str(clean_env / "lake"),
+        "catalog": f"sqlite:{clean_env / 'lake' / 'catalog.sqlite'}",
+    }
+    assert shown["upstream"] == {
+        "mode": "SAMPLE",
+        "mirror": "",
+        "data_home": {"env": settings.HOME_ENV},
+        "sample_rows_per_config": settings.DEFAULT_SAMPLE_ROWS_PER_CONFIG,
+    }
+    assert None not in [v for values in shown.values() for v in values.values()]
+
+
+def test_set_variables_show_their_names_and_are_read_when_a_run_starts(
+    clean_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    monkeypatch.setenv(settings.LAKE_ENV, str(tmp_path / "first"))
+    monkeypatch.setenv(settings.MIRROR_ENV, str(mirror))
+    monkeypatch.setenv(settings.SAMPLE_ROWS_ENV, "7")
+    resources = shared_resources().resources
+    shown = shown_in_ui(dg.Definitions(resources=resources))
+    assert shown["lake"]["root"] == {"env": settings.LAKE_ENV}
+    assert shown["upstream"] == {
+        "mode": "MIRROR",  # an Enum: fixed when the code location loads
+        "mirror": {"env": settings.MIRROR_ENV},
+        "data_home": {"env": settings.HOME_ENV},
+        "sample_rows_per_config": {"env": settings.SAMPLE_ROWS_ENV},
+    }
+
+    @dg.asset
+    def probe(lake: LakeResource, upstream: UpstreamResource) -> dict[str, Any]:
+        fetcher = upstream.fetcher()
+        return {
+            "root": lake.lake().root,
+            "mirror": fetcher.mirror,
+            "rows": upstream.sample_rows_per_config,
+        }
+
+    monkeypatch.setenv(settings.LAKE_ENV, str(tmp_path / "second"))
+    monkeypatch.setenv(settings.SAMPLE_ROWS_ENV, "9")
+    result = dg.materialize([probe], resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert result.output_for_node("probe") == {
+        "root": tmp_path / "second",
+        "mirror": mirror,
+        "rows": 9,
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"KD_PIPELINE_SOURCE": "bogus"}, "KD_PIPELINE_SOURCE='bogus': expected one of sample"),
+        ({"KD_PIPELINE_SOURCE": "mirror"}, "KD_PIPELINE_SOURCE=mirror needs KD_PIPELINE_MIRROR"),
+        ({"KD_PIPELINE_MIRROR": "/no/such/mirror"}, "expected an existing folder"),
+        ({"KD_PIPELINE_SAMPLE_ROWS": "-3"}, "KD_PIPELINE_SAMPLE_ROWS='-3': expected a non-neg"),
+        ({"KD_PIPELINE_SAMPLE_ROWS": "many"}, "KD_PIPELINE_SAMPLE_ROWS='many': expected a non"),
+        ({"KD_PIPELINE_LAKE": "gs://bucket/lake"}, "the gs:// scheme is not supported"),
+        ({"KD_PIPELINE_CATALOG": "mysql:host=db"}, "KD_PIPELINE_CATALOG='mysql:host=db': exp"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_its_variable(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str], line: str
+) -> None:
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(settings.SettingsError) as caught:
+        shared_resources()
+    (message,) = str(caught.value).splitlines()
+    assert message.startswith(next(iter(env)) + "=") and line in message
+
+
+def test_several_bad_values_are_all_named(clean_env: Path, monkeypatch) -> None:
+    monkeypatch.setenv(settings.SOURCE_ENV, "ftp")
+    monkeypatch.setenv(settings.SAMPLE_ROWS_ENV, "0.5")
+    with pytest.raises(settings.SettingsError) as caught:
+        UpstreamResource.from_environment()
+    assert str(caught.value).splitlines() == [
+        "KD_PIPELINE_SOURCE='ftp': expected one of sample, mirror, hub",
+        "KD_PIPELINE_SAMPLE_ROWS='0.5': expected a non-negative integer",
+    ]
+
+
+def test_values_given_in_code_are_validated_by_the_same_rules(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="KD_PIPELINE_SAMPLE_ROWS='-1'"):
+        UpstreamResource(sample_rows_per_config=-1)
+    with pytest.raises(ValidationError, match="KD_PIPELINE_SOURCE='local'"):
+        UpstreamResource(mode="local")
+    with pytest.raises(ValidationError, match="needs KD_PIPELINE_MIRROR"):
+        UpstreamResource(mode="mirror", mirror="")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValidationError, match="expected a folder, found a file"):
+        LakeResource(root=str(tmp_path / "file"))
+    assert UpstreamResource(mode="HUB").mode is UpstreamMode.HUB  # any case, as the variable
+
+
+def test_loading_the_code_location_with_a_bad_value_fails_naming_it(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", settings.HOME_ENV: str(tmp_path), settings.SOURCE_ENV: "s3"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import kd_pipeline.definitions"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert loaded.returncode != 0
+    assert loaded.stderr.strip().splitlines()[-1] == (
+        "kd_pipeline.settings.SettingsError: "
+        "KD_PIPELINE_SOURCE='s3': expected one of sample, mirror, hub"
+    )
+
+
+def test_the_lake_resource_describes_a_lake_and_creates_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    lake = LakeResource(root=str(root), catalog=f"sqlite:{tmp_path / 'c.sqlite'}").lake()
+    assert (lake.root, lake.catalog.target) == (root, str(tmp_path / "c.sqlite"))
+    assert not root.exists() and not (tmp_path / "c.sqlite").exists()
+
+
+def test_the_sample_is_generated_by_the_first_read_not_by_the_resource(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    upstream = UpstreamResource(mode="sample", data_home=str(home), sample_rows_per_config=3)
+    fetcher = upstream.fetcher()
+    expected = home / "sample-mirror" / f"v{SAMPLE_LAYOUT_VERSION}-rows3"
+    assert fetcher.mirror == expected
+    assert not home.exists()  # building the resource and its fetcher wrote nothing
+    snapshot = fetcher.dataset_snapshot(LIGHTON_REPO_ID)
+    assert snapshot.source == str(expected) and "agnews/train-00000-of-00001.parquet" in (
+        snapshot.files
+    )
+    assert sorted(p.name for p in (home / "sample-mirror").iterdir()) == [expected.name]
+    again = upstream.fetcher().dataset_snapshot(LIGHTON_REPO_ID)
+    assert again.revision == snapshot.revision  # the same files: generated once
+
+
+def test_the_hub_and_mirror_sources_have_no_sample(tmp_path: Path) -> None:
+    hub = UpstreamResource(mode="hub", data_home=str(tmp_path)).fetcher()
+    assert hub.mirror is None and hub.cache_dir == tmp_path / "cache"
+    mirror = UpstreamResource(mode="mirror", mirror=str(tmp_path), data_home=str(tmp_path))
+    assert mirror.fetcher().mirror == tmp_path
+    assert not (tmp_path / "sample-mirror").exists()
