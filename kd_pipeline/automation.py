@@ -237,16 +237,3 @@ def release_dead_runs(context: dg.SensorEvaluationContext) -> dg.SkipReason:
     if released:
         context.log.warning(f"released the pool slots of dead run(s): {', '.join(released)}")
     return dg.SkipReason(f"{len(released)} dead run(s) released")
-
-
-def definitions() -> dg.Definitions:
-    return dg.Definitions(
-        jobs=[lighton_raw_job],
-        schedules=[build_refresh_schedule()],
-        sensors=[
-            lighton_upstream_changes,
-            zenodo_upstream_changes,
-            automation_sensor,
-            release_dead_runs,
-        ],
-    )

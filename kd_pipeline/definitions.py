@@ -1,18 +1,22 @@
-"""The Dagster code location: assembles each family's definitions and the shared resources.
+"""The Dagster code location (`dg`, `dagster dev`, `dagster code-server -m`): the modules of
+`kd_pipeline/defs/`, found by folder, and MAIN_JOBS, what `kd-pipeline materialize` runs.
 
-Nothing here connects or downloads; each family module exposes a `definitions()` with its
-assets, checks and jobs, and this file only merges them. The shared resources are the one
-part that reads the environment, through `settings` (`shared_resources`).
+Nothing here connects or downloads; the shared resources are the one part that reads the
+environment, through `settings` (`defs/resources.py`).
 """
+
+import warnings
+from pathlib import Path
 
 import dagster as dg
 
-from kd_pipeline import automation
-from kd_pipeline.engine import default_duckdb_resource
-from kd_pipeline.exports import factory as exports
+import kd_pipeline.defs
+from kd_pipeline.defs.resources import shared_resources
+from kd_pipeline.exports.factory import main_job_names
 from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
 from kd_pipeline.recipes import factory
-from kd_pipeline.resources import LakeResource, UpstreamResource
+
+__all__ = ["MAIN_JOBS", "build_definitions", "defs", "shared_resources"]
 
 LIGHTON_PARTITIONED_JOB = lighton.LIGHTON_PARTITIONED_JOB
 LIGHTON_UNIONS_JOB = factory.LIGHTON_UNIONS_JOB
@@ -25,35 +29,25 @@ MAIN_JOBS = (
     hofstaetter.HOFSTAETTER_JOB,
     rank_distillm.RANK_DISTILLM_JOB,
     fiqa.FIQA_JOB,
-    *exports.main_job_names(),
+    *main_job_names(),
 )
-
-
-def shared_resources() -> dg.Definitions:
-    """The lake, the upstream source and DuckDB, configured from the environment as it is
-    when this runs (each field a `dg.EnvVar` or its resolved default, validated now; see
-    `resources`). Raises settings.SettingsError naming every bad variable."""
-    return dg.Definitions(
-        resources={
-            "lake": LakeResource.from_environment(),
-            "upstream": UpstreamResource.from_environment(),
-            "duckdb": default_duckdb_resource(),
-        }
-    )
+# the project root for Dagster's loader: the folder holding the package (a source checkout
+# or site-packages; the loader needs no pyproject.toml when it is given)
+PROJECT_ROOT = Path(kd_pipeline.defs.__file__).parents[2]
 
 
 def build_definitions() -> dg.Definitions:
-    return dg.Definitions.merge(
-        lighton.definitions(),
-        factory.definitions(),
-        text.definitions(),
-        hofstaetter.definitions(),
-        rank_distillm.definitions(),
-        fiqa.definitions(),
-        exports.definitions(),
-        automation.definitions(),
-        shared_resources(),
-    )
+    """Every definition of the modules in `kd_pipeline/defs/`, loaded now (the resources
+    read the environment as it is now).
+
+    Raises settings.SettingsError, one line per bad variable, before the folder is loaded
+    (the loader would wrap it in its own report of every module)."""
+    shared_resources()
+    # Dagster's folder loader calls its own preview functions and warns about them on every
+    # load; that is its business, not a user's: silenced here, and only here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return dg.ComponentTree.from_module(kd_pipeline.defs, PROJECT_ROOT).build_defs()
 
 
 defs = build_definitions()

@@ -371,25 +371,6 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
     return lake_asset(asset, lambda step: write_export(step, spec))
 
 
-def definitions(specs: Sequence[ExportSpec] | None = None) -> dg.Definitions:
-    """Every export of the spec file, and one job per source asset."""
-    specs = load_export_specs() if specs is None else specs
-    assets = [build_export_asset(spec) for spec in specs]
-    by_job: dict[str, list[ExportSpec]] = {}
-    for spec in specs:
-        by_job.setdefault(export_job_name(spec), []).append(spec)
-    jobs = [
-        dg.define_asset_job(
-            name,
-            selection=dg.AssetSelection.assets(*(s.key for s in group)),
-            description=f"Every export of {group[0].source.name} "
-            "(needs it and its text collections published).",
-        )
-        for name, group in by_job.items()
-    ]
-    return dg.Definitions(assets=assets, jobs=jobs)
-
-
 def main_job_names() -> list[str]:
     """The export jobs, once each, in spec order (run after their sources are published)."""
     return list(dict.fromkeys(export_job_name(spec) for spec in load_export_specs()))

@@ -184,12 +184,10 @@ def write_mined(step: Step) -> Built[ReadFacts]:
 fiqa_mined_scores = lake_asset(MINED, write_mined)
 
 
-def definitions() -> dg.Definitions:
-    """The mined scores, and a job that builds them with the FiQA texts they need."""
-    fiqa_texts = [t.key for t in TEXT_TABLES if t.key.path[1] == "fiqa"]
-    job = dg.define_asset_job(
-        FIQA_JOB,
-        selection=dg.AssetSelection.assets(*fiqa_texts, MINED_KEY),
-        description="BEIR FiQA texts and the mined reranker scores (non-commercial licence).",
-    )
-    return dg.Definitions(assets=[fiqa_mined_scores], jobs=[job])
+fiqa_job = dg.define_asset_job(
+    FIQA_JOB,
+    selection=dg.AssetSelection.assets(
+        *(t.key for t in TEXT_TABLES if t.key.path[1] == "fiqa"), MINED_KEY
+    ),
+    description="BEIR FiQA texts and the mined reranker scores (non-commercial licence).",
+)

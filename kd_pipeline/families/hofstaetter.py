@@ -155,7 +155,3 @@ hofstaetter_job = dg.define_asset_job(
     description="Hofstaetter teacher scores, one teacher per run "
     "(needs the MS MARCO texts: job text_collections).",
 )
-
-
-def definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[hofstaetter_teacher_scores], jobs=[hofstaetter_job])

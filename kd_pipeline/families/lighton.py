@@ -478,7 +478,3 @@ lighton_partitions_job = dg.define_asset_job(
     ),
     description="Raw LightOn pairs and every filter recipe, for one config.",
 )
-
-
-def definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[lighton_raw], jobs=[lighton_partitions_job])

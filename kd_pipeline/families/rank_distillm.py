@@ -172,7 +172,3 @@ rank_distillm_job = dg.define_asset_job(
     description="Rank-DistiLLM runs, one variant per run "
     "(needs the MS MARCO texts and qrels: job text_collections).",
 )
-
-
-def definitions() -> dg.Definitions:
-    return dg.Definitions(assets=[rank_distillm_runs], jobs=[rank_distillm_job])

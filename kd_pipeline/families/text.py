@@ -361,12 +361,9 @@ def build_text_asset(table: TextTable) -> dg.AssetsDefinition:
     return lake_asset(spec, write_text_table)
 
 
-def definitions() -> dg.Definitions:
-    """Every text table, and the job that builds them all."""
-    assets = [build_text_asset(table) for table in TEXT_TABLES]
-    job = dg.define_asset_job(
-        TEXT_JOB,
-        selection=dg.AssetSelection.assets(*(t.key for t in TEXT_TABLES)),
-        description="MS MARCO passage and BEIR FiQA texts, queries and qrels.",
-    )
-    return dg.Definitions(assets=assets, jobs=[job])
+text_assets = [build_text_asset(table) for table in TEXT_TABLES]
+text_job = dg.define_asset_job(
+    TEXT_JOB,
+    selection=dg.AssetSelection.assets(*(t.key for t in TEXT_TABLES)),
+    description="MS MARCO passage and BEIR FiQA texts, queries and qrels.",
+)

@@ -27,7 +27,7 @@ from kd_pipeline.lake import Lake
 from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
 from kd_pipeline.metadata import preview, same_column_lineage
 from kd_pipeline.recipes.filters import FilterFacts, FilterKnobs, apply_filter, recipe_rules
-from kd_pipeline.recipes.specs import FilterSpec, load_filter_specs, load_union_specs
+from kd_pipeline.recipes.specs import FilterSpec
 from kd_pipeline.recipes.unions import (
     MIXINGS,
     UNION_COLUMNS,
@@ -269,22 +269,4 @@ def build_custom_union_asset(specs: Sequence[UnionSpec]) -> dg.AssetsDefinition:
     )
     return lake_asset(
         asset, lambda step: write_union(step, configured(step.config)), "lighton_custom_union"
-    )
-
-
-def definitions() -> dg.Definitions:
-    """Every LightOn recipe from the spec files, the ad-hoc assets, and the unions' job (the
-    job of `lighton/raw` and the filter recipes is the LightOn family's, families/lighton.py)."""
-    filter_specs = load_filter_specs()
-    union_specs = load_union_specs(taken={s.name for s in filter_specs})
-    filters = [build_filter_asset(spec) for spec in filter_specs]
-    unions = [build_union_asset(spec) for spec in union_specs]
-    unions_job = dg.define_asset_job(
-        LIGHTON_UNIONS_JOB,
-        selection=dg.AssetSelection.assets(*(a.key for a in unions)),
-        description="Every union recipe, from the published raw partitions.",
-    )
-    return dg.Definitions(
-        assets=[*filters, *unions, lighton_custom, build_custom_union_asset(union_specs)],
-        jobs=[unions_job],
     )

@@ -1,0 +1,24 @@
+"""Automation: the refresh schedule, the upstream-change sensors (Hub, Zenodo), eager
+propagation, and the release of runs whose process died."""
+
+import dagster as dg
+
+from kd_pipeline.automation import (
+    automation_sensor,
+    build_refresh_schedule,
+    lighton_raw_job,
+    lighton_upstream_changes,
+    release_dead_runs,
+    zenodo_upstream_changes,
+)
+
+defs = dg.Definitions(
+    jobs=[lighton_raw_job],
+    schedules=[build_refresh_schedule()],
+    sensors=[
+        lighton_upstream_changes,
+        zenodo_upstream_changes,
+        automation_sensor,
+        release_dead_runs,
+    ],
+)
