@@ -119,3 +119,23 @@ def test_a_skipped_test_fails_the_run(
     assert skipped.ret == pytest.ExitCode.TESTS_FAILED
     skipped.stdout.fnmatch_lines(["*1 test(s) skipped, which fails the run*test_needs_a_consumer*"])
     assert pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "fine").ret == 0
+
+
+def architecture_map() -> str:
+    """The code block of the README's Architecture section."""
+    section = readme().split("## Architecture\n", 1)[1]
+    return section.split("```\n", 2)[1]
+
+
+def test_the_architecture_map_names_every_module() -> None:
+    block = architecture_map()
+    modules = sorted(
+        path.relative_to(REPO / "kd_pipeline")
+        for path in (REPO / "kd_pipeline").rglob("*.py")
+        if path.name != "__init__.py"
+    )
+    assert len(modules) > 60  # the walk found the package
+    missing = [str(m) for m in modules if m.name not in block]
+    folders = {str(m.parent) for m in modules if str(m.parent) != "."}
+    unmapped = [f for f in folders if f.split("/")[-1] + "/" not in block]
+    assert (missing, unmapped) == ([], [])
