@@ -19,7 +19,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from kd_pipeline.checks.audit import SHRINK, blocking_failure, check_result, check_specs, publish
-from kd_pipeline.checks.rules import F, Rule, RuleOutcome, Table
+from kd_pipeline.checks.rules import F, Rule, RuleOutcome, Table, evaluate_rules
 from kd_pipeline.engine import engine_connection
 from kd_pipeline.fetch import Fetcher
 from kd_pipeline.lake import Lake, StagedVersion
@@ -31,6 +31,17 @@ KINDS = frozenset({"duckdb", "parquet"})
 
 
 @dataclass(frozen=True)
+class AdHoc(Generic[F]):
+    """An ad-hoc asset: its knobs come from run config (`config`), so its rules depend on
+    them (`rules(config)`: they still gate its publish, but no checks are declared), and
+    each knob set is stored under its own variant folder (`variant(config)`)."""
+
+    config: type[dg.Config]
+    rules: Callable[[Any], Sequence[Rule[F]]]
+    variant: Callable[[Any], str]
+
+
+@dataclass(frozen=True)
 class LakeAsset(Generic[F]):
     """What Dagster shows of an asset and what its staged versions are judged by.
 
@@ -39,9 +50,7 @@ class LakeAsset(Generic[F]):
     it gets the `upstream` resource and the shrink guard (`checks.audit.SHRINK`).
     reported: rule name -> metadata key that also gets the rule's detail (e.g. the share of
     unresolved ids, worth seeing even when the check says only "ok").
-    config: an ad-hoc asset's run config (knobs): no checks are declared (its rules depend
-    on the knobs: `rules_for(config)`, still blocking its publish), and each knob set is
-    stored under its own variant folder (`variant(config)`).
+    ad_hoc: set for an asset whose knobs come from run config (see `AdHoc`).
     """
 
     key: dg.AssetKey
@@ -56,13 +65,22 @@ class LakeAsset(Generic[F]):
     reported: Mapping[str, str] = field(default_factory=dict)
     automation_condition: dg.AutomationCondition | None = None
     freshness_policy: dg.FreshnessPolicy | None = None
-    config: type[dg.Config] | None = None
-    rules_for: Callable[[Any], Sequence[Rule[F]]] | None = None
-    variant: Callable[[Any], str] | None = None
+    ad_hoc: AdHoc[F] | None = None
 
-    def declared_rules(self) -> list[Rule[Any]]:
-        """Every check of the asset, in order: its rules, then the shrink guard."""
-        return [*self.rules, *([SHRINK] if self.reads_upstream else [])]
+    def __post_init__(self) -> None:
+        names = {rule.name for rule in self.rules}
+        unknown = sorted(set(self.reported) - names) if self.ad_hoc is None else []
+        if unknown:  # a definition error, found when the code location loads
+            raise ValueError(f"{self.key.to_user_string()}: reported rules {unknown} unknown")
+
+    def own_rules(self, config: Any = None) -> list[Rule[F]]:
+        """The asset's own rules (an ad-hoc asset's for its run config)."""
+        return list(self.ad_hoc.rules(config) if self.ad_hoc else self.rules)
+
+    def rules_of(self, config: Any = None) -> list[Rule[Any]]:
+        """Every rule a staged version is judged by, in order: its own, then the shrink
+        guard of an asset that reads upstream files; the declared checks when not ad hoc."""
+        return [*self.own_rules(config), *([SHRINK] if self.reads_upstream else [])]
 
 
 @dataclass
@@ -79,6 +97,7 @@ class Step:
 
     @property
     def partition(self) -> str | None:
+        """The partition key of the step (None for an unpartitioned asset)."""
         return self.context.partition_key if self.context.has_partition_key else None
 
     @property
@@ -94,6 +113,7 @@ class Step:
         return self.upstream.fetcher()
 
     def log(self, message: str) -> None:
+        """One line in the run's log (the UI's run view)."""
         self.context.log.info(message)
 
 
@@ -115,17 +135,14 @@ class Built(Generic[F]):
     outcomes: list[RuleOutcome] | None = None
 
 
-Body = Callable[[Step], Built[Any]]
-
-
 def metadata_value(value: object) -> object:
     """Lists and dicts as JSON metadata; everything else as it is."""
     return dg.MetadataValue.json(value) if isinstance(value, list | dict) else value
 
 
 def run_step(
-    spec: LakeAsset[Any],
-    body: Body,
+    spec: LakeAsset[F],
+    body: Callable[[Step], Built[F]],
     context: dg.AssetExecutionContext,
     lake: Lake,
     duckdb_resource: DuckDBResource,
@@ -139,25 +156,26 @@ def run_step(
     """
     partition = context.partition_key if context.has_partition_key else None
     storage = tuple(spec.key.path)
-    if config is not None and spec.variant is not None:
-        storage = (*storage, spec.variant(config))
+    if spec.ad_hoc is not None:
+        storage = (*storage, spec.ad_hoc.variant(config))
     with engine_connection(duckdb_resource, lake) as con, lake.stage(storage, partition) as staged:
         step = Step(context, lake, con, staged, upstream, config)
         built = body(step)
-        rules = list(spec.rules_for(config) if spec.rules_for else spec.rules)
         table = built.table or step.table
-        outcomes = built.outcomes
-        if outcomes is None:
-            outcomes = [rule.evaluate(con, table, built.facts) for rule in rules]
+        outcomes = list(built.outcomes or [])
+        if built.outcomes is None:
+            outcomes = evaluate_rules(con, spec.own_rules(config), table, built.facts)
         if spec.reads_upstream:
-            rules.append(SHRINK)
             previous = lake.published_rows(staged.key, staged.partition)
-            outcomes = [*outcomes, SHRINK.evaluate(con, table, previous)]
+            outcomes.append(SHRINK.evaluate(con, table, previous))
+        rules = spec.rules_of(config)
+        if [o.rule for o in outcomes] != [r.name for r in rules]:  # a body's bug, not data
+            raise RuntimeError(f"{spec.key.to_user_string()}: verdicts do not match the rules")
         verdicts = {o.rule: o.detail for o in outcomes}
         reported = {key: verdicts[rule] for rule, key in spec.reported.items()}
         results = (
             []
-            if spec.config
+            if spec.ad_hoc
             else [check_result(r, o) for r, o in zip(rules, outcomes, strict=True)]
         )
         failure = blocking_failure(staged, rules, outcomes)
@@ -177,12 +195,12 @@ def run_step(
         **reported,
         **where,
     }
-    if config is not None and spec.variant is not None:
+    if spec.ad_hoc is not None:
         metadata["variant"] = storage[-1]
     yield dg.MaterializeResult(metadata=metadata, check_results=results)
 
 
-def lake_asset(spec: LakeAsset[Any], body: Body, name: str | None = None) -> dg.AssetsDefinition:
+def lake_asset(spec: LakeAsset[F], body: Callable[[Step], Built[F]]) -> dg.AssetsDefinition:
     """The Dagster asset of spec: resources `lake`, `duckdb` (and `upstream` if it reads
     upstream files), one check per declared rule, each step run by `run_step`."""
     asset = dg.asset(
@@ -199,8 +217,8 @@ def lake_asset(spec: LakeAsset[Any], body: Body, name: str | None = None) -> dg.
         freshness_policy=spec.freshness_policy,
         required_resource_keys={"lake", "duckdb", *(["upstream"] if spec.reads_upstream else [])},
         check_specs=None
-        if spec.config
-        else check_specs(spec.declared_rules(), spec.key, spec.partitions_def),
+        if spec.ad_hoc
+        else check_specs(spec.rules_of(), spec.key, spec.partitions_def),
     )
 
     def steps(context: dg.AssetExecutionContext, config: Any) -> Iterator[Any]:
@@ -209,16 +227,16 @@ def lake_asset(spec: LakeAsset[Any], body: Body, name: str | None = None) -> dg.
         lake: LakeResource = resources.lake
         yield from run_step(spec, body, context, lake.lake(), resources.duckdb, upstream, config)
 
-    if spec.config is None:
+    if spec.ad_hoc is None:
 
         def compute(context: dg.AssetExecutionContext) -> Iterator[Any]:
             yield from steps(context, None)
 
     else:
-        config_type = spec.config
+        config_type = spec.ad_hoc.config
 
         def compute(context: dg.AssetExecutionContext, config: config_type) -> Iterator[Any]:  # type: ignore[valid-type]
             yield from steps(context, config)
 
-    compute.__name__ = name or "_".join(spec.key.path)
+    compute.__name__ = "_".join(spec.key.path)
     return asset(compute)

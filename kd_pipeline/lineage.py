@@ -26,8 +26,9 @@ def published_glob(
 
 
 def published_versions(lake: Lake, keys: Sequence[dg.AssetKey]) -> dict[str, str]:
-    """Which version of each (unpartitioned) upstream table a run read, for lineage."""
-    return {k.to_user_string(): version(lake, k, None) for k in keys}
+    """Which version of each (unpartitioned) upstream table a run read, for lineage (read
+    after `published_glob`; raises LakeError when one is not published)."""
+    return {k.to_user_string(): lake.manifest(k.path).get("version", "?") for k in keys}
 
 
 def manifest(lake: Lake, key: dg.AssetKey, partition: str | None) -> dict:

@@ -30,7 +30,11 @@ def describe(definitions: dg.Definitions) -> dict[str, Any]:
     graph = definitions.resolve_asset_graph()
     checks: dict[str, list[str]] = {}
     for check in graph.asset_check_keys:
-        checks.setdefault(check.asset_key.to_user_string(), []).append(check.name)
+        spec = graph.get_check_spec(check)
+        level = "blocking" if spec.blocking else "warning"
+        checks.setdefault(check.asset_key.to_user_string(), []).append(
+            f"{check.name} ({level}): {spec.description}"
+        )
     assets: dict[str, Any] = {}
     partition_sets: list[dict[str, Any]] = []
     for key in sorted(graph.get_all_asset_keys()):

@@ -186,11 +186,11 @@ def resolved_rule(description: str) -> Rule[ReadFacts]:
 RANKS_CONTIGUOUS: Rule[Any] = Rule(
     "ranks_contiguous", "Each query's ranks are exactly 1..n.", static(ranks_contiguous())
 )
-UNIQUE_CANDIDATES: Rule[Any] = Rule(
-    "unique_candidates",
-    "A document appears at most once per query.",
-    static(unique_key(["query_id", "doc_id"])),
-)
+
+
+def unique_candidates(description: str) -> Rule[Any]:
+    """A document is listed once per query."""
+    return Rule("unique_candidates", description, static(unique_key(["query_id", "doc_id"])))
 
 
 def listwise_rules(columns: dict[str, str]) -> list[Rule[ReadFacts]]:
@@ -218,7 +218,7 @@ def listwise_rules(columns: dict[str, str]) -> list[Rule[ReadFacts]]:
             ),
         ),
         RANKS_CONTIGUOUS,
-        UNIQUE_CANDIDATES,
+        unique_candidates("A document appears at most once per query."),
         Rule(
             "every_query_has_positive",
             "Each query has a relevant document (annotated or labelled tables).",

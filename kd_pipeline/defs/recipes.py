@@ -5,10 +5,10 @@ per-config job of `defs/lighton.py`)."""
 import dagster as dg
 
 from kd_pipeline.recipes.factory import (
-    LIGHTON_UNIONS_JOB,
     build_custom_union_asset,
     build_filter_asset,
     build_union_asset,
+    build_unions_job,
     lighton_custom,
 )
 from kd_pipeline.recipes.specs import load_filter_specs, load_union_specs
@@ -16,11 +16,6 @@ from kd_pipeline.recipes.specs import load_filter_specs, load_union_specs
 filter_specs = load_filter_specs()
 union_specs = load_union_specs(taken={s.name for s in filter_specs})
 unions = [build_union_asset(spec) for spec in union_specs]
-unions_job = dg.define_asset_job(
-    LIGHTON_UNIONS_JOB,
-    selection=dg.AssetSelection.assets(*(a.key for a in unions)),
-    description="Every union recipe, from the published raw partitions.",
-)
 defs = dg.Definitions(
     assets=[
         *(build_filter_asset(spec) for spec in filter_specs),
@@ -28,5 +23,5 @@ defs = dg.Definitions(
         lighton_custom,
         build_custom_union_asset(union_specs),
     ],
-    jobs=[unions_job],
+    jobs=[build_unions_job(unions)],
 )

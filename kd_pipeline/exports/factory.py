@@ -52,6 +52,9 @@ FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(days=8), warn_window=timedelta(days=7)
 )
 
+# what dg.define_asset_job returns (a job resolved against the asset graph at load)
+AssetJob = Any
+
 
 def export_job_name(spec: ExportSpec) -> str:
     """One job per source asset, e.g. `exports_hofstaetter_teacher_scores`."""
@@ -215,8 +218,8 @@ def write_export(step: Step, spec: ExportSpec) -> Built[Any]:
     texts = None
     if spec.texts is not None:
         texts = TextGlobs(
-            published_glob(lake, spec.texts.queries),
-            published_glob(lake, spec.texts.documents),
+            published_glob(lake, spec.texts.queries, None, "job text_collections"),
+            published_glob(lake, spec.texts.documents, None, "job text_collections"),
             spec.texts.documents_have_titles,
         )
     upstream = [spec.source.key, *(spec.texts.keys if spec.texts else [])]
@@ -369,6 +372,22 @@ def build_export_asset(spec: ExportSpec) -> dg.AssetsDefinition:
         freshness_policy=FRESHNESS,
     )
     return lake_asset(asset, lambda step: write_export(step, spec))
+
+
+def build_export_jobs(specs: Sequence[ExportSpec]) -> list[AssetJob]:
+    """One job per source asset, holding every export of that source."""
+    by_job: dict[str, list[ExportSpec]] = {}
+    for spec in specs:
+        by_job.setdefault(export_job_name(spec), []).append(spec)
+    return [
+        dg.define_asset_job(
+            name,
+            selection=dg.AssetSelection.assets(*(s.key for s in group)),
+            description=f"Every export of {group[0].source.name} "
+            "(needs it and its text collections published).",
+        )
+        for name, group in by_job.items()
+    ]
 
 
 def main_job_names() -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from kd_pipeline.checks.candidates import RANKS_CONTIGUOUS, UNIQUE_CANDIDATES
+from kd_pipeline.checks.candidates import RANKS_CONTIGUOUS, unique_candidates
 from kd_pipeline.checks.rules import (
     Rule,
     RuleFn,
@@ -145,7 +145,7 @@ def lightning_ir_rules() -> list[Rule[RunFile]]:
     return [
         Rule("schema", "Columns: query_id, doc_id, rank, score.", static(schema_is(COLUMNS))),
         RANKS_CONTIGUOUS,
-        UNIQUE_CANDIDATES,
+        unique_candidates("A document is ranked once per query."),
         Rule("finite_scores", "Every score is finite.", static(finite("score", "query_id"))),
         Rule(
             "file_name_names_collection",

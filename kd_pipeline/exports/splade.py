@@ -184,7 +184,7 @@ def write_splade(run: ExportRun) -> Written:
     )
     began = time.perf_counter()
     facts = SpladeFacts(load_splade(con, layout), alternative)
-    timings["read_back_seconds"] = time.perf_counter() - began
+    timings["audit_seconds"] = time.perf_counter() - began
     ((split_sizes,),) = con.execute(
         "SELECT map(list(split), list(n)) FROM (SELECT split, count(*) AS n FROM kd_split "
         "GROUP BY split ORDER BY split)"

@@ -24,7 +24,7 @@ from kd_pipeline.families.lighton import (
     lighton_partitions,
 )
 from kd_pipeline.lake import Lake
-from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
+from kd_pipeline.lake_asset import AdHoc, Built, LakeAsset, Step, lake_asset
 from kd_pipeline.metadata import preview, same_column_lineage
 from kd_pipeline.recipes.filters import FilterFacts, FilterKnobs, apply_filter, recipe_rules
 from kd_pipeline.recipes.specs import FilterSpec
@@ -36,6 +36,9 @@ from kd_pipeline.recipes.unions import (
     plan_sources,
     union_rules,
 )
+
+# what dg.define_asset_job returns (a job resolved against the asset graph at load)
+AssetJob = Any
 
 LIGHTON_UNIONS_JOB = "lighton_unions"
 CUSTOM_KEY = dg.AssetKey(["lighton", "custom"])
@@ -119,7 +122,7 @@ def build_filter_asset(spec: FilterSpec) -> dg.AssetsDefinition:
         },
         automation_condition=dg.AutomationCondition.eager(),
     )
-    return lake_asset(asset, lambda step: write_filtered(step, spec.knobs), f"lighton_{spec.name}")
+    return lake_asset(asset, lambda step: write_filtered(step, spec.knobs))
 
 
 class CustomFilterConfig(dg.Config):
@@ -145,9 +148,11 @@ CUSTOM = LakeAsset(
     partitions_def=lighton_partitions,
     deps=[RAW_KEY],
     metadata={"dagster/column_schema": COLUMN_SCHEMA},
-    config=CustomFilterConfig,
-    rules_for=lambda config: filter_rules(config.knobs()),
-    variant=lambda config: variant_id("filter", config.knobs().as_dict()),
+    ad_hoc=AdHoc(
+        CustomFilterConfig,
+        rules=lambda config: filter_rules(config.knobs()),
+        variant=lambda config: variant_id("filter", config.knobs().as_dict()),
+    ),
 )
 lighton_custom = lake_asset(CUSTOM, lambda step: write_filtered(step, step.config.knobs()))
 
@@ -224,7 +229,7 @@ def build_union_asset(spec: UnionSpec) -> dg.AssetsDefinition:
         },
         automation_condition=dg.AutomationCondition.eager(),
     )
-    return lake_asset(asset, lambda step: write_union(step, spec), f"lighton_{spec.name}")
+    return lake_asset(asset, lambda step: write_union(step, spec))
 
 
 class CustomUnionConfig(dg.Config):
@@ -263,10 +268,20 @@ def build_custom_union_asset(specs: Sequence[UnionSpec]) -> dg.AssetsDefinition:
         "each variant is published under lighton/custom_union/<variant>.",
         deps=[dg.AssetDep(RAW_KEY, partition_mapping=dg.AllPartitionMapping())],
         metadata={"dagster/column_schema": UNION_SCHEMA, "mixings": ", ".join(MIXINGS)},
-        config=CustomUnionConfig,
-        rules_for=lambda config: union_check_rules(configured(config)),
-        variant=lambda config: variant_id(config.union, configured(config).knob_values()),
+        ad_hoc=AdHoc(
+            CustomUnionConfig,
+            rules=lambda config: union_check_rules(configured(config)),
+            variant=lambda config: variant_id(config.union, configured(config).knob_values()),
+        ),
     )
-    return lake_asset(
-        asset, lambda step: write_union(step, configured(step.config)), "lighton_custom_union"
+    return lake_asset(asset, lambda step: write_union(step, configured(step.config)))
+
+
+def build_unions_job(unions: Sequence[dg.AssetsDefinition]) -> AssetJob:
+    """The unions' job: every union recipe, from the published raw partitions (the filters
+    run in the per-config job of families/lighton.py)."""
+    return dg.define_asset_job(
+        LIGHTON_UNIONS_JOB,
+        selection=dg.AssetSelection.assets(*(a.key for a in unions)),
+        description="Every union recipe, from the published raw partitions.",
     )

@@ -206,7 +206,12 @@ def recipe_rules(knobs: FilterKnobs) -> list[Rule[FilterFacts]]:
             )
         )
     if knobs.dedup:
-        rules.append(no_duplicate_pairs_rule(knobs.dedup_casefold))
+        rules.append(
+            no_duplicate_pairs_rule(
+                knobs.dedup_casefold,
+                "dedup: no (query, document) pair appears twice after normalisation.",
+            )
+        )
     rules.append(
         Rule(
             "row_count_matches_filter",
@@ -217,13 +222,13 @@ def recipe_rules(knobs: FilterKnobs) -> list[Rule[FilterFacts]]:
     return rules
 
 
-def no_duplicate_pairs_rule(casefold: bool) -> Rule[Any]:
+def no_duplicate_pairs_rule(casefold: bool, description: str) -> Rule[Any]:
     """dedup: no (query, document) pair appears twice after normalisation (filters and
     unions)."""
     key = pair_key_sql(casefold)
     return Rule(
         "no_duplicate_pairs",
-        "dedup: no (query, document) pair appears twice after normalisation.",
+        description,
         static(
             rows_where(
                 f"{key} IN (SELECT {key} FROM {{table}} GROUP BY 1 HAVING count(*) > 1)",

@@ -363,5 +363,7 @@ def union_rules(spec: UnionSpec) -> list[Rule[int]]:
                 )
             )
     if spec.dedup:
-        rules.append(no_duplicate_pairs_rule(spec.dedup_casefold))
+        rules.append(
+            no_duplicate_pairs_rule(spec.dedup_casefold, "dedup: no normalised pair appears twice.")
+        )
     return rules
