@@ -95,9 +95,7 @@ def inputs(workdir: Path, lines: int) -> dict[str, Path]:
 
 # ---- the variants (each runs in a child process) -----------------------------------------
 def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
-    from dagster_duckdb import DuckDBResource
-
-    from kd_pipeline.engine import engine_connection
+    from kd_pipeline.engine import default_duckdb_resource, engine_connection
     from kd_pipeline.families.hofstaetter import write_pairwise
     from kd_pipeline.families.rank_distillm import write_run
     from kd_pipeline.lake import Lake
@@ -105,7 +103,7 @@ def run_ours(spec: dict[str, Any]) -> dict[str, Any]:
     os.environ["KD_PIPELINE_DUCKDB_MEMORY"] = spec["memory_limit"]
     os.environ["KD_PIPELINE_DUCKDB_THREADS"] = str(spec["threads"])
     lake = Lake(Path(spec["workdir"]) / "lake")
-    with engine_connection(DuckDBResource(database=":memory:"), lake) as con:
+    with engine_connection(default_duckdb_resource(), lake) as con:
         began = _mark()
         if spec["format"] == "run":
             report = write_run(con, Path(spec["input"]), Path(spec["out"]), TOP_K)

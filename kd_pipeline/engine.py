@@ -11,25 +11,62 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import duckdb
 from dagster_duckdb import DuckDBResource
+from pydantic import Field, field_validator
 
 from kd_pipeline import ducklake, settings
 from kd_pipeline.lake import Lake, quote_literal
+from kd_pipeline.resources import FromEnvironment, bound_to_variable
+
+
+class EngineResource(FromEnvironment, DuckDBResource):
+    """DuckDB for a step: an in-memory database per step (nothing shared, so steps never
+    wait on a file lock), bounded by `memory_limit` and `threads`. Built like the other
+    resources (`FromEnvironment`): each limit is its variable's `dg.EnvVar` when set, else
+    its default resolved now, validated by the settings' rule of that variable."""
+
+    VARIABLES: ClassVar[Mapping[str, str]] = {
+        "memory_limit": settings.MEMORY_LIMIT_ENV,
+        "threads": settings.THREADS_ENV,
+    }
+    INT_FIELDS: ClassVar[frozenset[str]] = frozenset({"threads"})
+
+    database: str = Field(default=":memory:", description="DuckDB's database: one in memory")
+    memory_limit: str = Field(
+        default_factory=settings.duckdb_memory_limit,
+        description="KD_PIPELINE_DUCKDB_MEMORY: DuckDB's memory limit per step, past which it "
+        "spills to the lake's scratch folder (e.g. 4GB, 512MiB, 50% of this machine; "
+        "default 4GB)",
+    )
+    threads: int = Field(
+        default_factory=settings.duckdb_threads,
+        description="KD_PIPELINE_DUCKDB_THREADS: DuckDB's threads per step (default: all cores)",
+    )
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _memory_size(cls, value: str) -> str:
+        return value if bound_to_variable(value) else settings.parse_memory_limit(value)
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _positive_threads(cls, value: object) -> object:
+        return value if bound_to_variable(value) else settings.parse_threads(value)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
-def engine_connection(resource: DuckDBResource, lake: Lake) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection from the step's DuckDBResource with the pipeline's limits applied.
+def engine_connection(resource: EngineResource, lake: Lake) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection from the step's EngineResource with its limits applied.
 
     For a lake on an object store, the connection also gets its credentials (the AWS_*
     variables, see `ducklake.configure_object_store`): steps read the published Parquet of
     their inputs by URL (`read_parquet('s3://bucket/prefix/data/...')`)."""
     with resource.get_connection() as con:
-        con.execute("SET memory_limit = ?", [settings.duckdb_memory_limit()])
-        con.execute("SET threads = ?", [settings.duckdb_threads()])
+        con.execute("SET memory_limit = ?", [resource.memory_limit])
+        con.execute("SET threads = ?", [resource.threads])
         con.execute("SET temp_directory = ?", [str(lake.scratch_dir())])
         con.execute("SET preserve_insertion_order = true")
         if lake.remote:
@@ -37,9 +74,17 @@ def engine_connection(resource: DuckDBResource, lake: Lake) -> Iterator[duckdb.D
         yield con
 
 
-def default_duckdb_resource() -> DuckDBResource:
-    """An in-memory database per step: nothing shared, so steps never wait on a file lock."""
-    return DuckDBResource(database=":memory:")
+def default_duckdb_resource() -> EngineResource:
+    """The engine as the environment configures it now, for code outside a Dagster run
+    (the CLI, benchmarks, tests); raises pydantic's ValidationError naming a bad variable."""
+    return EngineResource()
+
+
+def connection_threads(con: duckdb.DuckDBPyConnection) -> int:
+    """The threads a connection was given (`engine_connection`), for work beside DuckDB's
+    own (e.g. gzip) to use as many."""
+    ((threads,),) = con.execute("SELECT current_setting('threads')").fetchall()
+    return int(threads)
 
 
 def parquet_options() -> str:

@@ -117,10 +117,14 @@ class Lake:
 
     root: a folder or an `s3://bucket/prefix` URL (default `settings.lake_root()`);
     catalog: the DuckLake metadata database (default `settings.catalog()`, which for a folder
-    lake given here explicitly is `<root>/catalog.sqlite`)."""
+    lake given here explicitly is `<root>/catalog.sqlite`); retention_days: how long
+    superseded versions are kept (default `settings.retention_days()`, read when used)."""
 
     def __init__(
-        self, root: Path | str | None = None, catalog: CatalogChoice | None = None
+        self,
+        root: Path | str | None = None,
+        catalog: CatalogChoice | None = None,
+        retention_days: float | None = None,
     ) -> None:
         if root is None:
             root = settings.lake_root()
@@ -131,6 +135,7 @@ class Lake:
             if not os.environ.get(settings.CATALOG_ENV) and not self.remote:
                 catalog = CatalogChoice("sqlite", str(Path(self.root) / "catalog.sqlite"))
         self.catalog = catalog
+        self._retention_days = retention_days
         # Locks, spill space and the staging of an object-store lake stay on this machine.
         self.work_dir = Path(self.root) if not self.remote else settings.data_home() / "lake-work"
 
@@ -561,8 +566,16 @@ class Lake:
         con.execute(f"CREATE OR REPLACE VIEW {target} AS " + " UNION ALL BY NAME ".join(selects))
 
     # ---- retention -----------------------------------------------------------------------
+    @property
+    def retention_days(self) -> float:
+        """Days a superseded version is kept: the lake's own, else KD_PIPELINE_RETENTION_DAYS
+        as it is now."""
+        if self._retention_days is not None:
+            return self._retention_days
+        return settings.retention_days()
+
     def _retention_cutoff(self) -> str:
-        return f"now() - INTERVAL {int(settings.retention_days() * 86400)} SECOND"
+        return f"now() - INTERVAL {int(self.retention_days * 86400)} SECOND"
 
     def expire_old_versions(self, key: Sequence[str]) -> None:
         """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
@@ -591,7 +604,7 @@ class Lake:
 
         ducklake.with_retry(expire)
         if not self.is_table(key) and not self.remote:
-            before = time.time() - settings.retention_days() * 86400
+            before = time.time() - self.retention_days * 86400
             for partition in Path(self.root, *self._key_parts(key)).iterdir():
                 # version ids start with their UTC time: name order is publish order
                 versions = sorted(

@@ -16,11 +16,10 @@ from typing import Any, Generic
 
 import dagster as dg
 import duckdb
-from dagster_duckdb import DuckDBResource
 
 from kd_pipeline.checks.audit import SHRINK, blocking_failure, check_result, check_specs, publish
 from kd_pipeline.checks.rules import F, Rule, RuleOutcome, Table, evaluate_rules
-from kd_pipeline.engine import engine_connection
+from kd_pipeline.engine import EngineResource, engine_connection
 from kd_pipeline.fetch import Fetcher
 from kd_pipeline.lake import Lake, StagedVersion
 from kd_pipeline.resources import LakeResource, UpstreamResource
@@ -145,7 +144,7 @@ def run_step(
     body: Callable[[Step], Built[F]],
     context: dg.AssetExecutionContext,
     lake: Lake,
-    duckdb_resource: DuckDBResource,
+    duckdb_resource: EngineResource,
     upstream: UpstreamResource | None,
     config: Any = None,
 ) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:

@@ -1,4 +1,5 @@
-"""The Dagster resources every asset uses: the lake and the upstream source.
+"""The Dagster resources every asset uses: the lake and the upstream source (DuckDB's,
+`engine.EngineResource`, is built the same way).
 
 Each is configuration only: typed fields the UI's resource page shows. `from_environment()`
 (what the code location binds) sets a field to `dg.EnvVar(<its variable>)` when that
@@ -24,14 +25,15 @@ from kd_pipeline.lake import Lake
 from kd_pipeline.settings import UpstreamMode
 
 
-def _bound_to_variable(value: object) -> bool:
+def bound_to_variable(value: object) -> bool:
     """Whether a field holds a `dg.EnvVar` (or `dg.EnvVar.int`) rather than a value: it is
     validated when Dagster resolves it, as a run starts."""
     return hasattr(value, "env_var_name")
 
 
-class _FromEnvironment(dg.ConfigurableResource):
-    """A resource whose fields each stand for one environment variable (`VARIABLES`)."""
+class FromEnvironment(dg.ConfigurableResource):
+    """A resource whose fields each stand for one environment variable (`VARIABLES`); the
+    base of every kd-pipeline resource."""
 
     VARIABLES: ClassVar[Mapping[str, str]] = {}  # field -> environment variable
     INT_FIELDS: ClassVar[frozenset[str]] = frozenset()  # bound as dg.EnvVar.int
@@ -76,7 +78,7 @@ def validation_lines(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-class LakeResource(_FromEnvironment):
+class LakeResource(FromEnvironment):
     """The lake: where its data lives and its DuckLake catalog.
 
     Every step uses it, so its setup is where a run started outside `kd-pipeline` (the UI,
@@ -86,7 +88,10 @@ class LakeResource(_FromEnvironment):
     VARIABLES: ClassVar[Mapping[str, str]] = {
         "root": settings.LAKE_ENV,
         "catalog": settings.CATALOG_ENV,
+        "retention_days": settings.RETENTION_ENV,
     }
+    # Dagster binds a variable to text or an integer only, not to a number of days such as 0.5
+    FIXED_AT_LOAD: ClassVar[frozenset[str]] = frozenset({"retention_days"})
 
     root: str = Field(
         default_factory=lambda: str(settings.lake_root()),
@@ -98,20 +103,30 @@ class LakeResource(_FromEnvironment):
         description="KD_PIPELINE_CATALOG: sqlite:PATH or postgres:<libpq connection string> "
         "(default sqlite:<lake folder>/catalog.sqlite)",
     )
+    retention_days: float = Field(
+        default_factory=settings.retention_days,
+        description="KD_PIPELINE_RETENTION_DAYS: how long superseded versions stay readable "
+        "(default 7); read when the code location loads",
+    )
 
     @field_validator("root", mode="before")
     @classmethod
     def _usable_root(cls, value: str) -> str:
-        if not _bound_to_variable(value) and isinstance(settings.parse_lake_root(value), Path):
+        if not bound_to_variable(value) and isinstance(settings.parse_lake_root(value), Path):
             settings.usable_folder(settings.LAKE_ENV, value)
         return value
 
     @field_validator("catalog", mode="before")
     @classmethod
     def _known_catalog(cls, value: str) -> str:
-        if not _bound_to_variable(value):
+        if not bound_to_variable(value):
             settings.parse_catalog(value, "")
         return value
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _positive_days(cls, value: str | float) -> float:
+        return settings.parse_retention_days(value)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         settings.validate_settings()
@@ -119,10 +134,10 @@ class LakeResource(_FromEnvironment):
     def lake(self) -> Lake:
         """The Lake these fields describe (nothing is opened or created)."""
         root = settings.parse_lake_root(self.root)
-        return Lake(root, settings.parse_catalog(self.catalog, root))
+        return Lake(root, settings.parse_catalog(self.catalog, root), self.retention_days)
 
 
-class UpstreamResource(_FromEnvironment):
+class UpstreamResource(FromEnvironment):
     """Where upstream files come from: the generated sample (in the data home), a mirror
     folder, or the network."""
 
@@ -162,14 +177,14 @@ class UpstreamResource(_FromEnvironment):
     @field_validator("data_home", mode="before")
     @classmethod
     def _usable_home(cls, value: str) -> str:
-        if not _bound_to_variable(value):
+        if not bound_to_variable(value):
             settings.usable_folder(settings.HOME_ENV, value)
         return value
 
     @field_validator("sample_rows_per_config", mode="before")
     @classmethod
     def _sample_size(cls, value: object) -> object:
-        if _bound_to_variable(value):
+        if bound_to_variable(value):
             return value
         return settings.parse_sample_rows(value)  # type: ignore[arg-type]
 
@@ -177,7 +192,7 @@ class UpstreamResource(_FromEnvironment):
     @classmethod
     def _mirror_of_mirror_mode(cls, value: str, info: ValidationInfo) -> str:
         mode = info.data.get("mode")  # validated first: it is declared first
-        if mode is UpstreamMode.MIRROR and not _bound_to_variable(value):
+        if mode is UpstreamMode.MIRROR and not bound_to_variable(value):
             settings.parse_source(mode, value)  # the mirror source needs a folder
             settings.parse_mirror_folder(value)
         return value

@@ -157,7 +157,13 @@ def retention_days() -> float:
     """`KD_PIPELINE_RETENTION_DAYS` (default 7): how long superseded lake snapshots, their
     data files and old export versions are kept. It must exceed the longest write: files a
     writer has not committed yet are only removed once older than this."""
-    return _positive_number(RETENTION_ENV, DEFAULT_RETENTION_DAYS, "days")
+    return parse_retention_days(os.environ.get(RETENTION_ENV, ""))
+
+
+def parse_retention_days(raw: str | float) -> float:
+    """A KD_PIPELINE_RETENTION_DAYS value (blank: 7) as a positive number of days;
+    ValueError naming the variable otherwise."""
+    return _positive_number(RETENTION_ENV, str(raw), DEFAULT_RETENTION_DAYS, "days")
 
 
 @dataclass(frozen=True)
@@ -232,7 +238,14 @@ def duckdb_memory_limit() -> str:
     them (KB = 1000 bytes, KiB = 1024); a size must be at least 64MiB and a percentage of
     memory above 0 and at most 100 (turned into MiB of this machine's memory, at least 64),
     else ValueError naming the variable."""
-    raw = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    return parse_memory_limit(os.environ.get(MEMORY_LIMIT_ENV, ""))
+
+
+def parse_memory_limit(raw: str) -> str:
+    """A KD_PIPELINE_DUCKDB_MEMORY value (blank: 4GB) as the size DuckDB is given, a
+    percentage turned into MiB of this machine (see `duckdb_memory_limit`); ValueError
+    naming the variable otherwise."""
+    raw = raw.strip()
     if not raw:
         return "4GB"
     match = _MEMORY.fullmatch(raw)
@@ -260,7 +273,13 @@ def duckdb_memory_limit() -> str:
 def duckdb_threads() -> int:
     """Per-step DuckDB threads (`KD_PIPELINE_DUCKDB_THREADS`, a positive integer; default:
     all cores)."""
-    raw = os.environ.get(THREADS_ENV, "").strip()
+    return parse_threads(os.environ.get(THREADS_ENV, ""))
+
+
+def parse_threads(raw: str | int) -> int:
+    """A KD_PIPELINE_DUCKDB_THREADS value (blank: all cores) as a positive integer;
+    ValueError naming the variable otherwise."""
+    raw = str(raw).strip()
     if not raw:
         return os.cpu_count() or 1
     if not raw.isdigit() or int(raw) < 1:
@@ -340,13 +359,13 @@ def hub_timeout() -> float:
     """Seconds an upstream metadata request (a Hub listing, a Zenodo record) may take
     (`KD_PIPELINE_HUB_TIMEOUT`, default 30); file downloads use huggingface_hub's own
     `HF_HUB_DOWNLOAD_TIMEOUT`."""
-    return _positive_number(HUB_TIMEOUT_ENV, 30.0, "seconds")
+    return _positive_number(HUB_TIMEOUT_ENV, os.environ.get(HUB_TIMEOUT_ENV, ""), 30.0, "seconds")
 
 
-def _positive_number(variable: str, default: float, unit: str) -> float:
-    """A variable holding a positive, finite number of `unit` (default when unset);
+def _positive_number(variable: str, raw: str, default: float, unit: str) -> float:
+    """A variable's value as a positive, finite number of `unit` (blank: default);
     ValueError naming the variable and its value otherwise."""
-    raw = os.environ.get(variable, "").strip()
+    raw = raw.strip()
     if not raw:
         return default
     try:

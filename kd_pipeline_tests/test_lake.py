@@ -165,6 +165,30 @@ def test_a_superseded_version_stays_readable_for_the_retention_then_goes(
     assert table_ids(lake, KEY, "p1", at=middle.snapshot) == [3]  # replaced 0 s ago: kept
 
 
+def test_a_lake_given_its_retention_keeps_to_it_whatever_the_variable_says(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The lake resource's retention_days (fixed when the code location loads) is the
+    lake's own: a variable changed since does not move it."""
+    monkeypatch.setenv("KD_PIPELINE_RETENTION_DAYS", "7")
+    lake = Lake(lake_dir, retention_days=1 / 86400)  # one second
+    old = publish_ids(lake, KEY, "p1", [1, 2])
+    time.sleep(1.5)
+    publish_ids(lake, KEY, "p1", [3])
+    time.sleep(1.5)
+    publish_ids(lake, KEY, "p1", [4])
+    assert not list(Path(old.location).glob("*.parquet"))  # expired after one second
+    kept = Lake(lake_dir)  # none given: the variable, 7 days, read when used
+    assert kept.retention_days == 7.0
+    superseded = publish_ids(kept, KEY, "p1", [5])
+    time.sleep(1.5)
+    publish_ids(kept, KEY, "p1", [6])
+    time.sleep(1.5)
+    publish_ids(kept, KEY, "p1", [7])  # one second would have expired [5] now
+    assert table_ids(kept, KEY, "p1", at=superseded.snapshot) == [5]  # kept for the week
+    assert list(Path(superseded.location).glob("*.parquet"))
+
+
 def test_failure_inside_stage_leaves_the_published_version_untouched(lake_dir: Path):
     lake = Lake(lake_dir)
     before = publish_ids(lake, KEY, "p1", [1, 2, 3])

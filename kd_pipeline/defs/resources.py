@@ -1,11 +1,11 @@
-"""The shared resources: the lake, the upstream source and DuckDB, configured from the
+"""The shared resources: the lake, the upstream source and DuckDB (its limits), configured from the
 environment as it is when the code location loads (each field a `dg.EnvVar` or its
 resolved default, validated then; see `kd_pipeline.resources`): a bad variable raises
 settings.SettingsError naming it."""
 
 import dagster as dg
 
-from kd_pipeline.engine import default_duckdb_resource
+from kd_pipeline.engine import EngineResource
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
 
@@ -15,7 +15,7 @@ def shared_resources() -> dg.Definitions:
         resources={
             "lake": LakeResource.from_environment(),
             "upstream": UpstreamResource.from_environment(),
-            "duckdb": default_duckdb_resource(),
+            "duckdb": EngineResource.from_environment(),
         }
     )
 

@@ -20,9 +20,9 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from kd_pipeline import settings
 from kd_pipeline.checks.candidates import one_split_per_query
 from kd_pipeline.checks.rules import EXAMPLES, Rule, RuleOutcome, Table
+from kd_pipeline.engine import connection_threads
 from kd_pipeline.exports.candidates import (
     CANDIDATES,
     SPLITS,
@@ -245,7 +245,7 @@ def write_export(step: Step, spec: ExportSpec) -> Built[Any]:
             spec.name,
             spec.source.name,
             partition,
-            settings.duckdb_threads(),
+            connection_threads(con),
             spec.source.shape,
             spec.source.ir_datasets_id,
             bool(spec.texts and spec.texts.documents_have_titles),
