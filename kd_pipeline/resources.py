@@ -82,8 +82,8 @@ class LakeResource(FromEnvironment):
     """The lake: where its data lives and its DuckLake catalog.
 
     Every step uses it, so its setup is where a run started outside `kd-pipeline` (the UI,
-    `dagster asset materialize`) has the pipeline's other settings (DuckDB limits, zstd
-    level, ...) validated before any work."""
+    `dagster asset materialize`) has the pipeline's other settings (zstd level, max shrink,
+    ...) validated before any work."""
 
     VARIABLES: ClassVar[Mapping[str, str]] = {
         "root": settings.LAKE_ENV,

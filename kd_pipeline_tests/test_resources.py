@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from kd_pipeline import settings
 from kd_pipeline.definitions import shared_resources
-from kd_pipeline.engine import EngineResource, engine_connection
+from kd_pipeline.engine import EngineResource, connection_threads, engine_connection
 from kd_pipeline.families.lighton_configs import LIGHTON_REPO_ID
 from kd_pipeline.fetch import SAMPLE_LAYOUT_VERSION
 from kd_pipeline.lake import Lake
@@ -66,14 +66,13 @@ def memory_share_mib(percent: int) -> int:
     return total * percent // 100 // 2**20
 
 
-def engine_limits(resource: EngineResource, lake_dir: Path) -> tuple[str, str, str]:
+def engine_limits(resource: EngineResource, lake_dir: Path) -> tuple[str, str, int]:
     """The resource's memory limit, and the memory limit and threads DuckDB reports on a
-    connection of engine_connection."""
+    connection of engine_connection (the threads as the exports' gzip reads them)."""
     with engine_connection(resource, Lake(lake_dir)) as con:
-        ((memory, threads),) = con.execute(
-            "SELECT current_setting('memory_limit'), current_setting('threads')"
-        ).fetchall()
-    return resource.memory_limit, memory, str(threads)
+        ((memory,),) = con.execute("SELECT current_setting('memory_limit')").fetchall()
+        threads = connection_threads(con)
+    return resource.memory_limit, memory, threads
 
 
 @pytest.fixture
@@ -161,7 +160,7 @@ def test_set_variables_show_their_names_and_are_read_when_a_run_starts(
         "retention_days": 0.5,
         "mirror": mirror,
         "rows": 9,
-        "engine": ("256MiB", "256.0 MiB", "1"),
+        "engine": ("256MiB", "256.0 MiB", 1),
     }
     monkeypatch.setenv(settings.MEMORY_LIMIT_ENV, "25%")  # a share: MiB of this machine
     result = dg.materialize([probe], resources=resources, instance=dg.DagsterInstance.ephemeral())
@@ -259,9 +258,9 @@ def test_the_engine_applies_its_own_limits_not_the_environments(
     monkeypatch.setenv(settings.MEMORY_LIMIT_ENV, "1GB")
     monkeypatch.setenv(settings.THREADS_ENV, "2")
     given = EngineResource(memory_limit="128MiB", threads=1)
-    assert engine_limits(given, tmp_path / "lake") == ("128MiB", "128.0 MiB", "1")
+    assert engine_limits(given, tmp_path / "lake") == ("128MiB", "128.0 MiB", 1)
     # built without values (the CLI, benchmarks): the environment as it is now
-    assert engine_limits(EngineResource(), tmp_path / "lake") == ("1GB", "953.6 MiB", "2")
+    assert engine_limits(EngineResource(), tmp_path / "lake") == ("1GB", "953.6 MiB", 2)
 
 
 def test_the_lake_resource_describes_a_lake_and_creates_nothing(tmp_path: Path) -> None:
