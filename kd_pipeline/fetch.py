@@ -552,7 +552,7 @@ def generate_sample_mirror(target: Path, rows_per_config: int) -> Path:
     a finished target is returned as it is."""
 
     def write(tmp: Path) -> None:
-        from kd_pipeline.sample import write_sample_mirror  # the one import of the generator
+        from kd_pipeline.sample import write_sample_mirror  # runtime code imports it only here
 
         write_sample_mirror(tmp, rows_per_config)
 
