@@ -6,9 +6,7 @@ Runs go to a pool of worker processes, as many as the instance's `max_concurrent
 (dagster.yaml, `concurrency.runs`) and the slots of the `duckdb` pool (`concurrency.pools`)
 allow; the instance still enforces the pool across processes (runs from the UI share it).
 The workers load the code location once each, so a run costs its steps, not an interpreter
-start. Each worker has its next run queued behind the one it executes (QUEUED_PER_WORKER), so
-it starts it without waiting for this process to hear of the last one and answer; a queued
-run is not executing yet, so no more than `runs_at_once` runs execute at a time.
+start.
 
 Order: a job's runs start once every run of the jobs it waits on has finished (succeeded or
 failed, as the sequential loop did): the earlier jobs of the main job whose assets it reads
@@ -168,7 +166,6 @@ def _execute(
 
 
 MAX_POOL_RESTARTS = 3
-QUEUED_PER_WORKER = 1
 
 
 def run_steps(
@@ -179,8 +176,7 @@ def run_steps(
     tags: Callable[[], dict[str, str]],
 ) -> Iterator[Outcome]:
     """Run the steps on `runs_at_once` worker processes, yielding each outcome as its run
-    finishes. A step is submitted once no step of a job it waits on is pending, queued or
-    running; up to QUEUED_PER_WORKER submitted steps per worker wait for a free worker.
+    finishes. A step starts once no step of a job it waits on is pending or running.
 
     `tags()` is called in the worker, so a run carries the pid of the process executing it
     (what `instance.release_orphaned_runs` judges). A worker killed mid-run (OOM killer,
@@ -207,8 +203,7 @@ def run_steps(
         ) as pool:
             while (pending or running) and not broken and not STOPPING.is_set():
                 ready = [s for s in pending if not any(unfinished[j] for j in waits.get(s.job, ()))]
-                room = workers * (1 + QUEUED_PER_WORKER) - len(running)
-                for step in ready[: max(0, room)]:
+                for step in ready[: max(0, runs_at_once - len(running))]:
                     submission = uuid.uuid4().hex
                     try:
                         future = pool.submit(_execute, step, run_config, tags, submission)

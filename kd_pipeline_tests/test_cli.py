@@ -588,10 +588,10 @@ def test_worker_instance_captures_step_output_without_mirror_processes(tmp_path,
         assert report["children"] == 4
 
 
-def test_queued_runs_never_execute_beyond_runs_at_once(tmp_path) -> None:
-    """`--runs-at-once 1` with three partitions: the worker has its next run queued
-    (main_job.QUEUED_PER_WORKER), yet the runs execute one after another (their spans in
-    the instance do not overlap) and each one's progress line comes as it finishes."""
+def test_runs_at_once_one_executes_runs_one_after_another(tmp_path) -> None:
+    """`--runs-at-once 1` with three partitions: the runs execute one after another on the
+    worker (their spans in the instance do not overlap), in the order given, and each one's
+    progress line comes as it finishes."""
     from kd_pipeline_tests.test_reliability import env_for, small_config
 
     mirror = tmp_path / "mirror"
