@@ -1,7 +1,7 @@
 """The main job's wall time on the sample: runs one after another vs several at a time.
 
 ```sh
-.venv/bin/python bench/bench_main_job.py [--runs-at-once N] [--workdir DIR] [--keep]
+.venv/bin/python bench/bench_main_job.py [--runs-at-once N] [--repeat R] [--workdir DIR] [--keep]
 ```
 
 Each variant is `kd-pipeline materialize` (every asset and check over every partition of the
@@ -11,8 +11,10 @@ so the timing is the runs only:
   - `parallel`: the instance's `max_concurrent_runs`, at most the `duckdb` pool's slots
     (dagster.yaml: 4 and 2, so 2), or `--runs-at-once`.
 Prints each variant's wall time, the CPU seconds of its processes, the 1-min load average
-before it, and the ratio sequential / parallel. Both must succeed (exit 0, last stdout line
-the lake) and publish the same catalog views with the same row counts.
+before it, and the ratio sequential / parallel. `--repeat R` runs R pairs, the two variants
+alternating (the machine's load drifts), and prints each pair's ratio and their median.
+Every variant must succeed (exit 0, last stdout line the lake) and publish the same catalog
+views with the same row counts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,31 +93,43 @@ def run_variant(name: str, home: Path, runs_at_once: int | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-at-once", type=int, default=None)
+    parser.add_argument("--repeat", type=int, default=1, help="pairs of variants (default 1)")
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the data homes")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kd-bench-main-job-"))
     print(f"cores: {os.cpu_count()}; data homes under {workdir}", flush=True)
     try:
-        results = []
-        for name, at_once in (("sequential", 1), ("parallel", args.runs_at_once)):
-            home = workdir / name
-            shutil.rmtree(home, ignore_errors=True)
-            result = run_variant(name, home, at_once)
+        ratios = []
+        counts = None
+        for pair in range(1, args.repeat + 1):
+            results = []
+            for name, at_once in (("sequential", 1), ("parallel", args.runs_at_once)):
+                home = workdir / f"{name}-{pair}"
+                shutil.rmtree(home, ignore_errors=True)
+                result = run_variant(name, home, at_once)
+                print(
+                    f"{name:>10}: {result['seconds']:7.1f} s wall, "
+                    f"{result['cpu_seconds']:7.1f} s CPU, load before {result['load']:.2f}; "
+                    f"{result['summary']}",
+                    flush=True,
+                )
+                if counts is not None and result["counts"] != counts:
+                    sys.exit(f"{name} published another catalog than the first variant")
+                counts = result["counts"]
+                results.append(result)
+            sequential, parallel = results
+            ratios.append(sequential["seconds"] / parallel["seconds"])
             print(
-                f"{name:>10}: {result['seconds']:7.1f} s wall, {result['cpu_seconds']:7.1f} s CPU,"
-                f" load before {result['load']:.2f}; {result['summary']}",
+                f"main job (pair {pair}): sequential {sequential['seconds']:.1f} s, parallel "
+                f"{parallel['seconds']:.1f} s, ratio {ratios[-1]:.2f}x; CPU "
+                f"{sequential['cpu_seconds']:.1f} s vs {parallel['cpu_seconds']:.1f} s "
+                f"({len(counts)} catalog views, same row counts)",
                 flush=True,
             )
-            results.append(result)
-        sequential, parallel = results
-        if sequential["counts"] != parallel["counts"]:
-            sys.exit("the two variants published different catalogs")
-        print(
-            f"main job: sequential {sequential['seconds']:.1f} s, parallel "
-            f"{parallel['seconds']:.1f} s, ratio {sequential['seconds'] / parallel['seconds']:.2f}x"
-            f" ({len(sequential['counts'])} catalog views, same row counts)"
-        )
+        if len(ratios) > 1:
+            listed = ", ".join(f"{r:.2f}x" for r in ratios)
+            print(f"ratios: {listed}; median {statistics.median(ratios):.2f}x")
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

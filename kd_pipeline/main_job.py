@@ -27,7 +27,12 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from kd_pipeline.instance import COMMAND_PID_TAG, STOPPING, release_orphaned_runs
+from kd_pipeline.instance import (
+    COMMAND_PID_TAG,
+    STOPPING,
+    command_instance,
+    release_orphaned_runs,
+)
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,7 @@ def _execute(
 
     global _worker_instance
     if _worker_instance is None:
-        _worker_instance = dg.DagsterInstance.get()
+        _worker_instance = command_instance()
     result = defs.resolve_job_def(step.job).execute_in_process(
         partition_key=step.partition,
         instance=_worker_instance,

@@ -514,3 +514,101 @@ def test_steps_that_can_never_start_raise_naming_their_jobs() -> None:
     waits = {"a": frozenset({"b"}), "b": frozenset({"a"})}
     with pytest.raises(RuntimeError, match=r"stuck jobs: \['a', 'b'\]"):
         list(run_steps(steps, waits, 2, {}, dict))
+
+
+_TALKING_RUN = """
+import json, os, sys
+import dagster as dg
+from kd_pipeline.instance import command_instance
+
+def child_pids():
+    me = str(os.getpid())
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == me:
+                found.append(int(entry))
+    return found
+
+children = []
+
+@dg.op
+def speak() -> None:
+    print("said on stdout", flush=True)
+    print("said on stderr", file=sys.stderr, flush=True)
+    children.extend(child_pids())
+
+@dg.job
+def talk() -> None:
+    speak()
+
+instance = command_instance() if sys.argv[1] == "command" else dg.DagsterInstance.get()
+result = talk.execute_in_process(instance=instance)
+(captured,) = [
+    e.dagster_event.event_specific_data
+    for e in instance.all_logs(result.run_id)
+    if e.dagster_event and e.dagster_event.event_type_value == "LOGS_CAPTURED"
+]
+manager = instance.compute_log_manager
+data = manager.get_log_data(manager.build_log_key_for_run(result.run_id, captured.file_key))
+print(json.dumps({
+    "manager": type(manager).__name__,
+    "children": len(children),
+    "stdout": data.stdout.decode(),
+    "stderr": data.stderr.decode(),
+}))
+"""
+
+
+@pytest.mark.parametrize("which", ["command", "dagster"])
+def test_worker_instance_captures_step_output_without_mirror_processes(tmp_path, which) -> None:
+    """What a step prints on a worker's instance (`command_instance`) is in the run's
+    compute logs (the UI's stdout/stderr tabs) and on the process's own stdout/stderr once
+    the run ends, and no process is started for it; Dagster's own instance (the sibling)
+    starts `tail` and a watcher per stream while the step runs."""
+    import json
+
+    env = {**dict(os.environ), "DAGSTER_HOME": str(tmp_path)}
+    proc = run([sys.executable, "-c", _TALKING_RUN, which], env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *printed, last = proc.stdout.splitlines()
+    report = json.loads(last)
+    assert report["stdout"] == "said on stdout\n"
+    assert "said on stderr" in report["stderr"].splitlines()  # after Dagster's own log lines
+    assert "said on stdout" in printed and "said on stderr" in proc.stderr.splitlines()
+    if which == "command":
+        assert report["manager"] == "EchoAfterComputeLogManager"
+        assert report["children"] == 0
+    else:
+        assert report["manager"] == "LocalComputeLogManager"
+        assert report["children"] == 4
+
+
+def test_runs_at_once_one_executes_runs_one_after_another(tmp_path) -> None:
+    """`--runs-at-once 1` with three partitions: the runs execute one after another on the
+    worker (their spans in the instance do not overlap), in the order given, and each one's
+    progress line comes as it finishes."""
+    from kd_pipeline_tests.test_reliability import env_for, small_config
+
+    mirror = tmp_path / "mirror"
+    for config in ("agnews", "npr", "quora"):
+        small_config(mirror, config)
+    env = env_for(tmp_path, mirror)
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "1"]
+    for config in ("agnews", "npr", "quora"):
+        args += ["--partition", config]
+    proc = run(args, env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 runs, 1 at a time" in proc.stderr and "3/3 runs succeeded" in proc.stderr
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+    assert [line.split("] ")[1].split(":")[0] for line in progress] == [
+        f"lighton_partitions [{config}]" for config in ("agnews", "npr", "quora")
+    ]
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        spans = sorted((r.start_time, r.end_time) for r in instance.get_run_records())
+    assert len(spans) == 3
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
