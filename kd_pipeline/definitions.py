@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 
 import kd_pipeline.defs
+from kd_pipeline.defs.exports import specs as export_specs
 from kd_pipeline.defs.resources import shared_resources
 from kd_pipeline.exports.factory import main_job_names
 from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
@@ -29,7 +30,7 @@ MAIN_JOBS = (
     hofstaetter.HOFSTAETTER_JOB,
     rank_distillm.RANK_DISTILLM_JOB,
     fiqa.FIQA_JOB,
-    *main_job_names(),
+    *main_job_names(export_specs),  # the specs the code location loaded, not read again
 )
 # the project root for Dagster's loader: the folder holding the package (a source checkout
 # or site-packages; the loader needs no pyproject.toml when it is given)

@@ -24,6 +24,9 @@ from kd_pipeline.fetch import Fetcher
 from kd_pipeline.lake import Lake, StagedVersion
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
+# what dg.define_asset_job returns (a job resolved against the asset graph at load; its
+# class is not in Dagster's public API)
+AssetJob = Any
 OWNERS = ["team:kd-pipeline"]
 POOL = "duckdb"  # dagster.yaml limits how many steps hold a DuckDB engine at once
 KINDS = frozenset({"duckdb", "parquet"})

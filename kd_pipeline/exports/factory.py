@@ -41,9 +41,9 @@ from kd_pipeline.exports.card import (
     write_card,
 )
 from kd_pipeline.exports.format import ExportRun, Written, knob_values
-from kd_pipeline.exports.specs import ExportSpec, load_export_specs
+from kd_pipeline.exports.specs import ExportSpec
 from kd_pipeline.lake import Lake
-from kd_pipeline.lake_asset import Built, LakeAsset, Step, lake_asset
+from kd_pipeline.lake_asset import AssetJob, Built, LakeAsset, Step, lake_asset
 from kd_pipeline.lineage import manifest, published_glob, version
 from kd_pipeline.metadata import preview
 
@@ -51,9 +51,6 @@ GROUP = "exports"
 FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(days=8), warn_window=timedelta(days=7)
 )
-
-# what dg.define_asset_job returns (a job resolved against the asset graph at load)
-AssetJob = Any
 
 
 def export_job_name(spec: ExportSpec) -> str:
@@ -390,6 +387,6 @@ def build_export_jobs(specs: Sequence[ExportSpec]) -> list[AssetJob]:
     ]
 
 
-def main_job_names() -> list[str]:
+def main_job_names(specs: Sequence[ExportSpec]) -> list[str]:
     """The export jobs, once each, in spec order (run after their sources are published)."""
-    return list(dict.fromkeys(export_job_name(spec) for spec in load_export_specs()))
+    return list(dict.fromkeys(export_job_name(spec) for spec in specs))

@@ -24,7 +24,7 @@ from kd_pipeline.families.lighton import (
     lighton_partitions,
 )
 from kd_pipeline.lake import Lake
-from kd_pipeline.lake_asset import AdHoc, Built, LakeAsset, Step, lake_asset
+from kd_pipeline.lake_asset import AdHoc, AssetJob, Built, LakeAsset, Step, lake_asset
 from kd_pipeline.metadata import preview, same_column_lineage
 from kd_pipeline.recipes.filters import FilterFacts, FilterKnobs, apply_filter, recipe_rules
 from kd_pipeline.recipes.specs import FilterSpec
@@ -36,9 +36,6 @@ from kd_pipeline.recipes.unions import (
     plan_sources,
     union_rules,
 )
-
-# what dg.define_asset_job returns (a job resolved against the asset graph at load)
-AssetJob = Any
 
 LIGHTON_UNIONS_JOB = "lighton_unions"
 CUSTOM_KEY = dg.AssetKey(["lighton", "custom"])
