@@ -761,6 +761,47 @@ def test_multi_negative_margin_mse_rows_have_one_length(sample: SampleExports) -
             assert short  # the case of the count: some query falls short
 
 
+def test_a_partition_override_of_the_list_length_is_what_its_rules_judge(
+    sample: SampleExports, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition's knobs (exports.yaml `partitions:`) may change the list length a
+    fixed-shape format writes; its checks judge that partition by its own length, not the
+    spec's (the fault: rules bound to the spec's knobs failed every row of an override)."""
+    monkeypatch.setenv("KD_PIPELINE_LAKE", str(sample.lake))
+    spec = parse_spec(
+        {
+            "name": "runs_override",
+            "format": "margin_mse",
+            "source": "rank_distillm/runs",
+            "texts": {
+                "queries": "text/msmarco_passage/queries_train",
+                "documents": "text/msmarco_passage/collection",
+            },
+            "knobs": {"negatives_per_row": 1},
+            "partitions": {
+                "rankzephyr.*": {"positives": "teacher_top", "negatives_per_row": 3},
+            },
+        },
+        "test",
+        known_sources(),
+    )
+    lengths = {}
+    for partition in ("msmarco.bm25.annotated", "rankzephyr.colbert10000.sampled100"):
+        result = dg.materialize(
+            [factory.build_export_asset(spec)],
+            resources={"lake": LakeResource(), "duckdb": default_duckdb_resource()},
+            instance=dg.DagsterInstance.ephemeral(),
+            partition_key=partition,
+            raise_on_error=False,
+        )
+        assert result.success, failures(result)
+        assert all(c.passed for c in checks(result).values())
+        glob = str(Lake(sample.lake).published_path(spec.key.path, partition) / "*.parquet")
+        scores = duckdb.execute("SELECT score FROM read_parquet($g)", {"g": glob}).fetchall()
+        lengths[partition] = {1 if isinstance(v, float) else len(v) for (v,) in scores}
+    assert lengths == {"msmarco.bm25.annotated": {1}, "rankzephyr.colbert10000.sampled100": {3}}
+
+
 def fiqa_negatives_with_text(sample: SampleExports) -> dict[str, int]:
     """Per FiQA query with a text and a scored positive that has a text: its scored
     non-positive candidates whose document has a text (from the source and the texts,
