@@ -118,20 +118,34 @@ class EchoAfterComputeLogManager(LocalComputeLogManager):
 
 
 def command_instance() -> dg.DagsterInstance:
-    """The instance of DAGSTER_HOME, its compute logs captured by EchoAfterComputeLogManager
-    when dagster.yaml keeps Dagster's local compute log manager (any other configured
-    manager is used as it is)."""
+    """The instance of DAGSTER_HOME for the main job's workers: its compute logs captured by
+    EchoAfterComputeLogManager when dagster.yaml keeps Dagster's local compute log manager,
+    and its default SQLite storage a `worker_storage.WorkerSqliteStorage` (same files; the
+    event log's index kept open). Any other configured manager or storage is used as it is."""
     instance = dg.DagsterInstance.get()
+    overrides: dict[str, dict] = {}
     manager = instance.compute_log_manager
-    if type(manager) is not LocalComputeLogManager or manager.inst_data is None:
+    if type(manager) is LocalComputeLogManager and manager.inst_data is not None:
+        config = {"base_dir": manager.inst_data.config_dict["base_dir"]}
+        overrides["compute_logs"] = {
+            "module": __name__,
+            "class": EchoAfterComputeLogManager.__name__,
+            "config": config,
+        }
+    storage = instance.get_ref().storage_data
+    if storage is not None and storage.class_name == "DagsterSqliteStorage":
+        overrides["storage"] = {
+            "custom": {
+                "module": "kd_pipeline.worker_storage",
+                "class": "WorkerSqliteStorage",
+                "config": storage.config_dict,
+            }
+        }
+    if not overrides:
         return instance
-    config = {"base_dir": manager.inst_data.config_dict["base_dir"]}
     instance.dispose()
-    override = {"module": __name__, "class": EchoAfterComputeLogManager.__name__, "config": config}
     home = os.environ["DAGSTER_HOME"]
-    return dg.DagsterInstance.from_ref(
-        InstanceRef.from_dir(home, overrides={"compute_logs": override})
-    )
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=overrides))
 
 
 def cli_run_tags() -> dict[str, str]:

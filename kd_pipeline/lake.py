@@ -27,6 +27,7 @@ step leaves the published version as it was. Superseded versions stay readable f
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import itertools
@@ -112,6 +113,25 @@ class Publication:
     version: str
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """A registry row: the current version of an asset partition (location relative to the
+    lake root)."""
+
+    version: str
+    location: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class _Pin:
+    """The registry at one snapshot, and the lake's tables then ((schema, table) pairs)."""
+
+    snapshot: int
+    entries: Mapping[tuple[str, str], _Entry]
+    tables: AbstractSet[tuple[str, str]]
+
+
 class Lake:
     """Staging, atomic publication and reads of the lake at `root` with its catalog.
 
@@ -136,6 +156,7 @@ class Lake:
                 catalog = CatalogChoice("sqlite", str(Path(self.root) / "catalog.sqlite"))
         self.catalog = catalog
         self._retention_days = retention_days
+        self._pin: _Pin | None = None  # set on the copies `pinned` returns
         # Locks, spill space and the staging of an object-store lake stay on this machine.
         self.work_dir = Path(self.root) if not self.remote else settings.data_home() / "lake-work"
 
@@ -247,19 +268,67 @@ class Lake:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ---- reads ---------------------------------------------------------------------------
-    def _current(self, key: Sequence[str], partition: str | None) -> dict[str, Any] | None:
+    def pinned(self) -> Lake:
+        """This lake fixed at the snapshot current now, for one step: every read of the copy
+        (`is_published`, `parquet_glob`, `published_path`, `published_rows`,
+        `published_partitions`, `manifest`) answers from the registry as it was at that
+        snapshot (`publications AT (VERSION => n)`, read once), so a step sees one
+        consistent state of all its inputs however many publishes land meanwhile, and its
+        lineage names the snapshot (`read_snapshot`). Publishing through the copy works as
+        through the lake. The Parquet files a pinned read names are the ones snapshot n
+        references; they stay on disk for the retention period after they are replaced.
+        Raises ducklake.CatalogUnreachable naming the setting."""
+        pinned = copy.copy(self)
+        pinned._pin = ducklake.with_retry(self._read_pin)
+        return pinned
+
+    @property
+    def read_snapshot(self) -> int | None:
+        """The snapshot a pinned lake reads at (-1: nothing was ever committed); None when
+        not pinned."""
+        return None if self._pin is None else self._pin.snapshot
+
+    def _read_pin(self) -> _Pin:
+        with self.connect() as con:
+            (snapshot,) = con.execute(
+                "SELECT id FROM ducklake_current_snapshot($alias)", {"alias": ducklake.ALIAS}
+            ).fetchone()
+            at = f"AT (VERSION => {int(snapshot)})"
+            tables = frozenset(
+                con.execute(
+                    "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = $db",
+                    {"db": ducklake.ALIAS},
+                ).fetchall()
+            )
+            if ("main", PUBLICATIONS) not in tables:
+                return _Pin(int(snapshot), {}, tables)
+            rows = con.execute(
+                f"SELECT asset, partition, version, location, rows FROM main.{PUBLICATIONS} {at}"
+            ).fetchall()
+        entries = {
+            (asset, part): _Entry(version, location, int(count or 0))
+            for asset, part, version, location, count in rows
+        }
+        return _Pin(int(snapshot), entries, tables)
+
+    def _current(
+        self, key: Sequence[str], partition: str | None, *, live: bool = False
+    ) -> _Entry | None:
+        """The registry's entry for key and partition: from the pin when pinned (unless
+        live), else read now."""
+        asset = "/".join(self._key_parts(key))
+        part = self._partition_part(partition)
+        if self._pin is not None and not live:
+            return self._pin.entries.get((asset, part))
         rows = self._registry(
-            "SELECT version, location, rows, manifest FROM publications "
+            f"SELECT version, location, rows FROM main.{PUBLICATIONS} "
             "WHERE asset = $asset AND partition = $partition",
-            {"asset": "/".join(self._key_parts(key)), "partition": self._partition_part(partition)},
+            {"asset": asset, "partition": part},
         )
-        if not rows:
-            return None
-        version, location, row_count, manifest = rows[0]
-        return {"version": version, "location": location, "rows": row_count, "manifest": manifest}
+        return _Entry(rows[0][0], rows[0][1], int(rows[0][2] or 0)) if rows else None
 
     def _registry(self, sql: str, params: Mapping[str, Any] | None = None) -> list[tuple]:
-        """Rows of a query on the registry; [] before the first publish."""
+        """Rows of a query on the registry as it is now; [] before the first publish."""
 
         def read() -> list[tuple]:
             with self.connect(read_only=False) as con:
@@ -271,11 +340,16 @@ class Lake:
 
     def published_partitions(self, key: Sequence[str]) -> list[str]:
         """The partitions of key with a published version, sorted."""
-        rows = self._registry(
-            "SELECT partition FROM publications WHERE asset = $asset ORDER BY partition",
-            {"asset": "/".join(self._key_parts(key))},
-        )
-        return [p for (p,) in rows if p != _UNPARTITIONED]
+        asset = "/".join(self._key_parts(key))
+        if self._pin is not None:
+            found = [part for (name, part) in self._pin.entries if name == asset]
+        else:
+            rows = self._registry(
+                f"SELECT partition FROM main.{PUBLICATIONS} WHERE asset = $asset",
+                {"asset": asset},
+            )
+            found = [part for (part,) in rows]
+        return sorted(part for part in found if part != _UNPARTITIONED)
 
     def published_path(self, key: Sequence[str], partition: str | None = None) -> Path | str:
         """The folder (or URL) of the published version of key (and partition). Raises
@@ -284,7 +358,7 @@ class Lake:
         if current is None:
             where = "/".join(key) + (f" [{partition}]" if partition else "")
             raise LakeError(f"nothing published for {where}")
-        return self._location(current["location"])
+        return self._location(current.location)
 
     def parquet_glob(self, key: Sequence[str], partition: str | None = None) -> str | list[str]:
         """The published Parquet files of key (and partition) as a glob DuckDB reads; for
@@ -302,7 +376,7 @@ class Lake:
     def published_rows(self, key: Sequence[str], partition: str | None = None) -> int | None:
         """Rows of the published version, None when nothing is published."""
         current = self._current(key, partition)
-        return None if current is None else int(current["rows"])
+        return None if current is None else current.rows
 
     def manifest(self, key: Sequence[str], partition: str | None = None) -> dict[str, Any]:
         """The manifest recorded with the published version (version, rows, snapshot,
@@ -311,7 +385,17 @@ class Lake:
         if current is None:
             where = "/".join(key) + (f" [{partition}]" if partition else "")
             raise LakeError(f"nothing published for {where}")
-        return json.loads(current["manifest"])
+        at = "" if self._pin is None else f"AT (VERSION => {self._pin.snapshot})"
+        rows = self._registry(
+            f"SELECT manifest FROM main.{PUBLICATIONS} {at} WHERE asset = $asset "
+            "AND partition = $partition AND version = $version",
+            {
+                "asset": "/".join(self._key_parts(key)),
+                "partition": self._partition_part(partition),
+                "version": current.version,
+            },
+        )
+        return json.loads(rows[0][0]) if rows else {"version": current.version}
 
     # ---- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -444,7 +528,8 @@ class Lake:
         if not self.is_table(key) and not self.remote:
             _point_current(Path(location))
         try:
-            self.expire_old_versions(key)
+            if _expiry_due(self):
+                self.expire_old_versions(key)
         except (duckdb.Error, ducklake.CatalogUnreachable, OSError) as exc:
             # Published is published: the next publish expires what this one could not.
             warnings.warn(f"{where}: old versions not expired: {exc}", stacklevel=2)
@@ -453,10 +538,10 @@ class Lake:
     def _landed(self, key: Sequence[str], partition: str | None, version: str) -> bool:
         """Whether `version` is the published one (False when the catalog cannot say)."""
         try:
-            current = self._current(key, partition)
+            current = self._current(key, partition, live=True)
         except (duckdb.Error, ducklake.CatalogUnreachable):
             return False
-        return current is not None and current["version"] == version
+        return current is not None and current.version == version
 
     def _snapshot_of(self, version: str) -> int:
         """The snapshot whose commit published `version` (its commit's extra info names it)."""
@@ -488,6 +573,8 @@ class Lake:
         in the catalog, so a replaced version ends whole (its files leave the snapshot)
         instead of living on as inlined deletions."""
         schema, table = self.table_name(key)
+        if self._pin is not None and (schema, table) in self._pin.tables:
+            return  # it existed when the step started (no catalog round trip)
 
         def create() -> None:
             with self.connect() as con:
@@ -521,6 +608,8 @@ class Lake:
         schema, table = self.table_name(key)
         target = f"{quote_identifier(schema)}.{quote_identifier(table)}"
         if not _has_table(con, schema, table):
+            if files:  # dropped since the step started (DROP TABLE by hand)
+                raise LakeError(f"{schema}.{table} was dropped during the run: run it again")
             return  # nothing was ever published with a file: nothing to replace
         if files:
             _widen(con, target, f"{schema}.{table}", _table_columns(con, files, partition))
@@ -649,6 +738,27 @@ class Lake:
         else:
             for path in doomed:
                 Path(path).unlink(missing_ok=True)
+
+
+# The longest a process waits between two expiries of one lake after its publishes (a
+# shorter retention expires more often: every quarter of it).
+EXPIRY_INTERVAL_SECONDS = 600.0
+_LAST_EXPIRY: dict[tuple[str, str], float] = {}
+
+
+def _expiry_due(lake: Lake) -> bool:
+    """Whether this publish also expires old versions: at most once per EXPIRY_INTERVAL_SECONDS
+    (or a quarter of the retention, if shorter) per process and lake. Expiry is a catalog
+    transaction that scans every snapshot: after every publish it made each small step pay
+    for it, while a version only has to go some time after its retention ends."""
+    place = (str(lake.root), lake.catalog.attach_string)
+    interval = min(EXPIRY_INTERVAL_SECONDS, lake.retention_days * 86400 / 4)
+    now = time.monotonic()
+    last = _LAST_EXPIRY.get(place)
+    if last is not None and now - last < interval:
+        return False
+    _LAST_EXPIRY[place] = now
+    return True
 
 
 CURRENT_LINK = "current"  # <export>/<partition>/current -> the published version folder

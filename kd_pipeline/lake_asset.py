@@ -157,6 +157,7 @@ def run_step(
     fails: nothing is published, the previous version stays current.
     """
     partition = context.partition_key if context.has_partition_key else None
+    lake = lake.pinned()  # every input read at one snapshot: one consistent state
     storage = tuple(spec.key.path)
     if spec.ad_hoc is not None:
         storage = (*storage, spec.ad_hoc.variant(config))
@@ -189,6 +190,7 @@ def run_step(
             **built.manifest,
             **reported,
             "run_id": context.run.run_id,
+            "read_snapshot": lake.read_snapshot,
         }
         where = publish(lake, staged, manifest)
     metadata = {
@@ -196,6 +198,7 @@ def run_step(
         **{k: metadata_value(v) for k, v in built.metadata.items()},
         **reported,
         **where,
+        "lake_read_snapshot": lake.read_snapshot,
     }
     if spec.ad_hoc is not None:
         metadata["variant"] = storage[-1]

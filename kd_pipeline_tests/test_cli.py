@@ -612,3 +612,83 @@ def test_runs_at_once_one_executes_runs_one_after_another(tmp_path) -> None:
         spans = sorted((r.start_time, r.end_time) for r in instance.get_run_records())
     assert len(spans) == 3
     assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
+
+
+_CHECKED_RUNS = """
+import collections, json, sys
+import dagster as dg
+import sqlalchemy as sa
+from kd_pipeline.instance import command_instance
+
+opened = collections.Counter()  # SQLite connections opened, by database file name
+
+@sa.event.listens_for(sa.engine.Engine, "connect")
+def count(dbapi_connection, record) -> None:
+    (_, name, path) = dbapi_connection.execute("PRAGMA database_list").fetchone()
+    opened[path.rsplit("/", 1)[-1]] += 1
+
+CHECKS = [dg.AssetCheckSpec(f"rule_{i}", asset="scored") for i in range(12)]
+
+@dg.asset(check_specs=CHECKS)
+def scored() -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        check_results=[
+            dg.AssetCheckResult(check_name=s.name, passed=s.name != "rule_3") for s in CHECKS
+        ]
+    )
+
+job = dg.Definitions(assets=[scored], jobs=[dg.define_asset_job("score", [scored])])
+instance = command_instance() if sys.argv[1] == "command" else dg.DagsterInstance.get()
+runs, index_connections = [], []
+for _ in range(3):
+    runs.append(job.resolve_job_def("score").execute_in_process(instance=instance).run_id)
+    index_connections.append(opened["index.db"])
+print(json.dumps({"storage": type(instance.event_log_storage).__name__, "runs": runs,
+                  "index_connections": index_connections}))
+"""
+
+
+@pytest.mark.parametrize("which", ["command", "dagster"])
+def test_worker_instance_keeps_the_event_index_open_and_dagster_reads_every_event(
+    tmp_path, which
+) -> None:
+    """A worker's instance (`command_instance`) writes Dagster's event index through one
+    connection kept open (the sibling, Dagster's own instance, opens several for each check
+    result), and a separate instance on the same DAGSTER_HOME (the UI, the daemon) reads
+    every run, materialisation and check verdict it wrote."""
+    import json
+
+    env = {**dict(os.environ), "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    proc = run([sys.executable, "-c", _CHECKED_RUNS, which], env, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    first, *later = report["index_connections"]  # connections opened, after each run
+    if which == "command":
+        assert report["storage"] == "PooledIndexEventLogStorage"
+        assert later == [first, first]  # the first run's connections serve the next runs
+    else:
+        assert report["storage"] == "SqliteEventLogStorage"
+        opened_per_run = [b - a for a, b in itertools.pairwise(report["index_connections"])]
+        assert min(opened_per_run) >= 12 * 3  # three per check result
+    with dg.DagsterInstance.from_config(str(tmp_path)) as reader:
+        assert {r.dagster_run.run_id for r in reader.get_run_records()} == set(report["runs"])
+        assert all(
+            r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in reader.get_run_records()
+        )
+        key = dg.AssetKey("scored")
+        materialized = reader.fetch_materializations(key, limit=10).records
+        assert sorted(m.run_id for m in materialized) == sorted(report["runs"])
+        for name in (f"rule_{i}" for i in range(12)):
+            check = dg.AssetCheckKey(key, name)
+            latest = reader.event_log_storage.get_latest_asset_check_execution_by_key([check])
+            assert latest[check].run_id == report["runs"][-1]
+            evaluation = latest[check].event.dagster_event.event_specific_data
+            assert evaluation.passed is (name != "rule_3")
+        for run_id in report["runs"]:
+            verdicts = [
+                e
+                for e in reader.all_logs(run_id)
+                if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+            ]
+            assert len(verdicts) == 12

@@ -146,6 +146,42 @@ def test_a_republish_is_one_snapshot_and_the_old_version_stays_readable_by_time_
     assert message[0] == "publish fam/asset [p1]" and new.version in message[1]
 
 
+def test_a_pinned_lake_reads_every_input_at_the_snapshot_it_started_at(lake_dir: Path):
+    """What a step reads (its lake is pinned when it starts) stays what was published then,
+    whatever lands during the run: a replaced partition, a new one, another table."""
+    lake = Lake(lake_dir)
+    first = publish_ids(lake, KEY, "p1", [1, 2])
+    texts = publish_ids(lake, ("fam", "texts"), None, [7])
+    step = lake.pinned()
+    assert step.read_snapshot == texts.snapshot
+    publish_ids(lake, KEY, "p1", [3])  # publishes landing while the step runs
+    publish_ids(lake, KEY, "p2", [4])
+    publish_ids(lake, ("fam", "texts"), None, [8, 9])
+    assert read_ids(step.parquet_glob(KEY, "p1")) == [1, 2]
+    assert read_ids(step.parquet_glob(KEY)) == [1, 2] and step.published_partitions(KEY) == ["p1"]
+    assert step.manifest(KEY, "p1")["version"] == first.version
+    assert step.published_rows(("fam", "texts")) == 1 and not step.is_published(KEY, "p2")
+    assert read_ids(step.parquet_glob(("fam", "texts"))) == [7]
+    # the same reads through DuckLake's time travel agree: the pin is that snapshot
+    assert table_ids(lake, KEY, at=step.read_snapshot) == [1, 2]
+    # the lake itself reads what is current now
+    assert read_ids(lake.parquet_glob(KEY)) == [3, 4] and lake.read_snapshot is None
+    assert read_ids(lake.parquet_glob(("fam", "texts"))) == [8, 9]
+
+
+def test_publishing_through_a_pinned_lake_is_seen_by_the_next_pin(lake_dir: Path):
+    """A step publishes through its pinned lake (the table created by the first publish is
+    not in the pin: it is created then); a later step's pin sees what it published."""
+    step = Lake(lake_dir).pinned()
+    assert step.read_snapshot is not None and not step.is_published(KEY, "p1")
+    published = publish_ids(step, KEY, "p1", [5, 6])
+    later = Lake(lake_dir).pinned()
+    assert later.read_snapshot == published.snapshot
+    assert read_ids(later.parquet_glob(KEY, "p1")) == [5, 6]
+    again = publish_ids(later, KEY, "p1", [7])  # the table is in this pin: no create
+    assert table_ids(Lake(lake_dir), KEY) == [7] and again.snapshot > published.snapshot
+
+
 def test_a_superseded_version_stays_readable_for_the_retention_then_goes(
     lake_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
