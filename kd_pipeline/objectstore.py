@@ -13,6 +13,7 @@ Every URL here is `s3://bucket/key...`; pyarrow's paths are the same without the
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -40,8 +41,16 @@ _DENIED_CODES = frozenset(
 )
 _UNREACHABLE_CODES = frozenset({"NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SERVICE_UNAVAILABLE"})
 _AWS_ERROR = re.compile(r"AWS Error (\w+)")
-# The object stores (URL, endpoint, key id) a probe found reachable in this process.
-_REACHABLE: set[tuple[str, str, str]] = set()
+# (URL, digest of the AWS_* settings) a probe found reachable in this process.
+_REACHABLE: set[tuple[str, str]] = set()
+_AWS_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+)
 _REACHABLE_LOCK = threading.Lock()
 
 
@@ -127,14 +136,14 @@ def delete_object(url: str) -> None:
 def probe(url: str) -> None:
     """Check that the lake `url` (`s3://bucket/prefix`) can be read with the AWS_* settings
     now: its bucket exists and its prefix can be listed (one HEAD and one LIST request, once
-    per URL, endpoint and key id in a process). ATTACH never touches the bucket, so without
+    per URL and AWS_* settings in a process). ATTACH never touches the bucket, so without
     this a wrong bucket, endpoint or key would show only at the first upload, deep in a run.
 
     Raises ducklake.CatalogUnreachable with one line naming KD_PIPELINE_LAKE, the URL and
     the cause: no such bucket, access denied, or the endpoint unreachable (issue 15: a data
     path that cannot be reached is named before any run starts)."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip()
-    identity = (url, endpoint, os.environ.get("AWS_ACCESS_KEY_ID", ""))
+    identity = (url, _settings_digest())
     with _REACHABLE_LOCK:
         if identity in _REACHABLE:
             return
@@ -156,6 +165,13 @@ def probe(url: str) -> None:
         )
     with _REACHABLE_LOCK:
         _REACHABLE.add(identity)
+
+
+def _settings_digest() -> str:
+    """A digest of the AWS_* variables now (a probe holds for these settings only; the
+    secret itself is not kept)."""
+    values = "\0".join(os.environ.get(name, "") for name in _AWS_VARIABLES)
+    return hashlib.sha256(values.encode()).hexdigest()
 
 
 def _cause(exc: OSError, endpoint: str) -> str:

@@ -88,16 +88,20 @@ def test_a_missing_bucket_is_named_before_the_catalog_is_created(
     assert not (tmp_path / "c.sqlite").exists()
 
 
+@pytest.mark.parametrize("endpoint", ["closed port", "unknown host"])
 def test_an_unreachable_endpoint_is_named_quickly(
-    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    endpoint: str, s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     use_server(monkeypatch, s3_server, tmp_path)
     bucket = s3_server.create_bucket(f"kd-endpoint-{secrets.token_hex(4)}")
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setenv("AWS_ENDPOINT_URL", closed)
+    if endpoint == "closed port":
+        unreachable = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    else:
+        unreachable = "http://kd-lake.invalid:9000"  # .invalid never resolves (RFC 2606)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", unreachable)
     began = time.monotonic()
     message = refused(Lake(bucket + "/lake", CatalogChoice("sqlite", str(tmp_path / "c.sqlite"))))
-    assert f"endpoint unreachable: {closed}" in message and "AWS_ENDPOINT_URL" in message
+    assert f"endpoint unreachable: {unreachable}" in message and "AWS_ENDPOINT_URL" in message
     assert time.monotonic() - began < 30
     assert not (tmp_path / "c.sqlite").exists()
 
@@ -212,6 +216,10 @@ def test_refused_credentials_are_named_and_the_right_ones_connect(
     lake = Lake(f"s3://{bucket}/lake", catalog)
     location = publish_export(lake, None, [7])
     assert objectstore.list_objects(location)[0].url == f"{location}/{MANIFEST_NAME}"
+    # a probe that passed holds for those settings only: the wrong secret is refused again
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(CatalogUnreachable, match="access denied"):
+        objectstore.probe(f"s3://{bucket}/lake")
 
 
 def test_materialize_names_an_unreachable_lake_in_one_line_before_any_run(
