@@ -125,12 +125,19 @@ def delete_prefix(url: str) -> None:
 
 
 def delete_object(url: str) -> None:
-    """Delete the one object at `url`; a missing object is no error. Raises OSError when the
-    store refuses."""
+    """Delete the one object at `url`; a missing object is no error. When that empties its
+    folder, the folder goes too: pyarrow marks a folder it deleted from with an empty
+    `<folder>/` object, and a killed writer's version folder would otherwise stay as one
+    such marker for good (the parent's marker is the one left, one per partition folder).
+    Raises OSError when the store refuses."""
     client = filesystem()
     path = _path(url)
-    if client.get_file_info(path).type != fs.FileType.NotFound:
-        client.delete_file(path)
+    if client.get_file_info(path).type == fs.FileType.NotFound:
+        return
+    client.delete_file(path)
+    folder = path.rsplit("/", 1)[0]
+    if "/" in folder and not list_objects(f"s3://{folder}", recursive=True):
+        client.delete_dir(folder)
 
 
 def probe(url: str) -> None:

@@ -321,3 +321,32 @@ def test_the_current_export_version_survives_a_newer_leftover_version(
         assert f"{key_of(current)}/part-00000.parquet" in bucket_keys(s3_server, current)
     else:
         assert Path(current, "part-00000.parquet").is_file()
+
+
+def test_a_killed_writers_upload_is_deleted_with_its_folder(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`delete_orphaned_files` on an object store: the files no snapshot references (a
+    version uploaded by a writer killed before its commit) go, and so does their folder
+    (no marker object left behind); the published version stays and reads."""
+    use_server(monkeypatch, s3_server, tmp_path)
+    lake = s3_lake(s3_server, tmp_path, retention_days=0)
+    with lake.stage(("fam", "asset"), "p") as staged:
+        pq.write_table(pa.table({"id": [1, 2]}), staged.path / "part-00000.parquet")
+        current = str(lake.publish(staged, {"rows": 2}).location)
+    killed = current.rsplit("/", 1)[0] + "/99991231T000000Z-00000000"
+    pq.write_table(pa.table({"id": [9]}), tmp_path / "orphan.parquet")
+    bucket, _, key = killed.removeprefix("s3://").partition("/")
+    for name in ("part-00000.parquet", "part-00001.parquet"):
+        s3_server.client().upload_file(str(tmp_path / "orphan.parquet"), bucket, f"{key}/{name}")
+    time.sleep(1.1)  # older than the retention (0 days) at S3's one-second resolution
+
+    lake.delete_orphaned_files()
+
+    assert bucket_keys(s3_server, killed) == []
+    assert bucket_keys(s3_server, killed.rsplit("/", 1)[0]) == [
+        f"{key_of(killed).rsplit('/', 1)[0]}/",  # pyarrow's marker of the partition folder
+        f"{key_of(current)}/part-00000.parquet",
+    ]
+    with lake.connect(read_only=True) as con:
+        assert con.execute("SELECT id FROM fam.asset ORDER BY id").fetchall() == [(1,), (2,)]
