@@ -43,6 +43,7 @@ _UNREACHABLE_CODES = frozenset({"NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SERVIC
 _AWS_ERROR = re.compile(r"AWS Error (\w+)")
 # (URL, digest of the AWS_* settings) a probe found reachable in this process.
 _REACHABLE: set[tuple[str, str]] = set()
+_REACHABLE_LOCK = threading.Lock()
 _AWS_VARIABLES = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -51,7 +52,6 @@ _AWS_VARIABLES = (
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
 )
-_REACHABLE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
