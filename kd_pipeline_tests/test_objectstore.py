@@ -259,6 +259,19 @@ def test_the_export_view_reads_the_current_version_of_every_partition(
     second = publish_export(lake, "bert", [4, 5])
 
     assert view_rows(lake) == [("bert", 4), ("bert", 5), ("minilm", 10), ("minilm", 11)]
+    # another process browses it: `kd-pipeline sql` attaches the lake with the AWS_* settings
+    env = {**os.environ, "KD_PIPELINE_LAKE": str(lake.root)}
+    env["KD_PIPELINE_CATALOG"] = f"sqlite:{lake.catalog.target}"
+    query = "SELECT partition, count(*) AS n FROM exports.pointwise_demo GROUP BY ALL ORDER BY 1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kd_pipeline.cli", "sql", "--csv", query],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout) == (0, "partition,n\nbert,2\nminilm,2\n"), proc.stderr
     # within the retention the replaced version stays whole
     keys = bucket_keys(s3_server, str(lake.root))
     for version in (first, second):
