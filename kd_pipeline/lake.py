@@ -47,7 +47,7 @@ from typing import Any
 
 import duckdb
 
-from kd_pipeline import ducklake, settings
+from kd_pipeline import ducklake, objectstore, settings
 from kd_pipeline.checks.rules import PARQUET_READ
 from kd_pipeline.settings import CatalogChoice
 
@@ -245,8 +245,13 @@ class Lake:
             _SHARED_LOCK.release()
 
     def attach(self, con: duckdb.DuckDBPyConnection, *, read_only: bool = False) -> None:
-        """Attach the lake to an existing connection (a step's engine connection)."""
-        if not self.remote and not read_only:
+        """Attach the lake to an existing connection (a step's engine connection). An
+        object-store lake is first probed (`objectstore.probe`, once per process): ATTACH
+        never touches the bucket. Raises ducklake.CatalogUnreachable naming the setting
+        when the bucket or the catalog cannot be reached."""
+        if self.remote:
+            objectstore.probe(str(self.root))
+        elif not read_only:
             Path(self.root, "data").mkdir(parents=True, exist_ok=True)
 
         def attach() -> None:
@@ -461,7 +466,7 @@ class Lake:
         if not self.is_table(key):
             (staged.path / MANIFEST_NAME).write_text(json.dumps(record, indent=2, default=str))
         if self.remote:
-            _upload(staged.path, str(location))
+            objectstore.upload_folder(staged.path, str(location))
         else:
             _fsync_tree(staged.path)
         files = sorted(p.name for p in staged.path.glob("*.parquet"))
@@ -519,7 +524,8 @@ class Lake:
                     _point_current(Path(location))
                 return Publication(location, self._snapshot_of(staged.version), staged.version)
             if self.remote:
-                _delete_remote(str(location))
+                with contextlib.suppress(OSError):
+                    objectstore.delete_prefix(str(location))
             raise LakeError(
                 f"{where}: not published, the lake commit failed: {ducklake.first_line(exc)}"
                 + self._full_disk_hint()
@@ -632,7 +638,9 @@ class Lake:
 
     def _replace_export_view(self, con: duckdb.DuckDBPyConnection, key: tuple[str, ...]) -> None:
         """Inside the commit: `exports.<name>` reads the current Parquet files of every
-        partition of the export (none: no view; NDJSON and run files are not tables)."""
+        partition of the export, on a folder or an object-store lake (none: no view; NDJSON
+        and run files are not tables). The view globs each current version folder: version
+        folders are immutable, so the glob reads exactly the files published."""
         schema, view = self.table_name(key)
         rows = con.execute(
             "SELECT partition, location FROM publications WHERE asset = $asset ORDER BY partition",
@@ -641,7 +649,7 @@ class Lake:
         selects = []
         for part, relative in rows:
             location = self._location(relative)
-            if self.remote or not list(Path(location).glob("*.parquet")):
+            if not self._has_parquet(location):
                 continue
             column = "" if part == _UNPARTITIONED else f"{quote_literal(part)} AS partition, "
             selects.append(
@@ -692,18 +700,56 @@ class Lake:
                 con.execute(f"CALL ducklake_cleanup_old_files({alias}, cleanup_all => true)")
 
         ducklake.with_retry(expire)
-        if not self.is_table(key) and not self.remote:
-            before = time.time() - self.retention_days * 86400
-            for partition in Path(self.root, *self._key_parts(key)).iterdir():
-                # version ids start with their UTC time: name order is publish order
-                versions = sorted(
-                    p
-                    for p in partition.iterdir()
-                    if not p.is_symlink() and (p / MANIFEST_NAME).is_file()
-                )
-                for old, replacement in itertools.pairwise(versions):
-                    if (replacement / MANIFEST_NAME).stat().st_mtime < before:
+        if not self.is_table(key):
+            self._expire_export_versions(self._key_parts(key))
+
+    def _expire_export_versions(self, key: tuple[str, ...]) -> None:
+        """Delete each version folder of an export whose replacement (the next version of
+        its partition) was written more than the retention ago; a version the registry
+        names current is never deleted (a failed upload's leftovers can sort after it).
+        Folder and object-store lakes alike. Raises OSError when a listing or delete fails."""
+        before = time.time() - self.retention_days * 86400
+        current = {
+            str(self._location(location))
+            for (location,) in self._registry(
+                "SELECT location FROM publications WHERE asset = $asset",
+                {"asset": "/".join(key)},
+            )
+        }
+        for versions in self._export_versions(key).values():
+            for (old, _), (_, replaced_at) in itertools.pairwise(versions):
+                if replaced_at < before and str(old) not in current:
+                    if self.remote:
+                        objectstore.delete_prefix(str(old))
+                    else:
                         shutil.rmtree(old, ignore_errors=True)
+
+    def _export_versions(self, key: tuple[str, ...]) -> dict[str, list[tuple[Path | str, float]]]:
+        """Per partition folder of an export: (version folder, when its manifest was
+        written, Unix seconds) of every version folder holding a manifest, in publish order
+        (version ids start with their UTC time). One recursive listing on an object store;
+        on a folder lake the `current` link is not a version."""
+        found: dict[str, list[tuple[Path | str, float]]] = {}
+        if self.remote:
+            prefix = str(self._location("/".join(key)))
+            for item in objectstore.list_objects(prefix, recursive=True):
+                parts = item.url.removeprefix(prefix + "/").split("/")
+                if len(parts) == 3 and parts[2] == MANIFEST_NAME:
+                    version = f"{prefix}/{parts[0]}/{parts[1]}"
+                    found.setdefault(parts[0], []).append((version, item.modified))
+        else:
+            for manifest in Path(self.root, *key).glob(f"*/*/{MANIFEST_NAME}"):
+                if not manifest.parent.is_symlink():
+                    entry = (manifest.parent, manifest.stat().st_mtime)
+                    found.setdefault(manifest.parent.parent.name, []).append(entry)
+        return {partition: sorted(versions) for partition, versions in found.items()}
+
+    def _has_parquet(self, folder: Path | str) -> bool:
+        """Whether a version folder (a path, or a URL on the object store) holds Parquet
+        files at its top level."""
+        if self.remote:
+            return any(o.url.endswith(".parquet") for o in objectstore.list_objects(str(folder)))
+        return any(Path(folder).glob("*.parquet"))
 
     def delete_orphaned_files(self) -> None:
         """Delete data files no snapshot references that are older than
@@ -731,10 +777,9 @@ class Lake:
             path for path in ducklake.with_retry(orphans) if path.rsplit("/", 1)[0] not in current
         ]
         if self.remote:
-            filesystem = _s3()
             for path in doomed:
                 with contextlib.suppress(OSError):
-                    filesystem.delete_file(path.split("://", 1)[1])
+                    objectstore.delete_object(path)
         else:
             for path in doomed:
                 Path(path).unlink(missing_ok=True)
@@ -832,37 +877,6 @@ def _widen(
                 f"in the table; drop the table (DROP TABLE {name}) and materialise every "
                 "partition again"
             )
-
-
-def _upload(local: Path, url: str) -> None:
-    """Copy a staged version folder to the object store (pyarrow's S3 client, configured
-    from the same AWS_* variables as DuckDB)."""
-    from pyarrow import fs
-
-    fs.copy_files(str(local), url.split("://", 1)[1], destination_filesystem=_s3())
-
-
-def _delete_remote(url: str) -> None:
-    with contextlib.suppress(OSError):
-        _s3().delete_dir(url.split("://", 1)[1])
-
-
-def _s3():  # -> pyarrow.fs.S3FileSystem
-    from pyarrow import fs
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "").strip()
-    options: dict[str, Any] = {
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None,
-    }
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        options["endpoint_override"] = host or scheme
-        options["scheme"] = scheme if host else "https"
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
-        options["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
-        options["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
-        options["session_token"] = os.environ.get("AWS_SESSION_TOKEN")
-    return fs.S3FileSystem(**{k: v for k, v in options.items() if v is not None})
 
 
 def quote_identifier(name: str) -> str:
