@@ -515,6 +515,11 @@ class Lake:
         where = asset + (f" [{partition}]" if partition else "")
         try:
             snapshot = ducklake.with_retry(commit)
+        except LakeError:  # refused inside the commit (a changed column type): rolled back
+            if self.remote:
+                with contextlib.suppress(OSError):
+                    objectstore.delete_prefix(str(location))
+            raise
         except (duckdb.Error, ducklake.CatalogUnreachable) as exc:
             if self._landed(key, partition, staged.version):
                 # The COMMIT reached the catalog before its answer was lost (a dropped

@@ -25,7 +25,7 @@ import pytest
 
 from kd_pipeline import objectstore
 from kd_pipeline.ducklake import CatalogUnreachable
-from kd_pipeline.lake import MANIFEST_NAME, Lake
+from kd_pipeline.lake import MANIFEST_NAME, Lake, LakeError
 from kd_pipeline.settings import CatalogChoice
 from kd_pipeline_tests.servers import S3Server, free_port
 
@@ -363,3 +363,27 @@ def test_a_killed_writers_upload_is_deleted_with_its_folder(
     ]
     with lake.connect(read_only=True) as con:
         assert con.execute("SELECT id FROM fam.asset ORDER BY id").fetchall() == [(1,), (2,)]
+
+
+def test_a_version_refused_inside_the_commit_leaves_nothing_in_the_bucket(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A column whose type changed is refused inside the commit, after the upload: the
+    uploaded version is deleted with the rollback, the published one stays whole (the
+    sibling: a commit that fails in DuckDB, covered by the lake's reliability tests)."""
+    use_server(monkeypatch, s3_server, tmp_path)
+    lake = s3_lake(s3_server, tmp_path)
+    key = ("fam", "scores")
+    with lake.stage(key, "p1") as staged:
+        pq.write_table(pa.table({"id": pa.array([1], pa.int64())}), staged.path / "a.parquet")
+        kept = str(lake.publish(staged, {"rows": 1}).location)
+    with lake.stage(key, "p1") as staged:
+        pq.write_table(pa.table({"id": ["not a number"]}), staged.path / "a.parquet")
+        with pytest.raises(LakeError, match="column id is VARCHAR in the new version"):
+            lake.publish(staged, {"rows": 1})
+        refused_key = key_of(f"{lake.root}/data/fam/scores/partition=p1/{staged.version}")
+    keys = bucket_keys(s3_server, str(lake.root))
+    assert key_of(kept) + "/a.parquet" in keys
+    assert not [k for k in keys if k.startswith(refused_key) and k.endswith(".parquet")]
+    with lake.connect(read_only=True) as con:
+        assert con.execute("SELECT id FROM fam.scores").fetchall() == [(1,)]
