@@ -20,8 +20,10 @@ does `publish` run one short DuckLake transaction that swaps the partition (dele
 register the new files with `ducklake_add_data_files`) and records the version in
 `publications`. A conflict with another writer retries that transaction, never the write.
 Readers see the previous snapshot or the new one, never half of either; a failed or killed
-step leaves the published version as it was. Superseded versions stay readable for
-`KD_PIPELINE_RETENTION_DAYS`, then DuckLake's snapshot expiry and file cleanup remove them.
+step leaves the published version as it was. A step reads through `Lake.pinned()`: the
+registry once, at the snapshot current when it starts, for all of its inputs. Superseded
+versions stay readable for `KD_PIPELINE_RETENTION_DAYS`, then DuckLake's snapshot expiry
+and file cleanup remove them.
 """
 
 from __future__ import annotations
