@@ -630,14 +630,14 @@ class Lake:
             con.execute(f"DELETE FROM {target}")
         else:
             con.execute(f"DELETE FROM {target} WHERE partition = $p", {"p": partition})
-        for file in files:
+        if files:  # one call registers the version's files (it takes a list)
             con.execute(
-                "CALL ducklake_add_data_files($alias, $table, $file, schema => $schema, "
+                "CALL ducklake_add_data_files($alias, $table, $files, schema => $schema, "
                 "hive_partitioning => $hive, allow_missing => true)",
                 {
                     "alias": ducklake.ALIAS,
                     "table": table,
-                    "file": file,
+                    "files": files,
                     "schema": schema,
                     "hive": partition is not None,
                 },
