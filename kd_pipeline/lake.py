@@ -577,13 +577,13 @@ class Lake:
     def _retention_cutoff(self) -> str:
         return f"now() - INTERVAL {int(self.retention_days * 86400)} SECOND"
 
-    def expire_old_versions(self, key: Sequence[str]) -> None:
-        """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
-        ago. Every snapshot that was current at some moment of that window is kept (the
-        newest one older than the window included), so a version stays readable (time
-        travel, a reader that started before the swap) for that long after it was replaced;
-        older snapshots expire with the data files only they referenced. An export's old
-        version folder goes once the version that replaced it is older than the window."""
+    def expire_snapshots(self) -> None:
+        """Expire the lake's snapshots superseded more than `KD_PIPELINE_RETENTION_DAYS` ago
+        and delete the data files only they referenced. Every snapshot that was current at
+        some moment of that window is kept (the newest one older than the window included),
+        so a version stays readable (time travel, a reader that started before the swap) for
+        that long after it was replaced. Lake-wide: after every publish, and daily from the
+        `lake_maintenance` schedule (a deployment where nothing publishes)."""
         cutoff = self._retention_cutoff()
 
         def expire() -> None:
@@ -603,6 +603,12 @@ class Lake:
                 con.execute(f"CALL ducklake_cleanup_old_files({alias}, cleanup_all => true)")
 
         ducklake.with_retry(expire)
+
+    def expire_old_versions(self, key: Sequence[str]) -> None:
+        """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
+        ago: the lake's old snapshots (`expire_snapshots`) and, for an export, an old version
+        folder once the version that replaced it is older than the window."""
+        self.expire_snapshots()
         if not self.is_table(key) and not self.remote:
             before = time.time() - self.retention_days * 86400
             for partition in Path(self.root, *self._key_parts(key)).iterdir():

@@ -1,11 +1,13 @@
 """Automation: the refresh schedule, the upstream-change sensors (Hub, Zenodo), eager
-propagation, and the release of runs whose process died."""
+propagation, the daily lake maintenance, and the release of runs whose process died."""
 
 import dagster as dg
 
 from kd_pipeline.automation import (
     automation_sensor,
     build_refresh_schedule,
+    lake_maintenance_job,
+    lake_maintenance_schedule,
     lighton_raw_job,
     lighton_upstream_changes,
     release_dead_runs,
@@ -13,8 +15,8 @@ from kd_pipeline.automation import (
 )
 
 defs = dg.Definitions(
-    jobs=[lighton_raw_job],
-    schedules=[build_refresh_schedule()],
+    jobs=[lighton_raw_job, lake_maintenance_job],
+    schedules=[build_refresh_schedule(), lake_maintenance_schedule],
     sensors=[
         lighton_upstream_changes,
         zenodo_upstream_changes,

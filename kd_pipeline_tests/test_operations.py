@@ -1,0 +1,81 @@
+"""Operations of a deployment driven by the daemon: the daily lake maintenance, the ids
+listing, a refused PostgreSQL catalog, asset keys that collide on one table, and runs whose
+worker process died."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from kd_pipeline.lake import Lake
+from kd_pipeline_tests.test_lake import publish_ids, table_ids, write_rows
+
+KEY = ("fam", "asset")
+DAY = 86400.0
+
+
+def backdate(path: Path, days: float) -> None:
+    """Set a file's modification time `days` in the past (what a day's wait would do)."""
+    then = time.time() - days * DAY
+    os.utime(path, (then, then))
+
+
+# ---- 1. the daily lake maintenance --------------------------------------------------------
+def test_the_maintenance_job_expires_snapshots_and_deletes_only_old_orphans(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `lake_maintenance` job of the code location, run on its own (nothing publishes):
+    an orphan file older than the retention goes, a young one (a writer still running) and
+    every file a live snapshot references stay; a version superseded longer than the
+    retention is expired with its files."""
+    retention_s = 8
+    monkeypatch.setenv("KD_PIPELINE_RETENTION_DAYS", str(retention_s / DAY))
+    from kd_pipeline.definitions import build_definitions
+
+    job = build_definitions().get_job_def("lake_maintenance")
+    lake = Lake(lake_dir)
+    superseded = publish_ids(lake, KEY, "p1", [1, 2])
+    current = publish_ids(lake, KEY, "p1", [3])
+    other = publish_ids(lake, KEY, "p2", [4, 5])
+    referenced = [*Path(current.location).glob("*.parquet"), *Path(other.location).glob("*.parq*")]
+    for file in referenced:  # old, so only being referenced keeps them
+        backdate(file, 2)
+    partition = lake_dir / "data" / "fam" / "asset" / "partition=p1"
+    old_orphan = partition / "20260101T000000Z-dead"
+    old_orphan.mkdir()
+    write_rows(old_orphan, [666])
+    backdate(old_orphan / "part-00000.parquet", 2)
+    time.sleep(retention_s + 1)  # the superseded snapshot is now older than the window
+    assert list(Path(superseded.location).glob("*.parquet"))  # nothing expired it yet
+    young_orphan = partition / "20260101T000001Z-writing"
+    young_orphan.mkdir()
+    write_rows(young_orphan, [777])
+
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance)
+    assert result.success
+    assert not (old_orphan / "part-00000.parquet").exists()
+    assert (young_orphan / "part-00000.parquet").is_file()
+    assert all(file.is_file() for file in referenced)
+    assert not list(Path(superseded.location).glob("*.parquet"))  # expired with its files
+    assert table_ids(lake, KEY) == [3, 4, 5]
+    with lake.connect(read_only=True) as con:
+        (live,) = con.execute("SELECT list(snapshot_id) FROM snapshots()").fetchone()
+    assert live == [other.snapshot]  # the newest snapshot older than the window stays
+
+
+def test_the_maintenance_schedule_runs_the_job_daily_and_is_on_by_default() -> None:
+    from kd_pipeline.definitions import defs
+
+    schedule = defs.get_schedule_def("lake_maintenance_daily")
+    assert schedule.job_name == "lake_maintenance"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert schedule.cron_schedule == "15 4 * * *"
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance)
+        (request,) = schedule.evaluate_tick(context).run_requests
+    assert request.job_name in (None, "lake_maintenance")
