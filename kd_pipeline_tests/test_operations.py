@@ -5,6 +5,8 @@ worker process died."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import dagster as dg
 import pytest
 
 from kd_pipeline.lake import Lake
+from kd_pipeline.selectors import SelectorError
 from kd_pipeline_tests.test_lake import publish_ids, table_ids, write_rows
 
 KEY = ("fam", "asset")
@@ -79,3 +82,30 @@ def test_the_maintenance_schedule_runs_the_job_daily_and_is_on_by_default() -> N
         context = dg.build_schedule_context(instance=instance)
         (request,) = schedule.evaluate_tick(context).run_requests
     assert request.job_name in (None, "lake_maintenance")
+
+
+# ---- 2. `kd-pipeline ids` counts configs, not configs and aliases -------------------------
+def test_ids_counts_the_configs_and_lists_the_aliases_apart() -> None:
+    """73 configs (what `ids --names` lists) and 3 aliases, each with its config; an alias
+    still selects its config, and a misspelled alias is suggested like a config."""
+    from kd_pipeline.families.lighton_configs import LIGHTON_CONFIG_ALIASES, LIGHTON_CONFIGS
+
+    listing = subprocess.run(
+        [str(Path(sys.executable).parent / "kd-pipeline"), "ids"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    (line,) = [x.strip() for x in listing.splitlines() if x.strip().startswith("name=<")]
+    assert len(LIGHTON_CONFIGS) == 73 and len(LIGHTON_CONFIG_ALIASES) == 3
+    assert line.startswith("name=<one of the 73 configs `kd-pipeline ids --names` lists> or ")
+    assert "76" not in line
+    for alias, config in LIGHTON_CONFIG_ALIASES.items():
+        assert f"{alias} = {config}" in line
+    from kd_pipeline.prepare import registry
+
+    axis = registry()["ai.lighton.embeddings_pre_training"].axes[0]
+    assert axis.parse("fw_edu") == "fw_edu" and axis.parse("fw-edu") == "fw-edu"
+    with pytest.raises(SelectorError, match=r"did you mean 'hlp_wikipedia_cm'\?.*the configs"):
+        axis.parse("hlp_wikipedia_cmx")
