@@ -109,3 +109,68 @@ def test_ids_counts_the_configs_and_lists_the_aliases_apart() -> None:
     assert axis.parse("fw_edu") == "fw_edu" and axis.parse("fw-edu") == "fw-edu"
     with pytest.raises(SelectorError, match=r"did you mean 'hlp_wikipedia_cm'\?.*the configs"):
         axis.parse("hlp_wikipedia_cmx")
+
+
+# ---- 3. a refused catalog is one readable line --------------------------------------------
+def kd_pipeline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "kd-pipeline"), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "cause"),
+    [
+        ("port", 'connection to server at "127.0.0.1", port 1 failed: Connection refused; '),
+        ("dbname", 'failed: FATAL: database "no_such_db" does not exist'),
+        ("user", 'failed: FATAL: role "no_such_role" does not exist'),
+    ],
+)
+def test_a_refused_postgres_catalog_is_one_readable_line_naming_the_setting(
+    postgres_server, tmp_path: Path, wrong: str, cause: str
+) -> None:
+    """A real PostgreSQL refusing the catalog (wrong port, database or user): the command
+    exits 2 with one line, `KD_PIPELINE_CATALOG: cannot open the lake catalog <value>:
+    <libpq's reason>`, the connection string named once, none of DuckDB's wrapping."""
+    postgres_server.create_database(f"kd_ops_{wrong}")
+    fields = {
+        "dbname": f"kd_ops_{wrong}",
+        "host": "127.0.0.1",
+        "port": str(postgres_server.port),
+        "user": postgres_server.user,
+    }
+    fields[wrong] = {"port": "1", "dbname": "no_such_db", "user": "no_such_role"}[wrong]
+    target = " ".join(f"{k}={v}" for k, v in fields.items())
+    env = {
+        **os.environ,
+        "KD_PIPELINE_HOME": str(tmp_path / "home"),
+        "KD_PIPELINE_LAKE": str(tmp_path / "lake"),
+        "KD_PIPELINE_CATALOG": f"postgres:{target}",
+    }
+    proc = kd_pipeline(env, "sql", "SELECT 1")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    prefix = f"kd-pipeline: KD_PIPELINE_CATALOG: cannot open the lake catalog postgres:{target}: "
+    assert line.startswith(prefix), line
+    assert cause in line[len(prefix) :]
+    assert line.count(target) == 1
+    assert "Failed to attach" not in line and "IO Error" not in line
+
+
+def test_an_unopenable_sqlite_catalog_is_one_readable_line_too(tmp_path: Path) -> None:
+    """The sibling on SQLite: a catalog file that is not a database names the setting and
+    SQLite's reason, without DuckLake's 'Failed to probe' wrapping and its probe query."""
+    garbage = tmp_path / "catalog.sqlite"
+    garbage.write_bytes(b"not a database\n" * 512)
+    env = {
+        **os.environ,
+        "KD_PIPELINE_HOME": str(tmp_path / "home"),
+        "KD_PIPELINE_LAKE": str(tmp_path / "lake"),
+        "KD_PIPELINE_CATALOG": f"sqlite:{garbage}",
+    }
+    proc = kd_pipeline(env, "sql", "SELECT 1")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(
+        f"kd-pipeline: KD_PIPELINE_CATALOG: cannot open the lake catalog sqlite:{garbage}: "
+    ), line
+    assert line.endswith(f"sqlite:{garbage}: file is not a database"), line
