@@ -174,3 +174,66 @@ def test_an_unopenable_sqlite_catalog_is_one_readable_line_too(tmp_path: Path) -
         f"kd-pipeline: KD_PIPELINE_CATALOG: cannot open the lake catalog sqlite:{garbage}: "
     ), line
     assert line.endswith(f"sqlite:{garbage}: file is not a database"), line
+
+
+# ---- 4. asset keys that would be one lake table -------------------------------------------
+def recipe(name: str) -> dg.AssetsDefinition:
+    """A filter recipe asset built by the real factory, as an entry `name:` in
+    lighton_filters.yaml makes it."""
+    from kd_pipeline.recipes.factory import build_filter_asset
+    from kd_pipeline.recipes.filters import FilterKnobs
+    from kd_pipeline.recipes.specs import FilterSpec
+
+    return build_filter_asset(FilterSpec(name, f"recipe {name}", FilterKnobs(min_similarity=2.0)))
+
+
+def test_a_recipe_whose_key_reads_as_an_existing_table_is_refused_when_the_definitions_load(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`lighton/similarity-3` next to `lighton/similarity_3`: both would be the table
+    `lighton.similarity_3` and replace each other's rows; the code location refuses to load
+    with one line naming both keys and the table. A distinct name loads."""
+    import kd_pipeline.defs.recipes as recipes_module
+    from kd_pipeline.definitions import TableNameCollision, build_definitions
+
+    declared = recipes_module.defs
+    monkeypatch.setattr(
+        recipes_module, "defs", dg.Definitions.merge(declared, dg.Definitions([recipe("sim-2")]))
+    )
+    loaded = build_definitions().resolve_asset_graph().get_all_asset_keys()
+    assert dg.AssetKey(["lighton", "sim-2"]) in loaded
+    for colliding in ("similarity-3", "Similarity_3"):
+        extra = dg.Definitions([recipe(colliding)])
+        monkeypatch.setattr(recipes_module, "defs", dg.Definitions.merge(declared, extra))
+        with pytest.raises(TableNameCollision) as refused:
+            build_definitions()
+        assert str(refused.value) == (
+            f"asset keys lighton/{colliding} and lighton/similarity_3 are both the lake table "
+            "lighton.similarity_3: rename one of them"
+        )
+
+
+def test_keys_colliding_in_any_schema_are_each_named() -> None:
+    """The same rule for every kind of key: a schema part (`text-x/a`, `text_x/a`), an
+    export's last part (`exports/splade/x`, `exports/pylate/x` are both `exports.x`); one
+    line per collision, distinct keys pass."""
+    from kd_pipeline.definitions import TableNameCollision, refuse_table_name_collisions
+
+    keys = [
+        dg.AssetKey(["text-x", "a"]),
+        dg.AssetKey(["text_x", "a"]),
+        dg.AssetKey(["exports", "splade", "x"]),
+        dg.AssetKey(["exports", "pylate", "x"]),
+        dg.AssetKey(["exports", "pylate", "y"]),
+        dg.AssetKey(["text_x", "a", "b"]),
+    ]
+    with pytest.raises(TableNameCollision) as refused:
+        refuse_table_name_collisions(keys)
+    assert str(refused.value).splitlines() == [
+        "asset keys exports/pylate/x and exports/splade/x are both the lake table exports.x: "
+        "rename one of them",
+        "asset keys text-x/a and text_x/a are both the lake table text_x.a: rename one of them",
+    ]
+    refuse_table_name_collisions(
+        [k for k in keys if k.path[0] != "text-x" and k.path[1] != "splade"]
+    )
