@@ -4,14 +4,19 @@ worker process died."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
+import yaml
 
 from kd_pipeline.lake import Lake
 from kd_pipeline.selectors import SelectorError
@@ -19,6 +24,8 @@ from kd_pipeline_tests.test_lake import publish_ids, table_ids, write_rows
 
 KEY = ("fam", "asset")
 DAY = 86400.0
+LOCATION = "kd_pipeline"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def backdate(path: Path, days: float) -> None:
@@ -237,3 +244,186 @@ def test_keys_colliding_in_any_schema_are_each_named() -> None:
     refuse_table_name_collisions(
         [k for k in keys if k.path[0] != "text-x" and k.path[1] != "splade"]
     )
+
+
+# ---- 5. runs the daemon launched, whose worker died ---------------------------------------
+def submit(instance: dg.DagsterInstance, workspace: Any, job_name: str, partition: str) -> str:
+    """Queue one run of a job of the code location for `partition`, as the UI's "Launch run"
+    does (the daemon's QueuedRunCoordinator launches it); returns its run id."""
+    from dagster._core.definitions.selector import JobSubsetSelector
+
+    location = workspace.get_code_location(LOCATION)
+    repo = next(iter(location.get_repositories().values()))
+    job = location.get_job(
+        JobSubsetSelector(
+            location_name=LOCATION, repository_name=repo.name, job_name=job_name, op_selection=None
+        )
+    )
+    plan = location.get_execution_plan(
+        job, {}, step_keys_to_execute=None, known_state=None, instance=instance
+    )
+    run = instance.create_run(
+        job_name=job_name,
+        run_id=None,
+        run_config={},
+        resolved_op_selection=None,
+        step_keys_to_execute=None,
+        op_selection=None,
+        status=None,
+        root_run_id=None,
+        parent_run_id=None,
+        tags={**job.tags, "dagster/partition": partition},
+        job_snapshot=job.job_snapshot,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+        parent_job_snapshot=job.parent_job_snapshot,
+        remote_job_origin=job.get_remote_origin(),
+        job_code_origin=job.get_python_origin(),
+        asset_selection=None,
+        asset_check_selection=None,
+        asset_graph=repo.asset_graph,
+    )
+    instance.submit_run(run.run_id, workspace)
+    return run.run_id
+
+
+def test_a_daemon_launched_run_whose_worker_dies_is_marked_failed(
+    tmp_path: Path, postgres_server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shared deployment's instance (PostgreSQL storage, as several machines share it;
+    the DefaultRunLauncher, whose workers Dagster's run monitoring cannot check) and the
+    real daemon. A run waits on the `duckdb` pool (its one slot held):
+
+    1. its worker SIGKILLed alone: the code server that launched it fails it (Dagster),
+       and the daemon's monitoring frees the pool claim the run left
+       (`free_slots_after_run_end_seconds` of the shipped instance file);
+    2. the whole daemon group SIGKILLed with a run in flight (machine or container lost):
+       nothing is left to notice; the next daemon's `release_dead_runs` sensor fails it and
+       frees its pool claim, because the run worker tagged the run with its host and pid
+       (`tagging_executor`) -- without those tags a run on shared storage is never judged.
+    """
+    from kd_pipeline.instance import HOST_TAG, PID_TAG, run_process_id
+    from kd_pipeline_tests.test_cluster import (
+        code_location,
+        instance_yaml,
+        pg_environment,
+        stop_process_group,
+        stop_sensor,
+        wait_for,
+    )
+
+    dagster_db = f"kd_ops_dagster_{os.getpid()}"
+    postgres_server.create_database(dagster_db)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    config = yaml.safe_load(instance_yaml())
+    config["concurrency"]["pools"]["default_limit"] = 1
+    # launch runs whose step must wait on a full pool (the queue holds them back otherwise)
+    config["concurrency"]["pools"]["op_granularity_run_buffer"] = 4
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    (home / "workspace.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "load_from": [
+                    {
+                        "python_module": {
+                            "module_name": "kd_pipeline.definitions",
+                            "working_directory": str(REPO_ROOT),
+                            "location_name": LOCATION,
+                        }
+                    }
+                ]
+            }
+        )
+    )
+    settings_env = {
+        **pg_environment(postgres_server, dagster_db),
+        "KD_PIPELINE_HOME": str(tmp_path / "kd_home"),
+        "KD_PIPELINE_LAKE": str(tmp_path / "lake"),
+        "DAGSTER_HOME": str(home),
+    }
+    for key, value in settings_env.items():
+        monkeypatch.setenv(key, value)
+    env = {**os.environ, **settings_env}
+
+    def stop_if_running(daemon: subprocess.Popen[bytes]) -> None:
+        if daemon.poll() is None:
+            stop_process_group(daemon)
+
+    def start_daemon(log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "w") as out:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "dagster-daemon"), "run"],
+                cwd=home,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its code server and run workers are in its group
+            )
+
+    with contextlib.ExitStack() as stack:
+        instance = stack.enter_context(dg.DagsterInstance.from_config(str(home)))
+        workspace = stack.enter_context(code_location(instance, home / "workspace.yaml"))
+        stop_sensor(instance, workspace, "kd_automation")  # its runs would join the queue
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("duckdb", 1)
+        assert storage.claim_concurrency_slot("duckdb", "holder", "step").is_claimed
+        stack.callback(storage.free_concurrency_slot_for_step, "holder", "step")
+
+        def waiting_on_the_pool(run_id: str) -> dg.DagsterRun | None:
+            run = instance.get_run_by_id(run_id)
+            pending = storage.get_concurrency_info("duckdb").pending_steps
+            waiting = any(p.run_id == run_id for p in pending)
+            ready = run.status == dg.DagsterRunStatus.STARTED and waiting
+            return run if ready and run_process_id(instance, run) else None
+
+        def status(run_id: str) -> dg.DagsterRunStatus:
+            return instance.get_run_by_id(run_id).status
+
+        daemon = start_daemon(tmp_path / "daemon-1.log")
+        stack.callback(stop_if_running, daemon)
+        # 1. the worker alone
+        first = submit(instance, workspace, "lighton_raw_refresh", "quora")
+        run = wait_for(lambda: waiting_on_the_pool(first), 180, "the first run to wait")
+        worker = run_process_id(instance, run)
+        assert run.tags[HOST_TAG] == socket.gethostname() and run.tags[PID_TAG] == str(worker)
+        killed_at = time.monotonic()
+        os.kill(worker, signal.SIGKILL)
+        wait_for(lambda: status(first) == dg.DagsterRunStatus.FAILURE, 60, "the code server")
+        print(f"worker SIGKILLed alone: run FAILURE after {time.monotonic() - killed_at:.1f}s")
+
+        # 2. the daemon, its code server and the run worker, all at once
+        second = submit(instance, workspace, "lighton_raw_refresh", "npr")
+        run = wait_for(lambda: waiting_on_the_pool(second), 180, "the second run to wait")
+        worker = run_process_id(instance, run)
+        assert run.tags[HOST_TAG] == socket.gethostname() and run.tags[PID_TAG] == str(worker)
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=30)
+        killed_at = time.monotonic()
+        wait_for(lambda: not _alive(worker), 30, "the worker to be gone")
+        time.sleep(5)
+        assert status(second) == dg.DagsterRunStatus.STARTED  # no process left to notice
+        daemon = start_daemon(tmp_path / "daemon-2.log")
+        stack.callback(stop_if_running, daemon)
+        wait_for(lambda: status(second) == dg.DagsterRunStatus.FAILURE, 240, "release_dead_runs")
+        print(f"daemon group SIGKILLed: run FAILURE after {time.monotonic() - killed_at:.1f}s")
+
+        def pending_claims() -> list[str]:
+            return [p.run_id for p in storage.get_concurrency_info("duckdb").pending_steps]
+
+        # the first run's claim, which the code server's failure left: freed by Dagster's
+        # monitoring (free_slots_after_run_end_seconds); the second's by release_dead_runs
+        assert second not in pending_claims()
+        wait_for(lambda: pending_claims() == ["holder"], 150, "the first run's claim to go")
+        records = instance.get_records_for_run(second, of_type=dg.DagsterEventType.RUN_FAILURE)
+        (failure,) = records.records
+        assert f"the process running this run (pid {worker}) is gone" in str(
+            failure.event_log_entry.dagster_event.message
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -13,8 +13,10 @@ from kd_pipeline.automation import (
     release_dead_runs,
     zenodo_upstream_changes,
 )
+from kd_pipeline.instance import tagging_executor
 
 defs = dg.Definitions(
+    executor=tagging_executor,  # the code location's default: runs carry their host and pid
     jobs=[lighton_raw_job, lake_maintenance_job],
     schedules=[build_refresh_schedule(), lake_maintenance_schedule],
     sensors=[
