@@ -13,6 +13,12 @@ declarative automation downstream.
 - Recipes, unions (and exports) carry `AutomationCondition.eager()`: when raw partitions
   change, the automation sensor (`kd_automation`, on by default under the daemon) runs what
   is downstream, bounded by the `duckdb` pool in dagster.yaml.
+- `lake_maintenance_daily` (schedule, on by default under the daemon): runs the
+  `lake_maintenance` job once a day: DuckLake's snapshot expiry and the deletion of orphan
+  data files (a killed writer's), both past `KD_PIPELINE_RETENTION_DAYS`. A publish expires
+  snapshots and `kd-pipeline materialize` deletes orphans when it ends; this covers a
+  deployment driven only by the daemon (UI, schedules) and a lake nothing publishes to.
+- `release_dead_runs` (sensor, on by default under the daemon): see `kd_pipeline.instance`.
 """
 
 import hashlib
@@ -38,7 +44,7 @@ from kd_pipeline.families.upstream import (
 )
 from kd_pipeline.fetch import DatasetSnapshot, Fetcher, FetchError
 from kd_pipeline.instance import release_orphaned_runs
-from kd_pipeline.resources import UpstreamResource
+from kd_pipeline.resources import LakeResource, UpstreamResource
 
 LIGHTON_RAW_JOB = "lighton_raw_refresh"
 
@@ -63,6 +69,45 @@ def build_refresh_schedule() -> dg.ScheduleDefinition:
             yield dg.RunRequest(run_key=f"{tick}:{config}", partition_key=config)
 
     return lighton_weekly_refresh
+
+
+LAKE_MAINTENANCE_JOB = "lake_maintenance"
+LAKE_MAINTENANCE_CRON = "15 4 * * *"  # daily, off the weekly refresh's hour
+
+
+@dg.op(
+    description="Expire the lake's snapshots and delete orphan data files, both older than "
+    "KD_PIPELINE_RETENTION_DAYS (files a running writer still writes are younger)."
+)
+def clean_lake(context: dg.OpExecutionContext, lake: LakeResource) -> None:
+    """Lake-wide retention: `Lake.expire_snapshots`, then `Lake.delete_orphaned_files`
+    (in this order: the files the expiry releases are deleted by the expiry itself)."""
+    target = lake.lake()
+    target.expire_snapshots()
+    target.delete_orphaned_files()
+    context.log.info(
+        f"lake {target.root}: snapshots and orphan files older than "
+        f"{target.retention_days:g} day(s) removed"
+    )
+
+
+@dg.job(
+    name=LAKE_MAINTENANCE_JOB,
+    description="Retention of the lake (materialises no asset): snapshot expiry and orphan "
+    "file cleanup, what a publish and `kd-pipeline materialize` also do.",
+)
+def lake_maintenance_job() -> None:
+    clean_lake()
+
+
+lake_maintenance_schedule = dg.ScheduleDefinition(
+    name="lake_maintenance_daily",
+    cron_schedule=LAKE_MAINTENANCE_CRON,
+    job=lake_maintenance_job,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Once a day under the daemon: expire old snapshots, delete a killed "
+    "writer's orphan files (both past KD_PIPELINE_RETENTION_DAYS).",
+)
 
 
 def config_fingerprints(snapshot: DatasetSnapshot, card: str | None) -> dict[str, str]:

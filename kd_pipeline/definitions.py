@@ -6,6 +6,7 @@ environment, through `settings` (`defs/resources.py`).
 """
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import dagster as dg
@@ -15,9 +16,17 @@ from kd_pipeline.defs.exports import specs as export_specs
 from kd_pipeline.defs.resources import shared_resources
 from kd_pipeline.exports.factory import main_job_names
 from kd_pipeline.families import fiqa, hofstaetter, lighton, rank_distillm, text
+from kd_pipeline.lake import catalog_view_names
 from kd_pipeline.recipes import factory
 
-__all__ = ["MAIN_JOBS", "build_definitions", "defs", "shared_resources"]
+__all__ = [
+    "MAIN_JOBS",
+    "TableNameCollision",
+    "build_definitions",
+    "defs",
+    "refuse_table_name_collisions",
+    "shared_resources",
+]
 
 LIGHTON_PARTITIONED_JOB = lighton.LIGHTON_PARTITIONED_JOB
 LIGHTON_UNIONS_JOB = factory.LIGHTON_UNIONS_JOB
@@ -37,18 +46,48 @@ MAIN_JOBS = (
 PROJECT_ROOT = Path(kd_pipeline.defs.__file__).parents[2]
 
 
+class TableNameCollision(ValueError):
+    """Two asset keys that the lake would store as one table (or view)."""
+
+
+def refuse_table_name_collisions(keys: Iterable[dg.AssetKey]) -> None:
+    """Raise TableNameCollision when two asset keys read as the same lake table: the lake
+    names each key's table on its own (`Lake.table_name`: schema = first part, table = the
+    rest joined by `_`, lower case, anything but letters, digits and `_` made `_`), so
+    `fam/a-b` and `fam/a_b` (or `fam/AB` and `fam/ab`, or two exports ending in the same
+    part) would replace each other's rows. One line per collision, naming both keys and
+    the table."""
+    owner: dict[tuple[str, str], str] = {}
+    problems = []
+    for key in sorted(keys, key=lambda k: k.path):
+        path = tuple(key.path)
+        schema, table = catalog_view_names([path])[path]
+        name = key.to_user_string()
+        first = owner.setdefault((schema, table), name)
+        if first != name:
+            problems.append(
+                f"asset keys {first} and {name} are both the lake table {schema}.{table}: "
+                "rename one of them"
+            )
+    if problems:
+        raise TableNameCollision("\n".join(problems))
+
+
 def build_definitions() -> dg.Definitions:
     """Every definition of the modules in `kd_pipeline/defs/`, loaded now (the resources
     read the environment as it is now).
 
     Raises settings.SettingsError, one line per bad variable, before the folder is loaded
-    (the loader would wrap it in its own report of every module)."""
+    (the loader would wrap it in its own report of every module); TableNameCollision when
+    two asset keys would be one lake table."""
     shared_resources()
     # Dagster's folder loader calls its own preview functions and warns about them on every
     # load; that is its business, not a user's: silenced here, and only here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        return dg.ComponentTree.from_module(kd_pipeline.defs, PROJECT_ROOT).build_defs()
+        built = dg.ComponentTree.from_module(kd_pipeline.defs, PROJECT_ROOT).build_defs()
+    refuse_table_name_collisions(built.resolve_asset_graph().get_all_asset_keys())
+    return built
 
 
 defs = build_definitions()

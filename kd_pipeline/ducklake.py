@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -127,8 +128,7 @@ def attach(
     except duckdb.Error as exc:
         if is_conflict(exc):
             raise  # another process is creating or committing: with_retry tries again
-        # (the scanners quote the connection string: settings.catalog refuses passwords in it)
-        cause = first_line(exc)
+        cause = catalog_cause(exc, catalog)
         if "does not match existing data path" in cause:
             raise CatalogUnreachable(
                 f"{LAKE_ENV}: the catalog {catalog.describe()} keeps its data under another "
@@ -169,6 +169,33 @@ def is_conflict(exc: BaseException) -> bool:
 
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+# DuckLake's and the scanners' wrapping of the catalog database's own message
+_ENGINE_PREFIX = re.compile(
+    r"^(?:[A-Z][A-Za-z ]*Error: )?(?:Failed to probe DuckLake metadata: )?"
+    r'(?:Failed to prepare query ".*?": )?',
+    re.DOTALL,
+)
+
+
+def catalog_cause(exc: BaseException, catalog: CatalogChoice) -> str:
+    """Why ATTACH could not open the catalog, as one readable line: the database's own
+    message (libpq's "connection to server at ... failed: Connection refused", "FATAL:
+    database "x" does not exist", SQLite's "unable to open database file") without the
+    wrapping DuckDB adds around it (DuckLake's "Failed to attach DuckLake MetaData ... at
+    path + ..." and the scanner's "Unable to connect to Postgres at ...", which repeat the
+    connection string the caller names once, or the scanner's probe query); its hint
+    lines joined with '; ', runs of spaces made one. No password can be in it:
+    settings.parse_catalog refuses one in the connection string, and libpq takes it from
+    PGPASSWORD or ~/.pgpass and never prints it."""
+    text = str(exc).strip()
+    quoted = f'"{catalog.target}": '
+    if quoted in text:  # the scanner's "<what failed> "<target>": <the database's message>"
+        text = text[text.rindex(quoted) + len(quoted) :]
+    text = _ENGINE_PREFIX.sub("", text, count=1)
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
 
 
 def _literal(value: str) -> str:

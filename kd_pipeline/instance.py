@@ -11,6 +11,15 @@ judged only on the host that ran it (the host tag, or any run when the instance'
 is this machine's SQLite). It runs before every `kd-pipeline` command that materialises,
 and every minute in the daemon (the `release_dead_runs` sensor).
 
+Runs the daemon launches (UI, schedules, sensors) get their host and pid tags from the run
+worker itself: `tagging_executor`, the code location's default executor, is Dagster's
+`multi_or_in_process_executor` that first tags the run with the host and pid of the
+process executing it. Dagster's own cover is narrower: `run_monitoring` cannot check a
+DefaultRunLauncher's worker (the launcher does not support `check_run_worker_health`;
+the daemon only enforces start and runtime timeouts), and the code server fails a run
+whose worker died only while that code server lives (its cleanup thread polls its own
+children); a machine, container or daemon group killed with its runs leaves them STARTED.
+
 `command_instance`: the instance a `kd-pipeline` worker runs on. Its compute logs are Dagster's
 local files (the UI shows a step's stdout/stderr), written without the `tail -F` and watcher
 processes Dagster starts for every run to copy them live to the terminal.
@@ -37,7 +46,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+from dagster._core.definitions.executor_definition import multi_or_in_process_executor
 from dagster._core.execution.compute_logs import redirect_to_file
+from dagster._core.execution.context.system import PlanOrchestrationContext
+from dagster._core.execution.plan.plan import ExecutionPlan
+from dagster._core.execution.retries import RetryMode
+from dagster._core.execution.step_dependency_config import StepDependencyConfig
+from dagster._core.executor.base import Executor
+from dagster._core.executor.init import InitExecutorContext
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 from dagster._core.storage.local_compute_log_manager import (
@@ -151,6 +167,47 @@ def command_instance() -> dg.DagsterInstance:
 def cli_run_tags() -> dict[str, str]:
     """Tags that let a later CLI process tell whether this run's process is still alive."""
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+class _HostTaggingExecutor(Executor):
+    """An executor that tags its run with this host and pid (`cli_run_tags`), then runs the
+    plan with the executor it wraps."""
+
+    def __init__(self, inner: Executor) -> None:
+        self._inner = inner
+
+    @property
+    def retries(self) -> RetryMode:
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self) -> StepDependencyConfig:
+        return self._inner.step_dependency_config
+
+    def execute(
+        self, plan_context: PlanOrchestrationContext, execution_plan: ExecutionPlan
+    ) -> Iterator[dg.DagsterEvent]:
+        # Always: a re-execution inherits the tags of the run it repeats, process included.
+        plan_context.instance.add_run_tags(plan_context.run_id, cli_run_tags())
+        yield from self._inner.execute(plan_context, execution_plan)
+
+
+def _tagging_executor(init_context: InitExecutorContext) -> Executor:
+    create = multi_or_in_process_executor.executor_creation_fn
+    assert create is not None
+    return _HostTaggingExecutor(create(init_context))
+
+
+# Dagster's default executor (multiprocess, or in process; the same run config), run by the
+# run worker after tagging the run with the worker's host and pid, so that
+# `release_orphaned_runs` can judge a run the daemon launched on any storage.
+tagging_executor = dg.ExecutorDefinition(
+    name=multi_or_in_process_executor.name,
+    config_schema=multi_or_in_process_executor.config_schema,
+    requirements=multi_or_in_process_executor.get_requirements,
+    executor_creation_fn=_tagging_executor,
+    description="Dagster's multi_or_in_process_executor; tags the run with its host and pid.",
+)
 
 
 def _alive(pid: int) -> bool:

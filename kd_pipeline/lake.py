@@ -681,13 +681,14 @@ class Lake:
     def _retention_cutoff(self) -> str:
         return f"now() - INTERVAL {int(self.retention_days * 86400)} SECOND"
 
-    def expire_old_versions(self, key: Sequence[str]) -> None:
-        """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
-        ago. Every snapshot that was current at some moment of that window is kept (the
-        newest one older than the window included), so a version stays readable (time
-        travel, a reader that started before the swap) for that long after it was replaced;
-        older snapshots expire with the data files only they referenced. An export's old
-        version folder goes once the version that replaced it is older than the window."""
+    def expire_snapshots(self) -> None:
+        """Expire the lake's snapshots superseded more than `KD_PIPELINE_RETENTION_DAYS` ago
+        and delete the data files only they referenced. Every snapshot that was current at
+        some moment of that window is kept (the newest one older than the window included),
+        so a version stays readable (time travel, a reader that started before the swap) for
+        that long after it was replaced. Lake-wide: after a publish (at most every 10 minutes
+        per process, `_expiry_due`), and daily from the `lake_maintenance` schedule (a
+        deployment where nothing publishes)."""
         cutoff = self._retention_cutoff()
 
         def expire() -> None:
@@ -707,6 +708,12 @@ class Lake:
                 con.execute(f"CALL ducklake_cleanup_old_files({alias}, cleanup_all => true)")
 
         ducklake.with_retry(expire)
+
+    def expire_old_versions(self, key: Sequence[str]) -> None:
+        """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
+        ago: the lake's old snapshots (`expire_snapshots`) and, for an export, an old version
+        folder once the version that replaced it is older than the window."""
+        self.expire_snapshots()
         if not self.is_table(key):
             self._expire_export_versions(self._key_parts(key))
 
@@ -764,7 +771,7 @@ class Lake:
         writer still running, which DuckLake cannot tell from litter). DuckLake names them;
         the file of a current empty version is kept (DuckLake registers no file for 0 rows,
         but readers of that version need its schema). Run at the end of
-        `kd-pipeline materialize`."""
+        `kd-pipeline materialize` and daily by the `lake_maintenance` job."""
         cutoff = self._retention_cutoff()
 
         def orphans() -> list[str]:

@@ -14,7 +14,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -42,7 +42,10 @@ _KIND_WORDS = {"float": "a number", "int": "an integer"}
 
 @dataclass(frozen=True)
 class Axis:
-    """One knob of a dataset id: its type, default and domain."""
+    """One knob of a dataset id: its type, default and domain.
+
+    A choice axis takes one of `choices` (called `noun` where they are too many to list) or
+    one of `aliases` (alias -> choice: accepted as input, listed apart, never counted)."""
 
     name: str
     kind: str  # "bool" | "float" | "int" | "choice"
@@ -51,15 +54,26 @@ class Axis:
     choices: tuple[str, ...] = ()
     check: Callable[[Any], str | None] | None = None  # returns an error text, or None
     help: str = ""
+    aliases: Mapping[str, str] = field(default_factory=dict)
+    noun: str = "names"
+
+    def _choice_domain(self) -> str:
+        """`a|b|c`, or `<one of 73 configs>`, then the aliases with what each stands for."""
+        if len(self.choices) <= 8:
+            listed = "|".join(self.choices)
+        else:
+            listed = f"<one of the {len(self.choices)} {self.noun} `kd-pipeline ids --names` lists>"
+        if not self.aliases:
+            return listed
+        aliases = ", ".join(f"{alias} = {target}" for alias, target in self.aliases.items())
+        return f"{listed} or an alias <{aliases}>"
 
     def describe(self) -> str:
         domain = {
             "bool": "true|false",
             "float": "number",
             "int": "integer",
-            "choice": "|".join(self.choices)
-            if len(self.choices) <= 8
-            else f"<one of {len(self.choices)} names>",
+            "choice": self._choice_domain() if self.kind == "choice" else "",
         }[self.kind]
         null = "|null" if self.nullable else ""
         default = (
@@ -89,15 +103,15 @@ class Axis:
             if self.kind == "float" and not math.isfinite(value):
                 raise SelectorError(f"{self.name}={text!r}: expected a finite number")
         else:
-            if text not in self.choices:
+            if text not in self.choices and text not in self.aliases:
                 listed = (
                     f"one of {', '.join(self.choices)}"
                     if len(self.choices) <= 8
-                    else "one of the names `kd-pipeline ids --names` lists"
+                    else f"one of the {self.noun} `kd-pipeline ids --names` lists"
                 )
+                hint = did_you_mean(text, [*self.choices, *self.aliases])
                 raise SelectorError(
-                    f"{self.name}={text!r}: not a known value{did_you_mean(text, self.choices)}; "
-                    f"expected {listed}"
+                    f"{self.name}={text!r}: not a known value{hint}; expected {listed}"
                 )
             value = text
         problem = self.check(value) if self.check else None

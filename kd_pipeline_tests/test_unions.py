@@ -354,11 +354,12 @@ def test_prepare_reuses_what_is_published(shared: dict) -> None:
         ),
         (
             "ai.lighton.embeddings_pre_training[name=nowhere]",
-            "name='nowhere': not a known value; expected one of the names",
+            "name='nowhere': not a known value; expected one of the configs",
         ),
         (
             "ai.lighton.embeddings_pre_training[filter_drop=true]",
-            "name=<one of 76 names> (required)",
+            "name=<one of the 73 configs `kd-pipeline ids --names` lists> "
+            "or an alias <fw_edu = fw-edu",
         ),
         ("ai.lighton.embeddings_pre_training[name=quora", "expected [key=value,...]"),
         (
