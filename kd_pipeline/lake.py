@@ -65,6 +65,9 @@ LOW_DISK_BYTES = 4 * 1024 * 1024
 _SHARED: dict[tuple[int, str, str, bool], duckdb.DuckDBPyConnection] = {}
 _SHARED_LOCK = threading.Lock()
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,199}$")
+# The longest a catalog transaction waits for its turn on this machine (Lake._catalog_turn).
+CATALOG_TURN_SECONDS = 120.0
+_TURN = threading.local()  # whether this thread holds its catalog turn
 # Keys whose versions stay files (the trainers read files) instead of DuckLake tables.
 FILE_SCHEMAS = frozenset({"exports"})
 
@@ -296,11 +299,10 @@ class Lake:
         return None if self._pin is None else self._pin.snapshot
 
     def _read_pin(self) -> _Pin:
-        with self.connect() as con:
+        with self._catalog_turn(exclusive=False), self.connect() as con:
             (snapshot,) = con.execute(
                 "SELECT id FROM ducklake_current_snapshot($alias)", {"alias": ducklake.ALIAS}
             ).fetchone()
-            at = f"AT (VERSION => {int(snapshot)})"
             tables = frozenset(
                 con.execute(
                     "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = $db",
@@ -310,7 +312,8 @@ class Lake:
             if ("main", PUBLICATIONS) not in tables:
                 return _Pin(int(snapshot), {}, tables)
             rows = con.execute(
-                f"SELECT asset, partition, version, location, rows FROM main.{PUBLICATIONS} {at}"
+                "SELECT asset, partition, version, location, rows "
+                f"FROM main.{PUBLICATIONS} AT (VERSION => {int(snapshot)})"
             ).fetchall()
         entries = {
             (asset, part): _Entry(version, location, int(count or 0))
@@ -338,7 +341,7 @@ class Lake:
         """Rows of a query on the registry as it is now; [] before the first publish."""
 
         def read() -> list[tuple]:
-            with self.connect(read_only=False) as con:
+            with self._catalog_turn(exclusive=False), self.connect(read_only=False) as con:
                 if not _has_table(con, "main", PUBLICATIONS):
                     return []
                 return con.execute(sql, params or {}).fetchall()
@@ -405,6 +408,40 @@ class Lake:
         return json.loads(rows[0][0]) if rows else {"version": current.version}
 
     # ---- locking -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _catalog_turn(self, *, exclusive: bool) -> Iterator[None]:
+        """This machine's processes take turns at the catalog: a write transaction
+        (exclusive) waits for the reads and writes in flight here instead of colliding with
+        them ("database is locked" on SQLite, a conflict on one table) and redoing itself on
+        a new connection; reads share. Two flocks under `.locks/`: `catalog.gate`, held
+        only while queueing, so a waiting writer is not starved by a stream of readers, and
+        `catalog.lock`, shared or exclusive. Free to re-enter for a thread holding its turn.
+        After CATALOG_TURN_SECONDS of waiting (a stuck process) the transaction goes ahead
+        without its turn: DuckLake's conflict handling, retried by `ducklake.with_retry`,
+        is what keeps it correct, as it does across machines."""
+        if getattr(_TURN, "held", False):
+            yield
+            return
+        folder = self.work_dir / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + CATALOG_TURN_SECONDS
+        with (
+            open(folder / "catalog.gate", "a+") as gate,
+            open(folder / "catalog.lock", "a+") as lock,
+        ):
+            queued = _flock_until(gate, fcntl.LOCK_EX, deadline)
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            turn = queued and _flock_until(lock, mode, deadline)
+            if queued:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+            _TURN.held = turn
+            try:
+                yield
+            finally:
+                _TURN.held = False
+                if turn:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
         """An exclusive flock on `.locks/<name>.lock` on this machine (two runs here never
@@ -489,7 +526,7 @@ class Lake:
         }
 
         def commit() -> int:
-            with self.connect() as con:
+            with self._catalog_turn(exclusive=True), self.connect() as con:
                 con.execute("BEGIN")
                 try:
                     if self.is_table(key):
@@ -590,7 +627,7 @@ class Lake:
             return  # it existed when the step started (no catalog round trip)
 
         def create() -> None:
-            with self.connect() as con:
+            with self._catalog_turn(exclusive=True), self.connect() as con:
                 if _has_table(con, schema, table):
                     return
                 columns = ", ".join(
@@ -692,7 +729,7 @@ class Lake:
         cutoff = self._retention_cutoff()
 
         def expire() -> None:
-            with self.connect() as con:
+            with self._catalog_turn(exclusive=True), self.connect() as con:
                 alias = quote_literal(ducklake.ALIAS)
                 (ids,) = con.execute(
                     "SELECT list(snapshot_id) FROM snapshots() WHERE snapshot_id < "
@@ -775,13 +812,14 @@ class Lake:
         cutoff = self._retention_cutoff()
 
         def orphans() -> list[str]:
-            with self.connect() as con:
-                rows = con.execute(
-                    "SELECT path FROM ducklake_delete_orphaned_files($alias, dry_run => true, "
-                    f"older_than => {cutoff})",
-                    {"alias": ducklake.ALIAS},
-                ).fetchall()
-            return [path for (path,) in rows]
+            with self._catalog_turn(exclusive=False):
+                with self.connect() as con:
+                    rows = con.execute(
+                        "SELECT path FROM ducklake_delete_orphaned_files($alias, dry_run => true, "
+                        f"older_than => {cutoff})",
+                        {"alias": ducklake.ALIAS},
+                    ).fetchall()
+                return [path for (path,) in rows]
 
         current = {
             str(self._location(location))
@@ -821,6 +859,21 @@ def _expiry_due(lake: Lake) -> bool:
 
 
 CURRENT_LINK = "current"  # <export>/<partition>/current -> the published version folder
+
+
+def _flock_until(handle: Any, mode: int, deadline: float) -> bool:
+    """Take a flock on an open file, polling until `deadline` (time.monotonic()); False when
+    it was not free by then."""
+    wait = 0.001
+    while True:
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(wait)
+            wait = min(wait * 2, 0.02)
 
 
 def _point_current(version: Path) -> None:

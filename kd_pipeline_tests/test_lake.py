@@ -609,3 +609,33 @@ def test_zstd_level_is_a_knob_and_a_bad_one_is_refused(tmp_path: Path, monkeypat
     monkeypatch.setenv("KD_PIPELINE_ZSTD_LEVEL", "fast")
     with pytest.raises(ValueError, match="KD_PIPELINE_ZSTD_LEVEL='fast'"):
         copy_parquet(con, texts, tmp_path / "bad")
+
+
+def test_a_writer_waiting_for_the_catalog_goes_before_readers_that_came_after_it(
+    lake_dir: Path,
+):
+    """The catalog turns of this machine: a write waits for the read in flight, and a read
+    that asks after the write queued waits for the write (readers never starve a writer);
+    the reads in flight share."""
+    lake = Lake(lake_dir)
+    order: list[str] = []
+    reading = threading.Event()
+
+    def take(name: str, exclusive: bool, hold: float) -> None:
+        with lake._catalog_turn(exclusive=exclusive):
+            order.append(name)
+            if name == "first read":
+                reading.set()
+            time.sleep(hold)
+
+    first = threading.Thread(target=take, args=("first read", False, 0.5))
+    first.start()
+    reading.wait(5)
+    writer = threading.Thread(target=take, args=("write", True, 0.2))
+    writer.start()
+    time.sleep(0.1)  # the write is queued behind the first read
+    late = threading.Thread(target=take, args=("late read", False, 0.0))
+    late.start()
+    for thread in (first, writer, late):
+        thread.join(10)
+    assert order == ["first read", "write", "late read"]
