@@ -230,6 +230,16 @@ def run_cli(
     }
 
 
+# The sample mirror's generation moved from resources.py (the baseline tree) to fetch.py.
+GENERATE_SAMPLE = """
+try:
+    from kd_pipeline.fetch import sample_mirror
+except ImportError:
+    from kd_pipeline.resources import sample_mirror
+sample_mirror()
+"""
+
+
 def fresh_home(workdir: Path, name: str) -> Path:
     home = workdir / "homes" / name
     shutil.rmtree(home, ignore_errors=True)
@@ -240,7 +250,7 @@ def fresh_home(workdir: Path, name: str) -> Path:
 def measure_main(lake: str, tree: Path, ducklake: bool, home: Path, limit: int) -> dict[str, Any]:
     """The sample main job in a fresh home: wall time, step times, bytes."""
     subprocess.run(
-        [sys.executable, "-c", "from kd_pipeline.fetch import sample_mirror; sample_mirror()"],
+        [sys.executable, "-c", GENERATE_SAMPLE],
         cwd=tree,
         env=environment(tree, home),
         check=True,
