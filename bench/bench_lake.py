@@ -23,7 +23,8 @@ two lakes alternating (baseline, ducklake, baseline, ducklake, ...), median of -
      untimed) and times `Lake.publish` as the pipeline calls it (plus `rebuild_catalog` for
      the baseline, which `audit_and_publish` ran after every publish), twice (the first
      replaces the run's version, the second the driver's), and the lake reads a recipe step
-     makes before writing (`is_published`, `manifest`, `published_rows`);
+     makes before writing (`is_published`, `manifest`, `published_rows`; DuckLake: on the
+     lake a step pins when it starts, `Lake.pinned`, the pin included);
   4. lake bytes / upstream bytes after each `main` and `big` run: DuckLake `data/` +
      `exports/` + the catalog file; the baseline `.versions/` + `catalog.duckdb`; upstream is
      the mirror the run read (the sample mirror, or the big mirror).
@@ -325,9 +326,10 @@ def publish_child(spec: dict[str, Any]) -> None:
     publishes, reads = [], []
     for number in range(spec["publishes"]):
         began = time.perf_counter()
-        assert lake.is_published(RAW_KEY, partition)
-        lake.manifest(RAW_KEY, partition)
-        assert lake.published_rows(RAW_KEY, partition) == rows
+        step = lake.pinned() if hasattr(lake, "pinned") else lake  # as a step reads now
+        assert step.is_published(RAW_KEY, partition)
+        step.manifest(RAW_KEY, partition)
+        assert step.published_rows(RAW_KEY, partition) == rows
         reads.append(time.perf_counter() - began)
         with lake.stage(RAW_KEY, partition) as staged:
             for source in sources:
