@@ -83,11 +83,11 @@ def clean_lake(context: dg.OpExecutionContext, lake: LakeResource) -> None:
     """Lake-wide retention: `Lake.expire_snapshots`, then `Lake.delete_orphaned_files`
     (in this order: the files the expiry releases are deleted by the expiry itself)."""
     target = lake.lake()
-    target.expire_snapshots()
-    target.delete_orphaned_files()
+    expired = target.expire_snapshots()
+    deleted = target.delete_orphaned_files()
     context.log.info(
-        f"lake {target.root}: snapshots and orphan files older than "
-        f"{target.retention_days:g} day(s) removed"
+        f"lake {target.root}: {expired} snapshot(s) expired and {deleted} orphan file(s) "
+        f"deleted, older than {target.retention_days:g} day(s)"
     )
 
 

@@ -128,9 +128,12 @@ def cmd_sql(args: argparse.Namespace) -> int:
     """Run one SQL query on the lake (attached read-only) and print the result."""
     import duckdb
 
+    from kd_pipeline import objectstore
     from kd_pipeline.lake import Lake
 
     lake = Lake()
+    if lake.remote:  # an unreachable bucket is named as such, not as a lake not made yet
+        objectstore.probe(str(lake.root))
     if lake.catalog.kind == "sqlite" and not Path(lake.catalog.target).is_file():
         log(f"kd-pipeline sql: no lake at {lake.root} yet (run `kd-pipeline materialize` first)")
         return 2

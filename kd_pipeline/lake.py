@@ -718,17 +718,17 @@ class Lake:
     def _retention_cutoff(self) -> str:
         return f"now() - INTERVAL {int(self.retention_days * 86400)} SECOND"
 
-    def expire_snapshots(self) -> None:
+    def expire_snapshots(self) -> int:
         """Expire the lake's snapshots superseded more than `KD_PIPELINE_RETENTION_DAYS` ago
         and delete the data files only they referenced. Every snapshot that was current at
         some moment of that window is kept (the newest one older than the window included),
         so a version stays readable (time travel, a reader that started before the swap) for
         that long after it was replaced. Lake-wide: after a publish (at most every 10 minutes
         per process, `_expiry_due`), and daily from the `lake_maintenance` schedule (a
-        deployment where nothing publishes)."""
+        deployment where nothing publishes). Returns how many snapshots were expired."""
         cutoff = self._retention_cutoff()
 
-        def expire() -> None:
+        def expire() -> int:
             with self._catalog_turn(exclusive=True), self.connect() as con:
                 alias = quote_literal(ducklake.ALIAS)
                 (ids,) = con.execute(
@@ -736,15 +736,16 @@ class Lake:
                     f"(SELECT max(snapshot_id) FROM snapshots() WHERE snapshot_time < {cutoff})"
                 ).fetchone()
                 if not ids:
-                    return
+                    return 0
                 con.execute(
                     f"CALL ducklake_expire_snapshots({alias}, versions => $ids::UBIGINT[])",
                     {"ids": ids},
                 )
                 # what the expiry just released: no live snapshot references it any more
                 con.execute(f"CALL ducklake_cleanup_old_files({alias}, cleanup_all => true)")
+                return len(ids)
 
-        ducklake.with_retry(expire)
+        return ducklake.with_retry(expire)
 
     def expire_old_versions(self, key: Sequence[str]) -> None:
         """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
@@ -802,13 +803,14 @@ class Lake:
             return any(o.url.endswith(".parquet") for o in objectstore.list_objects(str(folder)))
         return any(Path(folder).glob("*.parquet"))
 
-    def delete_orphaned_files(self) -> None:
+    def delete_orphaned_files(self) -> int:
         """Delete data files no snapshot references that are older than
         `KD_PIPELINE_RETENTION_DAYS` (a killed writer's; the age limit keeps the files of a
         writer still running, which DuckLake cannot tell from litter). DuckLake names them;
         the file of a current empty version is kept (DuckLake registers no file for 0 rows,
         but readers of that version need its schema). Run at the end of
-        `kd-pipeline materialize` and daily by the `lake_maintenance` job."""
+        `kd-pipeline materialize` and daily by the `lake_maintenance` job. Returns how many
+        files were deleted."""
         cutoff = self._retention_cutoff()
 
         def orphans() -> list[str]:
@@ -835,6 +837,7 @@ class Lake:
         else:
             for path in doomed:
                 Path(path).unlink(missing_ok=True)
+        return len(doomed)
 
 
 # The longest a process waits between two expiries of one lake after its publishes (a

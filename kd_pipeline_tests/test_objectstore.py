@@ -242,6 +242,27 @@ def test_materialize_names_an_unreachable_lake_in_one_line_before_any_run(
         assert instance.get_runs() == []
 
 
+def test_sql_names_an_unreachable_lake_not_a_lake_not_made_yet(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`kd-pipeline sql` on an object-store lake whose bucket is missing names the bucket
+    (the sibling: a reachable lake with no catalog yet is "no lake ... yet")."""
+    from kd_pipeline.cli import main
+
+    use_server(monkeypatch, s3_server, tmp_path)
+    monkeypatch.setenv("KD_PIPELINE_LAKE", "s3://kd-no-such-bucket-sql/lake")
+    assert main(["sql", "SELECT 1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "kd-pipeline: KD_PIPELINE_LAKE: cannot reach the lake s3://kd-no-such-bucket-sql/lake: "
+        f"no such bucket 'kd-no-such-bucket-sql' at {s3_server.endpoint_url}"
+    ]
+    reachable = s3_server.create_bucket(f"kd-sql-{secrets.token_hex(4)}") + "/lake"
+    monkeypatch.setenv("KD_PIPELINE_LAKE", reachable)
+    assert main(["sql", "SELECT 1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"kd-pipeline sql: no lake at {reachable} yet")
+
+
 # ---- 3. an export's view and expiry on the object store -----------------------------------
 def view_rows(lake: Lake, partitioned: bool = True) -> list[tuple]:
     columns = "partition, id" if partitioned else "id"

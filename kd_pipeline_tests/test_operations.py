@@ -65,9 +65,18 @@ def test_the_maintenance_job_expires_snapshots_and_deletes_only_old_orphans(
     young_orphan.mkdir()
     write_rows(young_orphan, [777])
 
+    with lake.connect(read_only=True) as con:
+        (before,) = con.execute("SELECT count(*) FROM snapshots()").fetchone()
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(instance=instance)
+        said = [
+            e.user_message for e in instance.all_logs(result.run_id) if "expired" in e.user_message
+        ]
     assert result.success
+    assert said == [
+        f"lake {lake.root}: {before - 1} snapshot(s) expired and 1 orphan file(s) deleted, "
+        f"older than {retention_s / DAY:g} day(s)"
+    ]
     assert not (old_orphan / "part-00000.parquet").exists()
     assert (young_orphan / "part-00000.parquet").is_file()
     assert all(file.is_file() for file in referenced)
