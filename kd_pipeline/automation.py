@@ -80,10 +80,12 @@ LAKE_MAINTENANCE_CRON = "15 4 * * *"  # daily, off the weekly refresh's hour
     "KD_PIPELINE_RETENTION_DAYS (files a running writer still writes are younger)."
 )
 def clean_lake(context: dg.OpExecutionContext, lake: LakeResource) -> None:
-    """Lake-wide retention: `Lake.expire_snapshots`, then `Lake.delete_orphaned_files`
-    (in this order: the files the expiry releases are deleted by the expiry itself)."""
+    """Lake-wide retention: `Lake.expire_snapshots`, every export's old version folders
+    (`Lake.expire_export_versions`), then `Lake.delete_orphaned_files` (in this order: the
+    files the expiry releases are deleted by the expiry itself)."""
     target = lake.lake()
     expired = target.expire_snapshots()
+    target.expire_export_versions()  # every export's superseded version folders
     deleted = target.delete_orphaned_files()
     context.log.info(
         f"lake {target.root}: {expired} snapshot(s) expired and {deleted} orphan file(s) "

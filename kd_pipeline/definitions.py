@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 
 import kd_pipeline.defs
 from kd_pipeline.defs.exports import specs as export_specs
@@ -83,10 +84,14 @@ def build_definitions() -> dg.Definitions:
     shared_resources()
     # Dagster's folder loader calls its own preview functions and warns about them on every
     # load; that is its business, not a user's: silenced here, and only here.
-    with warnings.catch_warnings():
+    # No module here keeps Dagster "defs state", but loading and resolving the definitions
+    # asks the state storage of the last DagsterInstance entered in this context, which
+    # outlives an instance collected in another context ("Attempted to resolve undefined
+    # DagsterInstance weakref"): none is asked. The resolved repository is cached.
+    with warnings.catch_warnings(), set_defs_state_storage(None):
         warnings.simplefilter("ignore", dg.PreviewWarning)
         built = dg.ComponentTree.from_module(kd_pipeline.defs, PROJECT_ROOT).build_defs()
-    refuse_table_name_collisions(built.resolve_asset_graph().get_all_asset_keys())
+        refuse_table_name_collisions(built.resolve_asset_graph().get_all_asset_keys())
     return built
 
 

@@ -294,8 +294,8 @@ class Lake:
 
     @property
     def read_snapshot(self) -> int | None:
-        """The snapshot a pinned lake reads at (-1: nothing was ever committed); None when
-        not pinned."""
+        """The snapshot a pinned lake reads at (0 on a lake nothing was published to yet);
+        None when not pinned."""
         return None if self._pin is None else self._pin.snapshot
 
     def _read_pin(self) -> _Pin:
@@ -383,29 +383,30 @@ class Lake:
     def is_published(self, key: Sequence[str], partition: str | None = None) -> bool:
         return self._current(key, partition) is not None
 
-    def published_rows(self, key: Sequence[str], partition: str | None = None) -> int | None:
-        """Rows of the published version, None when nothing is published."""
-        current = self._current(key, partition)
+    def published_rows(
+        self, key: Sequence[str], partition: str | None = None, *, live: bool = False
+    ) -> int | None:
+        """Rows of the published version (on a pinned lake: as of the pin, unless live),
+        None when nothing is published."""
+        current = self._current(key, partition, live=live)
         return None if current is None else current.rows
 
     def manifest(self, key: Sequence[str], partition: str | None = None) -> dict[str, Any]:
         """The manifest recorded with the published version (version, rows, snapshot,
-        lineage, metadata); raises LakeError when nothing is published."""
-        current = self._current(key, partition)
-        if current is None:
-            where = "/".join(key) + (f" [{partition}]" if partition else "")
+        lineage, metadata), as of the pin on a pinned lake; raises LakeError when nothing is
+        published."""
+        where = "/".join(key) + (f" [{partition}]" if partition else "")
+        if self._pin is not None and self._current(key, partition) is None:
             raise LakeError(f"nothing published for {where}")
         at = "" if self._pin is None else f"AT (VERSION => {self._pin.snapshot})"
         rows = self._registry(
-            f"SELECT manifest FROM main.{PUBLICATIONS} {at} WHERE asset = $asset "
-            "AND partition = $partition AND version = $version",
-            {
-                "asset": "/".join(self._key_parts(key)),
-                "partition": self._partition_part(partition),
-                "version": current.version,
-            },
+            f"SELECT manifest FROM main.{PUBLICATIONS} {at} "
+            "WHERE asset = $asset AND partition = $partition",
+            {"asset": "/".join(self._key_parts(key)), "partition": self._partition_part(partition)},
         )
-        return json.loads(rows[0][0]) if rows else {"version": current.version}
+        if not rows:
+            raise LakeError(f"nothing published for {where}")
+        return json.loads(rows[0][0])
 
     # ---- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -415,20 +416,26 @@ class Lake:
         them ("database is locked" on SQLite, a conflict on one table) and redoing itself on
         a new connection; reads share. Two flocks under `.locks/`: `catalog.gate`, held
         only while queueing, so a waiting writer is not starved by a stream of readers, and
-        `catalog.lock`, shared or exclusive. Free to re-enter for a thread holding its turn.
-        After CATALOG_TURN_SECONDS of waiting (a stuck process) the transaction goes ahead
+        `catalog.lock`, shared or exclusive. Free to re-enter for a thread holding its turn;
+        skipped by a process that cannot write `.locks/` (a read-only user). After
+        CATALOG_TURN_SECONDS of waiting (a stuck process) the transaction goes ahead
         without its turn: DuckLake's conflict handling, retried by `ducklake.with_retry`,
         is what keeps it correct, as it does across machines."""
         if getattr(_TURN, "held", False):
             yield
             return
         folder = self.work_dir / ".locks"
-        folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + CATALOG_TURN_SECONDS
-        with (
-            open(folder / "catalog.gate", "a+") as gate,
-            open(folder / "catalog.lock", "a+") as lock,
-        ):
+        with contextlib.ExitStack() as files:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                gate = files.enter_context(open(folder / "catalog.gate", "a+"))
+                lock = files.enter_context(open(folder / "catalog.lock", "a+"))
+            except OSError:  # a reader without write access to the lake's folder
+                gate = lock = None
+            if gate is None or lock is None:
+                yield
+                return
             queued = _flock_until(gate, fcntl.LOCK_EX, deadline)
             mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
             turn = queued and _flock_until(lock, mode, deadline)
@@ -472,7 +479,7 @@ class Lake:
         parts = self._key_parts(key)
         part = self._partition_part(partition)
         with self._lock("/".join((*parts, part))):
-            version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+            version = _version_id()
             relative = self._relative_folder(parts, partition, version)
             base = self.work_dir / ".staging" if self.remote else Path(self.root)
             path = base / relative
@@ -504,8 +511,17 @@ class Lake:
         record = {"version": staged.version, **manifest}
         if not self.is_table(key):
             (staged.path / MANIFEST_NAME).write_text(json.dumps(record, indent=2, default=str))
+        where = "/".join(key) + (f" [{partition}]" if partition else "")
         if self.remote:
-            objectstore.upload_folder(staged.path, str(location))
+            try:
+                objectstore.upload_folder(staged.path, str(location))
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    objectstore.delete_prefix(str(location))
+                raise LakeError(
+                    f"{where}: not published, the upload to {location} (KD_PIPELINE_LAKE) "
+                    f"failed: {ducklake.first_line(exc)}"
+                ) from exc
         else:
             _fsync_tree(staged.path)
         files = sorted(p.name for p in staged.path.glob("*.parquet"))
@@ -551,14 +567,18 @@ class Lake:
                 ).fetchone()
                 return int(snapshot)
 
-        where = asset + (f" [{partition}]" if partition else "")
         try:
             snapshot = ducklake.with_retry(commit)
-        except LakeError:  # refused inside the commit (a changed column type): rolled back
+        except (LakeError, OSError) as exc:  # refused inside the commit: rolled back
             if self.remote:
                 with contextlib.suppress(OSError):
                     objectstore.delete_prefix(str(location))
-            raise
+            if isinstance(exc, LakeError):  # a changed column type
+                raise
+            raise LakeError(  # the object store, listing an export's folders
+                f"{where}: not published, KD_PIPELINE_LAKE {self.root} failed during the "
+                f"commit: {ducklake.first_line(exc)}"
+            ) from exc
         except (duckdb.Error, ducklake.CatalogUnreachable) as exc:
             if self._landed(key, partition, staged.version):
                 # The COMMIT reached the catalog before its answer was lost (a dropped
@@ -579,7 +599,9 @@ class Lake:
             _point_current(Path(location))
         try:
             if _expiry_due(self):
-                self.expire_old_versions(key)
+                self.expire_snapshots()
+            if not self.is_table(key):  # one listing of this export's folders: every time
+                self.expire_export_versions(key)
         except (duckdb.Error, ducklake.CatalogUnreachable, OSError) as exc:
             # Published is published: the next publish expires what this one could not.
             warnings.warn(f"{where}: old versions not expired: {exc}", stacklevel=2)
@@ -747,13 +769,19 @@ class Lake:
 
         return ducklake.with_retry(expire)
 
-    def expire_old_versions(self, key: Sequence[str]) -> None:
-        """After a publish: drop what was superseded more than `KD_PIPELINE_RETENTION_DAYS`
-        ago: the lake's old snapshots (`expire_snapshots`) and, for an export, an old version
-        folder once the version that replaced it is older than the window."""
-        self.expire_snapshots()
-        if not self.is_table(key):
+    def expire_export_versions(self, key: Sequence[str] | None = None) -> None:
+        """Delete the superseded version folders of the export `key` (every export in the
+        registry when None: the daily `lake_maintenance`) once the version that replaced
+        each is older than the retention; a publish of an export does its own. Raises
+        OSError when a listing or delete fails."""
+        if key is not None:
             self._expire_export_versions(self._key_parts(key))
+            return
+        assets = self._registry(f"SELECT DISTINCT asset FROM main.{PUBLICATIONS}")
+        for (asset,) in assets:
+            parts = tuple(asset.split("/"))
+            if not self.is_table(parts):
+                self._expire_export_versions(parts)
 
     def _expire_export_versions(self, key: tuple[str, ...]) -> None:
         """Delete each version folder of an export whose replacement (the next version of
@@ -862,6 +890,15 @@ def _expiry_due(lake: Lake) -> bool:
 
 
 CURRENT_LINK = "current"  # <export>/<partition>/current -> the published version folder
+
+
+def _version_id() -> str:
+    """A new version's id: its UTC time to the microsecond, then 8 random hex digits
+    (`20261130T083811123456Z-a670641f`). Name order is publish order, also for two versions
+    published within one second (the expiry of old export folders relies on it)."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z"
+    return f"{stamp}-{secrets.token_hex(4)}"
 
 
 def _flock_until(handle: Any, mode: int, deadline: float) -> bool:

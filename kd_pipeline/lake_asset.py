@@ -169,7 +169,8 @@ def run_step(
         if built.outcomes is None:
             outcomes = evaluate_rules(con, spec.own_rules(config), table, built.facts)
         if spec.reads_upstream:
-            previous = lake.published_rows(staged.key, staged.partition)
+            # the version this one replaces: read now, under the partition's lock
+            previous = lake.published_rows(staged.key, staged.partition, live=True)
             outcomes.append(SHRINK.evaluate(con, table, previous))
         rules = spec.rules_of(config)
         if [o.rule for o in outcomes] != [r.name for r in rules]:  # a body's bug, not data

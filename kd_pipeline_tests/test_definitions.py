@@ -279,3 +279,37 @@ def test_the_ui_bundle_still_labels_nodes_by_the_last_key_part() -> None:
         and "definition.assetKey.path[definition.assetKey.path.length - 1]" in text
         for text in maps
     )
+
+
+def test_the_definitions_load_after_a_dagster_instance_was_entered_and_dropped(
+    tmp_path,
+) -> None:
+    """An instance entered (`DagsterInstance.__enter__`, what `with` and ExitStacks do) sets
+    its defs-state storage in the thread's context; when the instance is collected in
+    another context (another thread's garbage collection, an async task), Dagster cannot
+    reset it there, and the storage outlives its instance. Loading the definitions then
+    still works: it failed in CI with "Attempted to resolve undefined DagsterInstance
+    weakref" inside Dagster's folder loader."""
+    import contextvars
+    import gc
+
+    from dagster._core.storage.defs_state.base import DefsStateStorage
+
+    from kd_pipeline.definitions import build_definitions
+
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+
+    def scenario() -> None:
+        instance = dg.DagsterInstance.from_config(str(tmp_path))
+        instance.__enter__()
+        instance.cycle = instance  # freed by the cycle collector, as a real instance can be
+        del instance
+        contextvars.copy_context().run(gc.collect)  # which runs in another context
+        assert DefsStateStorage.get() is not None  # the dead instance's storage, still set
+        build_definitions().resolve_job_def("lighton_partitions")
+
+    gc.disable()  # the instance must be collected where the scenario says, not before
+    try:
+        contextvars.copy_context().run(scenario)  # leaves this test's own context clean
+    finally:
+        gc.enable()

@@ -639,3 +639,66 @@ def test_a_writer_waiting_for_the_catalog_goes_before_readers_that_came_after_it
     for thread in (first, writer, late):
         thread.join(10)
     assert order == ["first read", "write", "late read"]
+
+
+def test_an_exports_old_versions_go_at_its_next_publish_whatever_else_published_before(
+    lake_dir: Path,
+):
+    """The snapshot expiry of a process is spaced out (a quarter of the retention here), but
+    an export's publish always removes its own versions replaced longer than the retention
+    ago: a table published just before (which took the expiry's turn) does not keep them."""
+    lake = Lake(lake_dir, retention_days=4 / 86400)  # 4 s: expiry at most every second
+    key = ("exports", "pointwise", "pointwise_old")
+    first = publish_ids(lake, key, "p1", [1])
+    second = publish_ids(lake, key, "p1", [2])
+    time.sleep(4.5)  # `second` replaced `first` longer than the retention ago
+    publish_ids(lake, KEY, "p1", [7])  # a table: the spaced-out snapshot expiry runs here
+    third = publish_ids(lake, key, "p1", [3])
+    assert not Path(first.location).exists()
+    assert Path(second.location).is_dir()  # replaced just now: kept for the retention
+    assert read_ids(str(Path(third.location) / "*.parquet")) == [3]
+
+
+def test_the_daily_maintenance_expires_every_exports_old_versions(lake_dir: Path):
+    """`expire_export_versions()` without a key (the `lake_maintenance` job) goes through
+    every export of the registry; tables are left to the snapshot expiry."""
+    lake = Lake(lake_dir, retention_days=1 / 86400)
+    olds = []
+    for name in ("pointwise_a", "pointwise_b"):
+        key = ("exports", "pointwise", name)
+        olds.append(publish_ids(lake, key, "p1", [1]))
+        publish_ids(lake, key, "p1", [2])
+    table = publish_ids(lake, KEY, "p1", [5])
+    time.sleep(1.5)
+    assert all(Path(old.location).is_dir() for old in olds)
+    lake.expire_export_versions()
+    assert not any(Path(old.location).exists() for old in olds)
+    assert Path(table.location).is_dir()
+
+
+def test_a_pinned_manifest_is_the_one_recorded_at_the_pin(lake_dir: Path):
+    """A pinned lake's manifest is the whole record of the version current at the pin (its
+    lineage too), even after a newer version replaced it."""
+    lake = Lake(lake_dir)
+    with lake.stage(KEY, "p1") as staged:
+        write_rows(staged.path, [1])
+        lake.publish(staged, {"rows": 1, "lineage": {"upstream": "first"}})
+    step = lake.pinned()
+    with lake.stage(KEY, "p1") as staged:
+        write_rows(staged.path, [2])
+        lake.publish(staged, {"rows": 1, "lineage": {"upstream": "second"}})
+    assert step.manifest(KEY, "p1")["lineage"] == {"upstream": "first"}
+    assert lake.manifest(KEY, "p1")["lineage"] == {"upstream": "second"}
+    assert step.published_rows(KEY, "p1") == 1 and step.published_rows(KEY, "p1", live=True) == 1
+    with pytest.raises(LakeError, match="nothing published for fam/asset \\[p9\\]"):
+        step.manifest(KEY, "p9")
+
+
+def test_version_ids_sort_in_publish_order_within_one_second(lake_dir: Path):
+    """Name order is publish order (what the expiry of export folders walks), also for
+    versions published within the same second."""
+    lake = Lake(lake_dir)
+    key = ("exports", "pointwise", "pointwise_fast")
+    versions = [publish_ids(lake, key, "p1", [n]).version for n in range(12)]
+    assert versions == sorted(versions) and len(set(versions)) == 12
+    assert len({v[:15] for v in versions}) < 12  # several shared a second

@@ -348,7 +348,7 @@ def test_the_current_export_version_survives_a_newer_leftover_version(
         manifest.replace(Path(leftover, MANIFEST_NAME))
     time.sleep(1.1)
 
-    lake.expire_old_versions(EXPORT)
+    lake.expire_export_versions(EXPORT)
 
     assert view_rows(lake) == [("bert", 1), ("bert", 2)]
     if where == "s3":
@@ -408,3 +408,25 @@ def test_a_version_refused_inside_the_commit_leaves_nothing_in_the_bucket(
     assert not [k for k in keys if k.startswith(refused_key) and k.endswith(".parquet")]
     with lake.connect(read_only=True) as con:
         assert con.execute("SELECT id FROM fam.scores").fetchall() == [(1,)]
+
+
+def test_an_upload_that_fails_is_one_line_naming_the_lake(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket goes away after the lake was reached (deleted, or its permissions
+    changed): the publish's upload fails as one LakeError line naming KD_PIPELINE_LAKE,
+    nothing is committed, the stage is cleaned."""
+    use_server(monkeypatch, s3_server, tmp_path)
+    lake = s3_lake(s3_server, tmp_path)
+    with lake.connect():
+        pass  # reached and probed
+    bucket = str(lake.root).removeprefix("s3://").partition("/")[0]
+    client = s3_server.client()
+    for item in client.list_objects_v2(Bucket=bucket).get("Contents", []):
+        client.delete_object(Bucket=bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=bucket)
+    with pytest.raises(LakeError) as caught:
+        publish_export(lake, "bert", [1])
+    (line,) = str(caught.value).splitlines()
+    assert "not published, the upload to s3://" in line and "(KD_PIPELINE_LAKE) failed" in line
+    assert not lake.is_published(EXPORT, "bert")
