@@ -27,8 +27,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 
 from kd_pipeline import settings
+from kd_pipeline.ducklake import CatalogUnreachable, first_line
 from kd_pipeline.families.hofstaetter import hofstaetter_job
 from kd_pipeline.families.lighton import RAW_KEY, lighton_partitions, resolve_config_files
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS, LIGHTON_REPO_ID
@@ -44,6 +46,7 @@ from kd_pipeline.families.upstream import (
 )
 from kd_pipeline.fetch import DatasetSnapshot, Fetcher, FetchError
 from kd_pipeline.instance import release_orphaned_runs
+from kd_pipeline.lake import LakeError
 from kd_pipeline.resources import LakeResource, UpstreamResource
 
 LIGHTON_RAW_JOB = "lighton_raw_refresh"
@@ -84,9 +87,12 @@ def clean_lake(context: dg.OpExecutionContext, lake: LakeResource) -> None:
     (`Lake.expire_export_versions`), then `Lake.delete_orphaned_files` (in this order: the
     files the expiry releases are deleted by the expiry itself)."""
     target = lake.lake()
-    expired = target.expire_snapshots()
-    target.expire_export_versions()  # every export's superseded version folders
-    deleted = target.delete_orphaned_files()
+    try:
+        expired = target.expire_snapshots()
+        target.expire_export_versions()  # every export's superseded version folders
+        deleted = target.delete_orphaned_files()
+    except (LakeError, CatalogUnreachable, duckdb.Error, OSError) as exc:
+        raise dg.Failure(f"lake {target.root}: maintenance failed: {first_line(exc)}") from exc
     context.log.info(
         f"lake {target.root}: {expired} snapshot(s) expired and {deleted} orphan file(s) "
         f"deleted, older than {target.retention_days:g} day(s)"

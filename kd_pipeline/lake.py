@@ -858,14 +858,17 @@ class Lake:
         doomed = [
             path for path in ducklake.with_retry(orphans) if path.rsplit("/", 1)[0] not in current
         ]
-        if self.remote:
-            for path in doomed:
-                with contextlib.suppress(OSError):
+        deleted = 0
+        for path in doomed:
+            try:
+                if self.remote:
                     objectstore.delete_object(path)
-        else:
-            for path in doomed:
-                Path(path).unlink(missing_ok=True)
-        return len(doomed)
+                else:
+                    Path(path).unlink(missing_ok=True)
+            except OSError:  # the next cleanup tries again
+                continue
+            deleted += 1
+        return deleted
 
 
 # The longest a process waits between two expiries of one lake after its publishes (a

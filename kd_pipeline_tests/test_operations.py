@@ -436,3 +436,26 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_the_maintenance_job_fails_in_one_line_on_a_catalog_it_cannot_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily maintenance on a catalog that is no database: the run fails with one line
+    naming the lake and the catalog setting (a dg.Failure), not an engine traceback."""
+    from kd_pipeline.definitions import build_definitions
+
+    bad = tmp_path / "catalog.sqlite"
+    bad.write_text("not a database")
+    monkeypatch.setenv("KD_PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KD_PIPELINE_CATALOG", f"sqlite:{bad}")
+    job = build_definitions().get_job_def("lake_maintenance")
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = result.failure_data_for_node("clean_lake")
+    assert failure is not None
+    assert failure.user_failure_data is not None
+    (line,) = failure.user_failure_data.description.splitlines()
+    assert line.startswith("lake ") and "maintenance failed: KD_PIPELINE_CATALOG" in line
+    assert "file is not a database" in line
