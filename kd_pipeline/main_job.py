@@ -18,6 +18,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -136,14 +138,29 @@ _command_pid: int | None = None
 SUBMISSION_TAG = "kd-pipeline/submission"
 
 
+# How often a worker checks that the command that started it is still alive (seconds).
+PARENT_CHECK_SECONDS = 1.0
+
+
 def _start_worker(command_pid: int) -> None:
     """In each worker: Ctrl-C and a hang-up sent to the terminal's whole process group are
     the parent's to handle (it kills the workers and cancels their runs itself): they stay
     blocked here, whatever handler Dagster installs while it executes. SIGTERM is not
-    blocked: Python's pool stops its workers with it when one of them died."""
+    blocked: Python's pool stops its workers with it when one of them died. A worker whose
+    command is gone (SIGKILLed, OOM-killed) exits within PARENT_CHECK_SECONDS: the pool's
+    pipes never report it (every worker holds their other end), so it would wait forever,
+    or finish a run nobody reports; its run is then marked failed by the next
+    `kd-pipeline materialize` or the daemon's `release_dead_runs`."""
     global _command_pid
     _command_pid = command_pid
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
+    threading.Thread(target=_exit_with_parent, args=(command_pid,), daemon=True).start()
+
+
+def _exit_with_parent(command_pid: int) -> None:
+    while os.getppid() == command_pid:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(1)
 
 
 def _execute(

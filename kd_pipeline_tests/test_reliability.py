@@ -874,3 +874,38 @@ def test_a_worker_killed_before_its_run_started_loses_no_step(tmp_path, lake_dir
     assert "3/3 runs succeeded" in stderr()
     for config in ("agnews", "npr", "quora"):
         assert Lake(lake_dir).is_published(("lighton", "recommended"), config)
+
+
+def test_a_killed_command_takes_its_workers_with_it(tmp_path, lake_dir) -> None:
+    """SIGKILL of `kd-pipeline materialize` itself (not its process group) while a worker
+    runs a big partition: the worker exits within seconds instead of finishing a run
+    nobody reports and then waiting forever on the pool's pipe; nothing is published; the
+    next command marks the dead run failed and publishes the partition."""
+    mirror = tmp_path / "mirror"
+    big_mirror(mirror, 1_500_000, "p")
+    env = env_for(tmp_path, mirror)
+    command = start_materialize(env, tmp_path / "stderr.log", 1, "agnews")
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+
+        def started_run() -> list[dg.DagsterRun]:
+            return instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+
+        wait_for(started_run, 120, "the big run to start")
+        (run,) = started_run()
+        worker = int(run.tags["kd-pipeline/pid"])
+        os.kill(command.pid, signal.SIGKILL)
+        command.wait(timeout=30)
+
+        def worker_gone() -> bool:
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        wait_for(worker_gone, 10, "the orphaned worker to exit")
+        assert not Lake(lake_dir).is_published(("lighton", "raw"), "agnews")
+        again = start_materialize(env, tmp_path / "again.log", 1, "agnews")
+        assert again.wait(timeout=300) == 0, (tmp_path / "again.log").read_text()
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert Lake(lake_dir).is_published(("lighton", "raw"), "agnews")
