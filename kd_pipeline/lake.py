@@ -135,6 +135,8 @@ class _Pin:
     snapshot: int
     entries: Mapping[tuple[str, str], _Entry]
     tables: AbstractSet[tuple[str, str]]
+    # manifests read so far, by asset then partition (a pinned manifest never changes)
+    manifests: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 class Lake:
@@ -393,20 +395,31 @@ class Lake:
 
     def manifest(self, key: Sequence[str], partition: str | None = None) -> dict[str, Any]:
         """The manifest recorded with the published version (version, rows, snapshot,
-        lineage, metadata), as of the pin on a pinned lake; raises LakeError when nothing is
-        published."""
+        lineage, metadata), as of the pin on a pinned lake (the manifests of all of an
+        asset's partitions read at once, on its first call); raises LakeError when nothing
+        is published."""
         where = "/".join(key) + (f" [{partition}]" if partition else "")
-        if self._pin is not None and self._current(key, partition) is None:
+        asset, part = "/".join(self._key_parts(key)), self._partition_part(partition)
+        if self._pin is None:
+            rows = self._registry(
+                f"SELECT manifest FROM main.{PUBLICATIONS} "
+                "WHERE asset = $asset AND partition = $partition",
+                {"asset": asset, "partition": part},
+            )
+            found = rows[0][0] if rows else None
+        else:
+            if asset not in self._pin.manifests:
+                self._pin.manifests[asset] = dict(
+                    self._registry(
+                        f"SELECT partition, manifest FROM main.{PUBLICATIONS} "
+                        f"AT (VERSION => {self._pin.snapshot}) WHERE asset = $asset",
+                        {"asset": asset},
+                    )
+                )
+            found = self._pin.manifests[asset].get(part)
+        if found is None:
             raise LakeError(f"nothing published for {where}")
-        at = "" if self._pin is None else f"AT (VERSION => {self._pin.snapshot})"
-        rows = self._registry(
-            f"SELECT manifest FROM main.{PUBLICATIONS} {at} "
-            "WHERE asset = $asset AND partition = $partition",
-            {"asset": "/".join(self._key_parts(key)), "partition": self._partition_part(partition)},
-        )
-        if not rows:
-            raise LakeError(f"nothing published for {where}")
-        return json.loads(rows[0][0])
+        return json.loads(found)
 
     # ---- locking -------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
@@ -68,3 +69,54 @@ def failures(result) -> str:
             messages.append(error.message.strip())
             error = error.cause
     return "\n".join(messages)
+
+
+def submit_partition_run(
+    instance: dg.DagsterInstance,
+    workspace: Any,
+    location_name: str,
+    job_name: str,
+    partition: str,
+    run_config: dict | None = None,
+) -> str:
+    """Queue one run of `job_name` of the code location `location_name` for `partition`, as
+    the UI's "Launch run" does (under a QueuedRunCoordinator the daemon launches it);
+    returns its run id. `workspace` is a workspace request context of the instance."""
+    from dagster._core.definitions.selector import JobSubsetSelector
+
+    run_config = run_config or {}
+    location = workspace.get_code_location(location_name)
+    repo = next(iter(location.get_repositories().values()))
+    job = location.get_job(
+        JobSubsetSelector(
+            location_name=location_name,
+            repository_name=repo.name,
+            job_name=job_name,
+            op_selection=None,
+        )
+    )
+    plan = location.get_execution_plan(
+        job, run_config, step_keys_to_execute=None, known_state=None, instance=instance
+    )
+    run = instance.create_run(
+        job_name=job_name,
+        run_id=None,
+        run_config=run_config,
+        resolved_op_selection=None,
+        step_keys_to_execute=None,
+        op_selection=None,
+        status=None,
+        root_run_id=None,
+        parent_run_id=None,
+        tags={**job.tags, "dagster/partition": partition},
+        job_snapshot=job.job_snapshot,
+        execution_plan_snapshot=plan.execution_plan_snapshot,
+        parent_job_snapshot=job.parent_job_snapshot,
+        remote_job_origin=job.get_remote_origin(),
+        job_code_origin=job.get_python_origin(),
+        asset_selection=None,
+        asset_check_selection=None,
+        asset_graph=repo.asset_graph,
+    )
+    instance.submit_run(run.run_id, workspace)
+    return run.run_id

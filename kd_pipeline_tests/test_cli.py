@@ -465,10 +465,7 @@ def test_a_repeated_or_aliased_partition_runs_once(tmp_path) -> None:
     mirror = tmp_path / "mirror"
     small_config(mirror, "fw-edu")
     env = env_for(tmp_path, mirror)
-    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "2"]
-    for name in ("fw-edu", "fw_edu", "fw-edu"):
-        args += ["--partition", name]
-    proc = run(args, env)
+    proc = materialize(env, 2, "fw-edu", "fw_edu", "fw-edu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1 runs, 2 at a time" in proc.stderr and "1/1 runs succeeded" in proc.stderr
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
@@ -598,10 +595,7 @@ def test_runs_at_once_one_executes_runs_one_after_another(tmp_path) -> None:
     for config in ("agnews", "npr", "quora"):
         small_config(mirror, config)
     env = env_for(tmp_path, mirror)
-    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize", "--runs-at-once", "1"]
-    for config in ("agnews", "npr", "quora"):
-        args += ["--partition", config]
-    proc = run(args, env)
+    proc = materialize(env, 1, "agnews", "npr", "quora")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "3 runs, 1 at a time" in proc.stderr and "3/3 runs succeeded" in proc.stderr
     progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
@@ -692,3 +686,12 @@ def test_worker_instance_keeps_the_event_index_open_and_dagster_reads_every_even
                 if e.dagster_event and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
             ]
             assert len(verdicts) == 12
+
+
+def materialize(env: dict[str, str], runs_at_once: int, *partitions: str):
+    """`kd-pipeline materialize --runs-at-once N --partition ...`, run to its end."""
+    args = [sys.executable, "-m", "kd_pipeline.cli", "materialize"]
+    args += ["--runs-at-once", str(runs_at_once)]
+    for partition in partitions:
+        args += ["--partition", partition]
+    return run(args, env)

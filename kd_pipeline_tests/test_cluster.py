@@ -33,7 +33,7 @@ import yaml
 from kd_pipeline.families.lighton_configs import LIGHTON_CONFIGS
 from kd_pipeline.lake import Lake
 from kd_pipeline.settings import CatalogChoice
-from kd_pipeline_tests.helpers import lighton_repo, pairs, write_pairs
+from kd_pipeline_tests.helpers import lighton_repo, pairs, submit_partition_run, write_pairs
 from kd_pipeline_tests.servers import PostgresServer, S3Server
 from kd_pipeline_tests.test_reliability import big_mirror
 
@@ -162,39 +162,7 @@ def stop_sensor(instance: dg.DagsterInstance, workspace: Any, name: str) -> None
 def submit_run(instance: dg.DagsterInstance, workspace: Any, partition: str) -> str:
     """Queue one run of JOB for `partition` (what the UI's "Launch run" does under a
     QueuedRunCoordinator); returns its run id."""
-    from dagster._core.definitions.selector import JobSubsetSelector
-
-    location = workspace.get_code_location(LOCATION)
-    repo = next(iter(location.get_repositories().values()))
-    job = location.get_job(
-        JobSubsetSelector(
-            location_name=LOCATION, repository_name=repo.name, job_name=JOB, op_selection=None
-        )
-    )
-    plan = location.get_execution_plan(job, RUN_CONFIG, step_keys_to_execute=None,
-                                       known_state=None, instance=instance)  # fmt: skip
-    run = instance.create_run(
-        job_name=JOB,
-        run_id=None,
-        run_config=RUN_CONFIG,
-        resolved_op_selection=None,
-        step_keys_to_execute=None,
-        op_selection=None,
-        status=None,
-        root_run_id=None,
-        parent_run_id=None,
-        tags={**job.tags, "dagster/partition": partition},
-        job_snapshot=job.job_snapshot,
-        execution_plan_snapshot=plan.execution_plan_snapshot,
-        parent_job_snapshot=job.parent_job_snapshot,
-        remote_job_origin=job.get_remote_origin(),
-        job_code_origin=job.get_python_origin(),
-        asset_selection=None,
-        asset_check_selection=None,
-        asset_graph=repo.asset_graph,
-    )
-    instance.submit_run(run.run_id, workspace)
-    return run.run_id
+    return submit_partition_run(instance, workspace, LOCATION, JOB, partition, RUN_CONFIG)
 
 
 # ---- the test -------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import yaml
 
 from kd_pipeline.lake import Lake
 from kd_pipeline.selectors import SelectorError
+from kd_pipeline_tests.helpers import submit_partition_run
 from kd_pipeline_tests.test_lake import publish_ids, table_ids, write_rows
 
 KEY = ("fam", "asset")
@@ -133,6 +134,20 @@ def kd_pipeline(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
+def refused_catalog_line(tmp_path: Path, catalog: str) -> str:
+    """The one stderr line of `kd-pipeline sql` (exit 2) with KD_PIPELINE_CATALOG=catalog."""
+    env = {
+        **os.environ,
+        "KD_PIPELINE_HOME": str(tmp_path / "home"),
+        "KD_PIPELINE_LAKE": str(tmp_path / "lake"),
+        "KD_PIPELINE_CATALOG": catalog,
+    }
+    proc = kd_pipeline(env, "sql", "SELECT 1")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    return line
+
+
 @pytest.mark.parametrize(
     ("wrong", "cause"),
     [
@@ -156,15 +171,7 @@ def test_a_refused_postgres_catalog_is_one_readable_line_naming_the_setting(
     }
     fields[wrong] = {"port": "1", "dbname": "no_such_db", "user": "no_such_role"}[wrong]
     target = " ".join(f"{k}={v}" for k, v in fields.items())
-    env = {
-        **os.environ,
-        "KD_PIPELINE_HOME": str(tmp_path / "home"),
-        "KD_PIPELINE_LAKE": str(tmp_path / "lake"),
-        "KD_PIPELINE_CATALOG": f"postgres:{target}",
-    }
-    proc = kd_pipeline(env, "sql", "SELECT 1")
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    line = refused_catalog_line(tmp_path, f"postgres:{target}")
     prefix = f"kd-pipeline: KD_PIPELINE_CATALOG: cannot open the lake catalog postgres:{target}: "
     assert line.startswith(prefix), line
     assert cause in line[len(prefix) :]
@@ -177,15 +184,7 @@ def test_an_unopenable_sqlite_catalog_is_one_readable_line_too(tmp_path: Path) -
     SQLite's reason, without DuckLake's 'Failed to probe' wrapping and its probe query."""
     garbage = tmp_path / "catalog.sqlite"
     garbage.write_bytes(b"not a database\n" * 512)
-    env = {
-        **os.environ,
-        "KD_PIPELINE_HOME": str(tmp_path / "home"),
-        "KD_PIPELINE_LAKE": str(tmp_path / "lake"),
-        "KD_PIPELINE_CATALOG": f"sqlite:{garbage}",
-    }
-    proc = kd_pipeline(env, "sql", "SELECT 1")
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
+    line = refused_catalog_line(tmp_path, f"sqlite:{garbage}")
     assert line.startswith(
         f"kd-pipeline: KD_PIPELINE_CATALOG: cannot open the lake catalog sqlite:{garbage}: "
     ), line
@@ -259,40 +258,7 @@ def test_keys_colliding_in_any_schema_are_each_named() -> None:
 def submit(instance: dg.DagsterInstance, workspace: Any, job_name: str, partition: str) -> str:
     """Queue one run of a job of the code location for `partition`, as the UI's "Launch run"
     does (the daemon's QueuedRunCoordinator launches it); returns its run id."""
-    from dagster._core.definitions.selector import JobSubsetSelector
-
-    location = workspace.get_code_location(LOCATION)
-    repo = next(iter(location.get_repositories().values()))
-    job = location.get_job(
-        JobSubsetSelector(
-            location_name=LOCATION, repository_name=repo.name, job_name=job_name, op_selection=None
-        )
-    )
-    plan = location.get_execution_plan(
-        job, {}, step_keys_to_execute=None, known_state=None, instance=instance
-    )
-    run = instance.create_run(
-        job_name=job_name,
-        run_id=None,
-        run_config={},
-        resolved_op_selection=None,
-        step_keys_to_execute=None,
-        op_selection=None,
-        status=None,
-        root_run_id=None,
-        parent_run_id=None,
-        tags={**job.tags, "dagster/partition": partition},
-        job_snapshot=job.job_snapshot,
-        execution_plan_snapshot=plan.execution_plan_snapshot,
-        parent_job_snapshot=job.parent_job_snapshot,
-        remote_job_origin=job.get_remote_origin(),
-        job_code_origin=job.get_python_origin(),
-        asset_selection=None,
-        asset_check_selection=None,
-        asset_graph=repo.asset_graph,
-    )
-    instance.submit_run(run.run_id, workspace)
-    return run.run_id
+    return submit_partition_run(instance, workspace, LOCATION, job_name, partition)
 
 
 def test_a_daemon_launched_run_whose_worker_dies_is_marked_failed(
