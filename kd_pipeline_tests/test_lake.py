@@ -685,11 +685,12 @@ def test_a_pinned_manifest_is_the_one_recorded_at_the_pin(lake_dir: Path):
         lake.publish(staged, {"rows": 1, "lineage": {"upstream": "first"}})
     step = lake.pinned()
     with lake.stage(KEY, "p1") as staged:
-        write_rows(staged.path, [2])
-        lake.publish(staged, {"rows": 1, "lineage": {"upstream": "second"}})
+        write_rows(staged.path, [2, 3])
+        lake.publish(staged, {"rows": 2, "lineage": {"upstream": "second"}})
     assert step.manifest(KEY, "p1")["lineage"] == {"upstream": "first"}
     assert lake.manifest(KEY, "p1")["lineage"] == {"upstream": "second"}
-    assert step.published_rows(KEY, "p1") == 1 and step.published_rows(KEY, "p1", live=True) == 1
+    # what the step read vs the version its publish replaces (the shrink guard's baseline)
+    assert step.published_rows(KEY, "p1") == 1 and step.published_rows(KEY, "p1", live=True) == 2
     with pytest.raises(LakeError, match="nothing published for fam/asset \\[p9\\]"):
         step.manifest(KEY, "p9")
 
