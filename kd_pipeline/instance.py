@@ -266,10 +266,11 @@ def release_orphaned_runs(instance: dg.DagsterInstance) -> list[str]:
         pid = run_process_id(instance, run)
         if pid is None or pid == os.getpid() or _alive(pid):
             continue
+        # slots first: whoever sees the run ended must see its slots free
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         instance.report_run_failed(
             run, message=f"kd-pipeline: the process running this run (pid {pid}) is gone"
         )
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         released.append(run.run_id)
     return released
 
@@ -291,8 +292,8 @@ def cancel_own_runs(
         )
     }.values()
     for run in own:
-        instance.report_run_canceled(run, message=f"kd-pipeline: {reason}")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        instance.report_run_canceled(run, message=f"kd-pipeline: {reason}")
     return [run.run_id for run in own]
 
 
