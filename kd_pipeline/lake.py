@@ -759,7 +759,7 @@ class Lake:
         some moment of that window is kept (the newest one older than the window included),
         so a version stays readable (time travel, a reader that started before the swap) for
         that long after it was replaced. Lake-wide: after a publish (at most every 10 minutes
-        per process, `_expiry_due`), and daily from the `lake_maintenance` schedule (a
+        per machine, `_expiry_due`), and daily from the `lake_maintenance` schedule (a
         deployment where nothing publishes). Returns how many snapshots were expired."""
         cutoff = self._retention_cutoff()
 
@@ -887,22 +887,39 @@ class Lake:
 # The longest a process waits between two expiries of one lake after its publishes (a
 # shorter retention expires more often: every quarter of it).
 EXPIRY_INTERVAL_SECONDS = 600.0
-_LAST_EXPIRY: dict[tuple[str, str], float] = {}
+_LAST_EXPIRY: dict[tuple[str, str], float] = {}  # where `.locks/` cannot be written
 
 
 def _expiry_due(lake: Lake) -> bool:
     """Whether this publish also expires old versions: at most once per EXPIRY_INTERVAL_SECONDS
-    (or a quarter of the retention, if shorter) per process and lake. Expiry is a catalog
+    (or a quarter of the retention, if shorter) per machine and lake. Expiry is a catalog
     transaction that scans every snapshot: after every publish it made each small step pay
-    for it, while a version only has to go some time after its retention ends."""
+    for it, while a version only has to go some time after its retention ends.
+
+    The last expiry's time is the mtime of `.locks/expiry-<lake hash>.stamp`, shared by the
+    processes of this machine: the daemon starts a process per run, and a per-process gate let
+    each of them expire on its first publish. Per process when `.locks/` cannot be written (a
+    read-only user). Two processes finding it due at once both expire: harmless. A stamp
+    from the future (the clock set back) counts as due."""
     place = (str(lake.root), lake.catalog.attach_string)
     interval = min(EXPIRY_INTERVAL_SECONDS, lake.retention_days * 86400 / 4)
-    now = time.monotonic()
-    last = _LAST_EXPIRY.get(place)
-    if last is not None and now - last < interval:
-        return False
-    _LAST_EXPIRY[place] = now
-    return True
+    lake_hash = hashlib.sha256("\n".join(place).encode()).hexdigest()[:16]
+    stamp = lake.work_dir / ".locks" / f"expiry-{lake_hash}.stamp"
+    now = time.time()
+    try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if 0 <= now - stamp.stat().st_mtime < interval:
+                return False
+        stamp.touch()
+        os.utime(stamp, (now, now))
+        return True
+    except OSError:
+        last = _LAST_EXPIRY.get(place)
+        if last is not None and 0 <= now - last < interval:
+            return False
+        _LAST_EXPIRY[place] = now
+        return True
 
 
 CURRENT_LINK = "current"  # <export>/<partition>/current -> the published version folder

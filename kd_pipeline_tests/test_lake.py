@@ -676,6 +676,40 @@ def test_the_daily_maintenance_expires_every_exports_old_versions(lake_dir: Path
     assert Path(table.location).is_dir()
 
 
+def test_the_expiry_after_a_publish_is_spaced_out_for_the_whole_machine(lake_dir: Path):
+    """The snapshot expiry a publish makes is due once per interval on the machine, not per
+    process: the daemon runs each run in a process of its own, each publishing. Due for the
+    first publish; not for another process within the interval; due again once it passed;
+    a second lake has its own turn."""
+    from kd_pipeline.lake import EXPIRY_INTERVAL_SECONDS, _expiry_due
+
+    lake = Lake(lake_dir)
+    ask = "import sys; from kd_pipeline.lake import Lake, _expiry_due; "
+    ask += "print(_expiry_due(Lake(sys.argv[1])))"
+
+    def due_in_another_process() -> bool:
+        out = subprocess.run(
+            [sys.executable, "-c", ask, str(lake_dir)], capture_output=True, text=True, check=True
+        )
+        return out.stdout.strip() == "True"
+
+    assert _expiry_due(lake)
+    assert not _expiry_due(lake)
+    assert not due_in_another_process()
+    (stamp,) = (lake_dir / ".locks").glob("expiry-*.stamp")
+    past = time.time() - EXPIRY_INTERVAL_SECONDS - 1
+    os.utime(stamp, (past, past))
+    assert due_in_another_process()
+    assert not _expiry_due(lake)
+    assert _expiry_due(Lake(lake_dir.parent / "another-lake"))
+    # where `.locks/` cannot be made (here: a file in its way), the turn is per process
+    unwritable = Lake(lake_dir.parent / "a-third-lake")
+    unwritable.work_dir = lake_dir.parent / "a-file"
+    unwritable.work_dir.write_text("")
+    assert _expiry_due(unwritable)
+    assert not _expiry_due(unwritable)
+
+
 def test_a_pinned_manifest_is_the_one_recorded_at_the_pin(lake_dir: Path):
     """A pinned lake's manifest is the whole record of the version current at the pin (its
     lineage too), even after a newer version replaced it."""
