@@ -1,7 +1,8 @@
 """The main job's wall time on the sample: runs one after another vs several at a time.
 
 ```sh
-.venv/bin/python bench/bench_main_job.py [--runs-at-once N] [--repeat R] [--workdir DIR] [--keep]
+.venv/bin/python bench/bench_main_job.py [--variants loop,sequential,parallel]
+    [--runs-at-once N] [--repeat R] [--workdir DIR] [--keep]
 ```
 
 Each variant runs every asset and check over every partition of the sample (167 runs) in a
@@ -147,8 +148,12 @@ def main() -> None:
     parser.add_argument("--loop-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.loop_child:
+        sys.path.insert(0, str(REPO))  # this checkout's package, as `-m kd_pipeline.cli` runs
         sys.exit(sequential_loop())
-    variants = [v for v in VARIANTS if v in args.variants.split(",")]
+    asked = {name.strip() for name in args.variants.split(",") if name.strip()}
+    if asked - set(VARIANTS):
+        parser.error(f"--variants: unknown {sorted(asked - set(VARIANTS))}; known: {VARIANTS}")
+    variants = [v for v in VARIANTS if v in asked]
     if "parallel" not in variants or len(variants) < 2:
         parser.error("--variants: `parallel` and at least one of `loop`, `sequential`")
     at_once = {"loop": None, "sequential": 1, "parallel": args.runs_at_once}

@@ -294,6 +294,9 @@ def cancel_own_runs(
     for run in own:
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         instance.report_run_canceled(run, message=f"kd-pipeline: {reason}")
+        # again: a step of this process's own thread waiting on the pool may have queued
+        # its claim anew in between (it keeps asking until the process exits)
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     return [run.run_id for run in own]
 
 
