@@ -136,12 +136,30 @@ def run_variant(name: str, home: Path, runs_at_once: int | None) -> dict:
 VARIANTS = ("loop", "sequential", "parallel")
 
 
+def at_least_one(value: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: expected at least 1")
+    return number
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs-at-once", type=int, default=None, help="of `parallel`")
-    parser.add_argument("--repeat", type=int, default=1, help="rounds of variants (default 1)")
     parser.add_argument(
-        "--variants", default=",".join(VARIANTS), help="comma-separated (default: all three)"
+        "--runs-at-once",
+        type=at_least_one,
+        default=None,
+        help="runs at once of `parallel` (default: the instance's, 2 with this dagster.yaml)",
+    )
+    parser.add_argument(
+        "--repeat", type=at_least_one, default=1, help="rounds of variants (default 1)"
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help="comma-separated, among loop, sequential, parallel; `parallel` and at least one "
+        "other (default: all three)",
     )
     parser.add_argument("--workdir", default=None, help="default: a temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the data homes")
@@ -151,11 +169,13 @@ def main() -> None:
         sys.path.insert(0, str(REPO))  # this checkout's package, as `-m kd_pipeline.cli` runs
         sys.exit(sequential_loop())
     asked = {name.strip() for name in args.variants.split(",") if name.strip()}
-    if asked - set(VARIANTS):
-        parser.error(f"--variants: unknown {sorted(asked - set(VARIANTS))}; known: {VARIANTS}")
     variants = [v for v in VARIANTS if v in asked]
-    if "parallel" not in variants or len(variants) < 2:
-        parser.error("--variants: `parallel` and at least one of `loop`, `sequential`")
+    if asked - set(VARIANTS) or "parallel" not in variants or len(variants) < 2:
+        unknown = ", ".join(sorted(asked - set(VARIANTS)))
+        parser.error(
+            (f"--variants: unknown {unknown}; " if unknown else "--variants: ")
+            + "give `parallel` and at least one of `loop`, `sequential`"
+        )
     at_once = {"loop": None, "sequential": 1, "parallel": args.runs_at_once}
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kd-bench-main-job-"))
     print(f"cores: {os.cpu_count()}; data homes under {workdir}", flush=True)
