@@ -128,7 +128,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
     """Run one SQL query on the lake (attached read-only) and print the result."""
     import duckdb
 
-    from kd_pipeline import objectstore
+    from kd_pipeline import ducklake, objectstore
     from kd_pipeline.lake import Lake
 
     lake = Lake()
@@ -150,7 +150,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
             else:
                 relation.show(max_rows=args.max_rows, max_width=10_000)
     except duckdb.Error as exc:
-        log(f"kd-pipeline sql: {str(exc).strip().splitlines()[0]}")
+        log(f"kd-pipeline sql: {ducklake.first_line(exc)}")
         return 2
     return 0
 

@@ -167,8 +167,19 @@ def is_conflict(exc: BaseException) -> bool:
     return any(marker in text for marker in _CONFLICT_MARKERS)
 
 
+# DuckDB's own suggestions, on the lines after its message: kept (a misspelled name's fix)
+_HINT_PREFIXES = ("Did you mean", "Candidate bindings")
+
+
 def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """An engine error as one line: its first line (no query excerpt, no traceback), with
+    DuckDB's suggestion appended when it gives one (`Table with name recomended does not
+    exist! Did you mean "lighton.recommended"?`)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    hints = [line for line in lines[1:] if line.startswith(_HINT_PREFIXES)]
+    return " ".join(lines[:1] + hints)
 
 
 # DuckLake's and the scanners' wrapping of the catalog database's own message

@@ -305,6 +305,14 @@ def test_sql_command_reads_the_catalog_of_the_configured_home(tmp_path, lake_dir
     assert bad.returncode == 2
     (line,) = bad.stderr.strip().splitlines()
     assert line.startswith("kd-pipeline sql: Catalog Error: Table with name nowhere")
+    # a misspelled table or column: one line, with DuckDB's suggestion kept
+    for typo, fix in (
+        ("SELECT * FROM recommended", 'Did you mean "lighton.recommended"?'),
+        ("SELECT partiton FROM lighton.recommended", 'Candidate bindings: "partition"'),
+    ):
+        bad = run([sys.executable, "-m", "kd_pipeline.cli", "sql", typo], env)
+        (line,) = bad.stderr.strip().splitlines()
+        assert bad.returncode == 2 and fix in line, line
     empty = run(
         [sys.executable, "-m", "kd_pipeline.cli", "sql", "SELECT 1"],
         {**env, "KD_PIPELINE_HOME": str(tmp_path / "new")},
