@@ -167,18 +167,24 @@ def is_conflict(exc: BaseException) -> bool:
     return any(marker in text for marker in _CONFLICT_MARKERS)
 
 
-# DuckDB's own suggestions, on the lines after its message: kept (a misspelled name's fix)
+# DuckDB's own suggestions, on the lines after its message: kept (a misspelled name's fix),
+# unless the nearest name it found is one of its system views (`nowhere` -> "pg_indexes")
 _HINT_PREFIXES = ("Did you mean", "Candidate bindings")
+_SYSTEM_NAME = re.compile(r'"(?:[\w.]*\.)?(?:pg_|information_schema|duckdb_|sqlite_)')
 
 
 def first_line(exc: BaseException) -> str:
     """An engine error as one line: its first line (no query excerpt, no traceback), with
     DuckDB's suggestion appended when it gives one (`Table with name recomended does not
-    exist! Did you mean "lighton.recommended"?`)."""
+    exist! Did you mean "lighton.recommended"?`) and it names no system view."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
     if not lines:
         return type(exc).__name__
-    hints = [line for line in lines[1:] if line.startswith(_HINT_PREFIXES)]
+    hints = [
+        line
+        for line in lines[1:]
+        if line.startswith(_HINT_PREFIXES) and not _SYSTEM_NAME.search(line)
+    ]
     return " ".join(lines[:1] + hints)
 
 

@@ -610,13 +610,18 @@ class Lake:
         staged.published = True
         if not self.is_table(key) and not self.remote:
             _point_current(Path(location))
+        expiring = False
         try:
             if _expiry_due(self):
+                expiring = True
                 self.expire_snapshots()
+                expiring = False
             if not self.is_table(key):  # one listing of this export's folders: every time
                 self.expire_export_versions(key)
         except (duckdb.Error, ducklake.CatalogUnreachable, OSError) as exc:
             # Published is published: the next publish expires what this one could not.
+            if expiring:
+                _expiry_failed(self)
             warnings.warn(f"{where}: old versions not expired: {exc}", stacklevel=2)
         return Publication(location, snapshot, staged.version)
 
@@ -884,7 +889,7 @@ class Lake:
         return deleted
 
 
-# The longest a process waits between two expiries of one lake after its publishes (a
+# The longest this machine waits between two expiries of one lake after its publishes (a
 # shorter retention expires more often: every quarter of it).
 EXPIRY_INTERVAL_SECONDS = 600.0
 _LAST_EXPIRY: dict[tuple[str, str], float] = {}  # where `.locks/` cannot be written
@@ -896,30 +901,48 @@ def _expiry_due(lake: Lake) -> bool:
     transaction that scans every snapshot: after every publish it made each small step pay
     for it, while a version only has to go some time after its retention ends.
 
-    The last expiry's time is the mtime of `.locks/expiry-<lake hash>.stamp`, shared by the
-    processes of this machine: the daemon starts a process per run, and a per-process gate let
-    each of them expire on its first publish. Per process when `.locks/` cannot be written (a
+    The last expiry's time is the mtime of `_expiry_stamp(lake)`, shared by the processes of
+    this machine: the daemon starts a process per run, and a per-process gate let each of
+    them expire on its first publish. Per process when `.locks/` cannot be written (a
     read-only user). Two processes finding it due at once both expire: harmless. A stamp
-    from the future (the clock set back) counts as due."""
-    place = (str(lake.root), lake.catalog.attach_string)
+    from the future (the clock set back) counts as due. `_expiry_failed` gives the turn
+    back."""
     interval = min(EXPIRY_INTERVAL_SECONDS, lake.retention_days * 86400 / 4)
-    lake_hash = hashlib.sha256("\n".join(place).encode()).hexdigest()[:16]
-    stamp = lake.work_dir / ".locks" / f"expiry-{lake_hash}.stamp"
+    stamp = _expiry_stamp(lake)
     now = time.time()
     try:
         stamp.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             if 0 <= now - stamp.stat().st_mtime < interval:
                 return False
-        stamp.touch()
-        os.utime(stamp, (now, now))
+        stamp.touch()  # sets the mtime to now (a file of another user's too, if writable)
         return True
     except OSError:
+        place = _expiry_place(lake)
         last = _LAST_EXPIRY.get(place)
         if last is not None and 0 <= now - last < interval:
             return False
         _LAST_EXPIRY[place] = now
         return True
+
+
+def _expiry_failed(lake: Lake) -> None:
+    """The expiry `_expiry_due` granted failed: the next publish on this machine tries
+    again instead of waiting out the interval."""
+    _LAST_EXPIRY.pop(_expiry_place(lake), None)
+    with contextlib.suppress(OSError):
+        _expiry_stamp(lake).unlink(missing_ok=True)
+
+
+def _expiry_place(lake: Lake) -> tuple[str, str]:
+    return (str(lake.root), lake.catalog.attach_string)
+
+
+def _expiry_stamp(lake: Lake) -> Path:
+    """`.locks/expiry-<hash of the lake's root and catalog>.stamp`: object-store lakes share
+    one work folder on a machine (`$KD_PIPELINE_HOME/lake-work`)."""
+    lake_hash = hashlib.sha256("\n".join(_expiry_place(lake)).encode()).hexdigest()[:16]
+    return lake.work_dir / ".locks" / f"expiry-{lake_hash}.stamp"
 
 
 CURRENT_LINK = "current"  # <export>/<partition>/current -> the published version folder

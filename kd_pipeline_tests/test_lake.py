@@ -644,7 +644,7 @@ def test_a_writer_waiting_for_the_catalog_goes_before_readers_that_came_after_it
 def test_an_exports_old_versions_go_at_its_next_publish_whatever_else_published_before(
     lake_dir: Path,
 ):
-    """The snapshot expiry of a process is spaced out (a quarter of the retention here), but
+    """The snapshot expiry after a publish is spaced out (a quarter of the retention here), but
     an export's publish always removes its own versions replaced longer than the retention
     ago: a table published just before (which took the expiry's turn) does not keep them."""
     lake = Lake(lake_dir, retention_days=4 / 86400)  # 4 s: expiry at most every second
@@ -676,13 +676,17 @@ def test_the_daily_maintenance_expires_every_exports_old_versions(lake_dir: Path
     assert Path(table.location).is_dir()
 
 
-def test_the_expiry_after_a_publish_is_spaced_out_for_the_whole_machine(lake_dir: Path):
+def test_the_expiry_after_a_publish_is_spaced_out_for_the_whole_machine(
+    lake_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
     """The snapshot expiry a publish makes is due once per interval on the machine, not per
     process: the daemon runs each run in a process of its own, each publishing. Due for the
-    first publish; not for another process within the interval; due again once it passed;
-    a second lake has its own turn."""
-    from kd_pipeline.lake import EXPIRY_INTERVAL_SECONDS, _expiry_due
+    first publish; not for another process within the interval; due again once it passed,
+    or once a failed expiry gave its turn back; another lake has its own turn, also two
+    object-store lakes sharing this machine's work folder."""
+    from kd_pipeline.lake import EXPIRY_INTERVAL_SECONDS, _expiry_due, _expiry_failed
 
+    monkeypatch.setenv("KD_PIPELINE_RETENTION_DAYS", "7")  # the interval: 10 minutes
     lake = Lake(lake_dir)
     ask = "import sys; from kd_pipeline.lake import Lake, _expiry_due; "
     ask += "print(_expiry_due(Lake(sys.argv[1])))"
@@ -701,7 +705,14 @@ def test_the_expiry_after_a_publish_is_spaced_out_for_the_whole_machine(lake_dir
     os.utime(stamp, (past, past))
     assert due_in_another_process()
     assert not _expiry_due(lake)
+    _expiry_failed(lake)
+    assert _expiry_due(lake)
     assert _expiry_due(Lake(lake_dir.parent / "another-lake"))
+    monkeypatch.setenv("KD_PIPELINE_HOME", str(lake_dir.parent / "home"))
+    first, second = Lake("s3://bucket/lake-a"), Lake("s3://bucket/lake-b")
+    assert first.work_dir == second.work_dir
+    assert _expiry_due(first) and _expiry_due(second)
+    assert not _expiry_due(first) and not _expiry_due(second)
     # where `.locks/` cannot be made (here: a file in its way), the turn is per process
     unwritable = Lake(lake_dir.parent / "a-third-lake")
     unwritable.work_dir = lake_dir.parent / "a-file"
