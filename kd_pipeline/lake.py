@@ -368,7 +368,7 @@ class Lake:
         LakeError when nothing is published there."""
         current = self._current(key, partition)
         if current is None:
-            where = "/".join(key) + (f" [{partition}]" if partition else "")
+            where = _where(key, partition)
             raise LakeError(f"nothing published for {where}")
         return self._location(current.location)
 
@@ -398,7 +398,7 @@ class Lake:
         lineage, metadata), as of the pin on a pinned lake (the manifests of all of an
         asset's partitions read at once, on its first call); raises LakeError when nothing
         is published."""
-        where = "/".join(key) + (f" [{partition}]" if partition else "")
+        where = _where(key, partition)
         asset, part = "/".join(self._key_parts(key)), self._partition_part(partition)
         if self._pin is None:
             rows = self._registry(
@@ -524,7 +524,7 @@ class Lake:
         record = {"version": staged.version, **manifest}
         if not self.is_table(key):
             (staged.path / MANIFEST_NAME).write_text(json.dumps(record, indent=2, default=str))
-        where = "/".join(key) + (f" [{partition}]" if partition else "")
+        where = _where(key, partition)
         if self.remote:
             try:
                 objectstore.upload_folder(staged.path, str(location))
@@ -610,18 +610,12 @@ class Lake:
         staged.published = True
         if not self.is_table(key) and not self.remote:
             _point_current(Path(location))
-        expiring = False
         try:
-            if _expiry_due(self):
-                expiring = True
-                self.expire_snapshots()
-                expiring = False
+            self._expire_snapshots_if_due()
             if not self.is_table(key):  # one listing of this export's folders: every time
                 self.expire_export_versions(key)
         except (duckdb.Error, ducklake.CatalogUnreachable, OSError) as exc:
             # Published is published: the next publish expires what this one could not.
-            if expiring:
-                _expiry_failed(self)
             warnings.warn(f"{where}: old versions not expired: {exc}", stacklevel=2)
         return Publication(location, snapshot, staged.version)
 
@@ -787,6 +781,17 @@ class Lake:
 
         return ducklake.with_retry(expire)
 
+    def _expire_snapshots_if_due(self) -> None:
+        """After a publish: `expire_snapshots` when this machine's turn is due
+        (`_expiry_due`); a failed expiry gives the turn back, then raises."""
+        if not _expiry_due(self):
+            return
+        try:
+            self.expire_snapshots()
+        except BaseException:
+            _expiry_failed(self)
+            raise
+
     def expire_export_versions(self, key: Sequence[str] | None = None) -> None:
         """Delete the superseded version folders of the export `key` (every export in the
         registry when None: the daily `lake_maintenance`) once the version that replaced
@@ -860,14 +865,13 @@ class Lake:
         cutoff = self._retention_cutoff()
 
         def orphans() -> list[str]:
-            with self._catalog_turn(exclusive=False):
-                with self.connect() as con:
-                    rows = con.execute(
-                        "SELECT path FROM ducklake_delete_orphaned_files($alias, dry_run => true, "
-                        f"older_than => {cutoff})",
-                        {"alias": ducklake.ALIAS},
-                    ).fetchall()
-                return [path for (path,) in rows]
+            with self._catalog_turn(exclusive=False), self.connect() as con:
+                rows = con.execute(
+                    "SELECT path FROM ducklake_delete_orphaned_files($alias, dry_run => true, "
+                    f"older_than => {cutoff})",
+                    {"alias": ducklake.ALIAS},
+                ).fetchall()
+            return [path for (path,) in rows]
 
         current = {
             str(self._location(location))
@@ -955,6 +959,11 @@ def _version_id() -> str:
     now = time.time()
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z"
     return f"{stamp}-{secrets.token_hex(4)}"
+
+
+def _where(key: Sequence[str], partition: str | None) -> str:
+    """`fam/asset [partition]`: how messages name an asset partition."""
+    return "/".join(key) + (f" [{partition}]" if partition else "")
 
 
 def _flock_until(handle: Any, mode: int, deadline: float) -> bool:
